@@ -1,0 +1,224 @@
+//! The one API error type and its mapping to status, stable code and JSON body.
+//!
+//! Native routes answer `{"error": "<code>", "message": "<sentence>"}`. On a 5xx the body
+//! carries only the code and a generic sentence; the cause goes into the response
+//! extensions, where the logging middleware writes it once (see [`log_errors`]).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::hsm::HsmError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400: the request cannot be parsed.
+    #[error("{message}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+    /// 401: no credential, or one we do not know.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// 403: a credential that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: the resource is not in a state that allows this.
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+    /// 413: body over the limit.
+    #[error("request body too large (limit {0} bytes)")]
+    PayloadTooLarge(usize),
+    /// 415.
+    #[error("unsupported content type; send application/json")]
+    UnsupportedMediaType,
+    /// 422: well-formed but not acceptable.
+    #[error("{message}")]
+    Unprocessable {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+    /// 429.
+    #[error("too many failed authentication attempts; retry later")]
+    TooManyRequests {
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
+    /// 500: the store failed.
+    #[error("store error")]
+    Store(#[source] crate::store::StoreError),
+    /// 503 (or 500 for a non-availability fault): the HSM failed.
+    #[error("HSM error")]
+    Hsm(#[source] HsmError),
+    /// 500: anything else.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 422 with a code.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Unprocessable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 409 with a code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// HTTP status.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Hsm(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable, greppable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Unprocessable { code, .. } => code,
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(what) => match *what {
+                "app" => "app_not_found",
+                "key" => "key_not_found",
+                _ => "not_found",
+            },
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyRequests { .. } => "rate_limited",
+            Self::Store(_) => "store_error",
+            Self::Hsm(HsmError::KeyNotFound(_)) => "hsm_key_missing",
+            Self::Hsm(_) => "hsm_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The sentence shown to the client (generic for 5xx).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Store(_) => "the key store failed; see the server log".into(),
+            Self::Hsm(HsmError::KeyNotFound(_)) => {
+                "the signing key is missing from the HSM; the reconciler will replace it".into()
+            }
+            Self::Hsm(_) => "the HSM is unavailable; retry later".into(),
+            Self::Internal(_) => "internal error; see the server log".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<HsmError> for ApiError {
+    fn from(e: HsmError) -> Self {
+        Self::Hsm(e)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// The cause of a 5xx, carried to the logging middleware.
+#[derive(Clone)]
+pub(crate) struct ErrorCause(pub(crate) Arc<String>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let mut res = (
+            status,
+            Json(json!({"error": self.code(), "message": self.public_message()})),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::TooManyRequests { retry_after } = &self
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if status.is_server_error() {
+            res.extensions_mut()
+                .insert(ErrorCause(Arc::new(error_chain(&self))));
+        }
+        res
+    }
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Middleware: log the cause of every 5xx once.
+pub(crate) async fn log_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let res = next.run(req).await;
+    if let Some(cause) = res.extensions().get::<ErrorCause>() {
+        tracing::error!(%method, %path, status = res.status().as_u16(), cause = %cause.0, "request failed");
+    }
+    res
+}

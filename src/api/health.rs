@@ -1,0 +1,47 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::app::AppState;
+
+/// `GET /healthz`: 200 while the process lives.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 only while a pooled HSM session can sign and the store answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let hsm = state.hsm.ready().await;
+    let store = state.store_ready().await;
+    match (hsm, store) {
+        (Ok(()), Ok(())) => {
+            Json(json!({"status": "ready", "hsm": "ok", "store": "ok"})).into_response()
+        }
+        (h, s) => {
+            let reason = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "not_ready",
+                    "error": "not_ready",
+                    "message": "the service cannot sign right now",
+                    "hsm": reason(h.map_err(|e| e.to_string())),
+                    "store": reason(s),
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}

@@ -1,0 +1,80 @@
+//! Command line: `serve`, `init`, and the operator subcommands.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::Config;
+
+/// hsm-rotator: JWT signing keys kept in a PKCS#11 HSM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); every key can be overridden by HSM_ROTATOR_<KEY>.
+    #[arg(long, global = true, env = "HSM_ROTATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: human or json (overrides the config file).
+    #[arg(long, global = true, value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Address to listen on (overrides `listen`); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Check that the HSM token can be opened and list our objects in it.
+    CheckHsm,
+}
+
+/// Run the parsed command line.
+///
+/// # Errors
+/// Any failure, with context for the operator.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(f) = cli.log_format {
+        cfg.log_format = f;
+    }
+    crate::telemetry::init(&cfg.log_format, &cfg.log_level);
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let app = Application::build(&cfg).await?;
+            let addr = app.local_addr()?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on http://{addr}").context("Failed to write to stdout")?;
+            out.flush().context("Failed to flush stdout")?;
+            drop(out);
+            tracing::info!(%addr, "serving");
+            app.run_until_stopped().await
+        }
+        Command::CheckHsm => {
+            let hsm = crate::hsm::Hsm::connect(cfg.hsm()?)
+                .await
+                .context("Failed to open the HSM token")?;
+            hsm.ready().await.context("HSM session is not usable")?;
+            let objects = hsm.list().await.context("Failed to list token objects")?;
+            println!(
+                "token {:?}: ok, {} hsm-rotator objects ({} key pairs cached)",
+                cfg.token_label,
+                objects.len(),
+                hsm.cached_keys()
+            );
+            hsm.close().await;
+            Ok(())
+        }
+    }
+}

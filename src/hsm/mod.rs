@@ -1,0 +1,247 @@
+//! The HSM: the only module that touches `cryptoki`.
+//!
+//! [`Hsm`] is a cheap, cloneable async facade. Each operation waits (asynchronously) for a
+//! permit of the session pool, then runs its PKCS#11 calls on a blocking thread with a
+//! pooled, logged-in session, so the executor never blocks on the token. Keys are named by
+//! [`Kid`] (their `CKA_ID`); object handles never leave this module. The handle cache is
+//! filled in one listing pass at start, kept current on generate and destroy, and dropped
+//! when sessions are reopened, so the signing path never searches the token.
+
+mod error;
+mod keygen;
+mod object;
+mod pool;
+mod sign;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use tracing::instrument;
+
+pub use error::HsmError;
+pub use object::{PrivateKeyFlags, TokenObject};
+
+use crate::alg::{Algorithm, KeySpec};
+use crate::keys::Kid;
+use crate::pubkey::PublicKey;
+use pool::Core;
+
+/// Default PKCS#11 module: Debian's SoftHSM2.
+pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// How to reach the token.
+#[derive(Clone)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the token to use (slot ids are not stable, labels are).
+    pub token_label: String,
+    /// User PIN.
+    pub pin: SecretString,
+    /// Pooled sessions (and so concurrent PKCS#11 calls).
+    pub sessions: usize,
+}
+
+impl std::fmt::Debug for HsmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmConfig")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("pin", &"<redacted>")
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+/// Async handle on the token. Clones share one pool.
+#[derive(Clone)]
+pub struct Hsm {
+    core: Arc<Core>,
+    permits: Arc<Semaphore>,
+    sessions: usize,
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("token_label", &self.core.token_label())
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+impl Hsm {
+    /// Load the module, log in, and load the handle cache.
+    ///
+    /// # Errors
+    /// [`HsmError::Config`] if the module cannot be loaded; [`HsmError::Login`] for a wrong
+    /// PIN; [`HsmError::Unavailable`] if no token has the label.
+    pub async fn connect(cfg: HsmConfig) -> Result<Self, HsmError> {
+        let sessions = cfg.sessions.max(1);
+        let core = tokio::task::spawn_blocking(move || Core::connect(cfg))
+            .await
+            .map_err(|_| HsmError::Worker)??;
+        Ok(Self {
+            core: Arc::new(core),
+            permits: Arc::new(Semaphore::new(sessions)),
+            sessions,
+        })
+    }
+
+    /// Run `f` on a blocking thread once a pool permit is free.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, HsmError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HsmError::Worker)?;
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&core)
+        })
+        .await
+        .map_err(|_| HsmError::Worker)?
+    }
+
+    /// Generate a key pair for `spec` under `kid`; returns its public half.
+    ///
+    /// # Errors
+    /// Token failures; [`HsmError::Unsupported`] if the token lacks the mechanism.
+    #[instrument(skip(self), fields(kid = %kid, spec = %spec))]
+    pub async fn generate(&self, kid: Kid, spec: KeySpec) -> Result<PublicKey, HsmError> {
+        self.blocking(move |core| {
+            core.run(None, |core, s| keygen::generate_in(core, s, &kid, spec))
+        })
+        .await
+    }
+
+    /// Sign `data` (a JWS signing input, or a TBS certificate) with `kid` for `alg`, in JWS
+    /// signature encoding (ECDSA as raw `r || s`).
+    ///
+    /// # Errors
+    /// [`HsmError::KeyNotFound`] if the key is gone; [`HsmError::Unavailable`] if the token
+    /// cannot be reached.
+    pub async fn sign(&self, kid: Kid, alg: Algorithm, data: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+        self.blocking(move |core| {
+            core.run(Some(kid), |core, s| {
+                sign::sign_in(core, s, &kid, alg, &data)
+            })
+        })
+        .await
+    }
+
+    /// Sign synchronously on the calling (blocking) thread; for benchmarks and the CLI.
+    ///
+    /// # Errors
+    /// As [`Self::sign`].
+    pub fn sign_blocking(
+        &self,
+        kid: Kid,
+        alg: Algorithm,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        self.core
+            .run(Some(kid), |core, s| sign::sign_in(core, s, &kid, alg, data))
+    }
+
+    /// Read `kid`'s public half.
+    ///
+    /// # Errors
+    /// [`HsmError::KeyNotFound`] if the key is gone.
+    pub async fn public_key(&self, kid: Kid, alg: Algorithm) -> Result<PublicKey, HsmError> {
+        self.blocking(move |core| {
+            core.run(Some(kid), |core, s| {
+                object::public_key_in(core, s, &kid, alg)
+            })
+        })
+        .await
+    }
+
+    /// Destroy both halves of `kid`. `Ok(false)` if neither existed.
+    ///
+    /// # Errors
+    /// Token failures.
+    #[instrument(skip(self), fields(kid = %kid))]
+    pub async fn destroy(&self, kid: Kid) -> Result<bool, HsmError> {
+        self.blocking(move |core| core.run(Some(kid), |core, s| object::destroy_in(core, s, &kid)))
+            .await
+    }
+
+    /// Every object of ours in the token (by label prefix), read fresh from the token.
+    ///
+    /// # Errors
+    /// Token failures.
+    pub async fn list(&self) -> Result<Vec<TokenObject>, HsmError> {
+        self.blocking(|core| core.run(None, |_, s| Ok(object::list_in(s)?)))
+            .await
+    }
+
+    /// Protection flags of `kid`'s private half.
+    ///
+    /// # Errors
+    /// [`HsmError::KeyNotFound`] if the key is gone.
+    pub async fn private_key_flags(&self, kid: Kid) -> Result<PrivateKeyFlags, HsmError> {
+        self.blocking(move |core| {
+            core.run(Some(kid), |core, s| object::private_flags_in(core, s, &kid))
+        })
+        .await
+    }
+
+    /// Whether a pooled session is logged in and usable now.
+    ///
+    /// # Errors
+    /// [`HsmError::Unavailable`] (with the reason) when it is not.
+    pub async fn ready(&self) -> Result<(), HsmError> {
+        self.blocking(|core| {
+            core.run(None, |_, s| {
+                let info = s.get_session_info()?;
+                match info.session_state() {
+                    cryptoki::session::SessionState::RwUser
+                    | cryptoki::session::SessionState::RoUser => Ok(()),
+                    _ => Err(cryptoki::error::Error::Pkcs11(
+                        cryptoki::error::RvError::UserNotLoggedIn,
+                        cryptoki::context::Function::GetSessionInfo,
+                    )
+                    .into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Reload the handle cache from the token in one listing pass.
+    ///
+    /// # Errors
+    /// Token failures.
+    pub async fn reload_cache(&self) -> Result<(), HsmError> {
+        self.blocking(|core| core.reload_cache()).await
+    }
+
+    /// Key pairs currently in the handle cache.
+    pub fn cached_keys(&self) -> usize {
+        self.core.cached()
+    }
+
+    /// Size of the session pool.
+    pub fn pool_size(&self) -> usize {
+        self.sessions
+    }
+
+    /// Sessions in use right now.
+    pub fn pool_in_use(&self) -> usize {
+        self.sessions - self.permits.available_permits()
+    }
+
+    /// Log out and close sessions (at shutdown).
+    pub async fn close(&self) {
+        let core = self.core.clone();
+        let _ = tokio::task::spawn_blocking(move || core.close()).await;
+    }
+}

@@ -1,0 +1,245 @@
+//! Token objects: listing ours, reading public halves, checking private-key protection,
+//! destroying key pairs.
+
+use cryptoki::error::Error as CkError;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use super::error::HsmError;
+use super::pool::{Core, OpError};
+use crate::alg::{Algorithm, KeyFamily};
+use crate::keys::{Kid, LABEL_PREFIX};
+use crate::pubkey::PublicKey;
+
+/// One object of ours in the token (label starting with `hsm-rotator/`).
+#[derive(Debug, Clone)]
+pub struct TokenObject {
+    /// The kid from `CKA_ID`, when it is a 16-byte id.
+    pub kid: Option<Kid>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// Private half (`true`) or public half.
+    pub private: bool,
+    pub(crate) handle: ObjectHandle,
+}
+
+/// Protection attributes of a private key, as the token reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateKeyFlags {
+    /// `CKA_TOKEN`.
+    pub token: bool,
+    /// `CKA_PRIVATE`.
+    pub private: bool,
+    /// `CKA_SENSITIVE`.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`.
+    pub extractable: bool,
+    /// `CKA_NEVER_EXTRACTABLE`.
+    pub never_extractable: bool,
+    /// Whether reading the secret value (`CKA_PRIVATE_EXPONENT` or `CKA_VALUE`) returned data.
+    pub secret_readable: bool,
+}
+
+/// Every object of ours in the token, private and public halves.
+pub(crate) fn list_in(session: &Session) -> Result<Vec<TokenObject>, CkError> {
+    let mut out = Vec::new();
+    for (class, private) in [
+        (ObjectClass::PRIVATE_KEY, true),
+        (ObjectClass::PUBLIC_KEY, false),
+    ] {
+        for handle in session.find_objects(&[Attribute::Class(class)])? {
+            let attrs =
+                session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])?;
+            let mut label = String::new();
+            let mut kid = None;
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                    Attribute::Id(id) => kid = Kid::from_cka_id(&id),
+                    _ => {}
+                }
+            }
+            if label.starts_with(LABEL_PREFIX) {
+                out.push(TokenObject {
+                    kid,
+                    label,
+                    private,
+                    handle,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read the public half of `kid` and decode it for `alg`.
+pub(crate) fn public_key_in(
+    core: &Core,
+    session: &Session,
+    kid: &Kid,
+    alg: Algorithm,
+) -> Result<PublicKey, OpError> {
+    let handle = core
+        .handles(session, kid)?
+        .public
+        .ok_or(HsmError::KeyNotFound(*kid))?;
+    read_public(session, handle, alg)
+}
+
+pub(crate) fn read_public(
+    session: &Session,
+    handle: ObjectHandle,
+    alg: Algorithm,
+) -> Result<PublicKey, OpError> {
+    match alg.family() {
+        KeyFamily::Rsa => {
+            let attrs = session.get_attributes(
+                handle,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )?;
+            let (mut n, mut e) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(v) => n = Some(v),
+                    Attribute::PublicExponent(v) => e = Some(v),
+                    _ => {}
+                }
+            }
+            match (n, e) {
+                (Some(n), Some(e)) => Ok(PublicKey::rsa(&n, &e)),
+                _ => Err(malformed("RSA public key without modulus or exponent")),
+            }
+        }
+        KeyFamily::Ec(curve) | KeyFamily::Ed(curve) => {
+            let attrs = session.get_attributes(handle, &[AttributeType::EcPoint])?;
+            let point = attrs
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::EcPoint(p) => Some(p),
+                    _ => None,
+                })
+                .ok_or_else(|| malformed("EC public key without CKA_EC_POINT"))?;
+            let raw = unwrap_ec_point(&point, curve.point_len())
+                .ok_or_else(|| malformed("CKA_EC_POINT has an unexpected length"))?;
+            Ok(match alg.family() {
+                KeyFamily::Ed(_) => PublicKey::Ed25519(raw),
+                _ => PublicKey::Ec { curve, point: raw },
+            })
+        }
+    }
+}
+
+fn malformed(what: &str) -> OpError {
+    OpError::Final(HsmError::Malformed(what.into()))
+}
+
+/// `CKA_EC_POINT` is a DER OCTET STRING around the point (PKCS#11 v2.40); some tokens
+/// return the raw point. The expected raw length tells the two apart.
+pub(crate) fn unwrap_ec_point(value: &[u8], raw_len: usize) -> Option<Vec<u8>> {
+    if value.len() == raw_len {
+        return Some(value.to_vec());
+    }
+    let (&tag, rest) = value.split_first()?;
+    if tag != 0x04 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, body) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 2 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| acc << 8 | usize::from(b));
+        (len, &rest[n..])
+    };
+    (len == body.len() && len == raw_len).then(|| body.to_vec())
+}
+
+/// Protection flags of `kid`'s private half.
+pub(crate) fn private_flags_in(
+    core: &Core,
+    session: &Session,
+    kid: &Kid,
+) -> Result<PrivateKeyFlags, OpError> {
+    let handle = core
+        .handles(session, kid)?
+        .private
+        .ok_or(HsmError::KeyNotFound(*kid))?;
+    let attrs = session.get_attributes(
+        handle,
+        &[
+            AttributeType::Token,
+            AttributeType::Private,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::NeverExtractable,
+        ],
+    )?;
+    let mut f = PrivateKeyFlags {
+        token: false,
+        private: false,
+        sensitive: false,
+        extractable: true,
+        never_extractable: false,
+        secret_readable: false,
+    };
+    for a in attrs {
+        match a {
+            Attribute::Token(v) => f.token = v,
+            Attribute::Private(v) => f.private = v,
+            Attribute::Sensitive(v) => f.sensitive = v,
+            Attribute::Extractable(v) => f.extractable = v,
+            Attribute::NeverExtractable(v) => f.never_extractable = v,
+            _ => {}
+        }
+    }
+    // A sensitive attribute is simply absent from the answer (CKR_ATTRIBUTE_SENSITIVE).
+    let secret = session
+        .get_attributes(
+            handle,
+            &[AttributeType::PrivateExponent, AttributeType::Value],
+        )
+        .unwrap_or_default();
+    f.secret_readable = secret.iter().any(|a| match a {
+        Attribute::PrivateExponent(v) | Attribute::Value(v) => !v.is_empty(),
+        _ => false,
+    });
+    Ok(f)
+}
+
+/// Destroy both halves of `kid`; `Ok(false)` when neither exists.
+pub(crate) fn destroy_in(core: &Core, session: &Session, kid: &Kid) -> Result<bool, OpError> {
+    let handles = match core.handles(session, kid) {
+        Ok(h) => h,
+        Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for h in [handles.private, handles.public].into_iter().flatten() {
+        session.destroy_object(h)?;
+    }
+    core.forget(kid);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwrap_ec_point;
+
+    #[test]
+    fn ec_point_is_unwrapped_from_der_or_taken_raw() {
+        let raw: Vec<u8> = std::iter::once(4u8).chain([7u8; 64]).collect();
+        let der: Vec<u8> = [vec![0x04, 65], raw.clone()].concat();
+        assert_eq!(unwrap_ec_point(&der, 65), Some(raw.clone()));
+        assert_eq!(unwrap_ec_point(&raw, 65), Some(raw));
+        let ed = [vec![0x04, 32], vec![1u8; 32]].concat();
+        assert_eq!(unwrap_ec_point(&ed, 32), Some(vec![1u8; 32]));
+        let p521: Vec<u8> = std::iter::once(4u8).chain([9u8; 132]).collect();
+        let der521 = [vec![0x04, 0x81, 133], p521.clone()].concat();
+        assert_eq!(unwrap_ec_point(&der521, 133), Some(p521));
+        assert_eq!(unwrap_ec_point(&[4, 3, 1], 65), None);
+    }
+}

@@ -1,0 +1,418 @@
+//! The PKCS#11 context, the logged-in session pool, the handle cache and the recovery loop.
+//!
+//! Everything here is blocking and runs on tokio's blocking threads (see [`super::Hsm`]).
+//! One *anchor* session stays logged in for the life of the process: when every session of
+//! an application closes, the token logs the application out and, on SoftHSM, every cached
+//! object handle dies. Pooled sessions are opened lazily, returned after each call, and
+//! dropped when they fail or belong to an older module generation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, SessionState, UserType};
+use cryptoki::slot::Slot;
+use secrecy::ExposeSecret;
+use tracing::{info, warn};
+
+use super::HsmConfig;
+use super::error::{HsmError, Recovery, map, recovery};
+use crate::keys::Kid;
+
+/// Both halves of a key pair, as handles valid in the current module generation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Handles {
+    pub(crate) private: Option<ObjectHandle>,
+    pub(crate) public: Option<ObjectHandle>,
+}
+
+/// Error of one attempt: a PKCS#11 failure (candidate for recovery) or a final error.
+#[derive(Debug)]
+pub(crate) enum OpError {
+    Ck(CkError),
+    Final(HsmError),
+}
+
+impl From<CkError> for OpError {
+    fn from(e: CkError) -> Self {
+        Self::Ck(e)
+    }
+}
+
+impl From<HsmError> for OpError {
+    fn from(e: HsmError) -> Self {
+        Self::Final(e)
+    }
+}
+
+struct Ctx {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    anchor: Session,
+    generation: u64,
+}
+
+struct Pooled {
+    session: Session,
+    generation: u64,
+}
+
+/// The blocking core shared by every clone of [`super::Hsm`].
+pub(crate) struct Core {
+    cfg: HsmConfig,
+    ctx: Mutex<Option<Ctx>>,
+    idle: Mutex<Vec<Pooled>>,
+    cache: RwLock<HashMap<Kid, Handles>>,
+    generation: AtomicU64,
+    last_init_attempt: Mutex<Option<Instant>>,
+}
+
+/// A checked-out session and the generation it belongs to.
+pub(crate) struct Lease<'a> {
+    pub(crate) session: Session,
+    generation: u64,
+    core: &'a Core,
+}
+
+impl Lease<'_> {
+    /// Hand the session back to the pool.
+    fn release(self) {
+        self.core.checkin(self.session, self.generation);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another blocking call panicked; the data is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Minimum time between two attempts to bring an unreachable module back.
+const REINIT_BACKOFF: Duration = Duration::from_millis(500);
+
+impl Core {
+    /// Load the module, find the token, log in the anchor session and load the handle cache.
+    pub(crate) fn connect(cfg: HsmConfig) -> Result<Self, HsmError> {
+        let pkcs11 = Pkcs11::new(&cfg.module).map_err(|e| {
+            HsmError::Config(format!(
+                "cannot load PKCS#11 module {}: {e}",
+                cfg.module.display()
+            ))
+        })?;
+        let core = Self {
+            cfg,
+            ctx: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            cache: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            last_init_attempt: Mutex::new(None),
+        };
+        let ctx = core.open_ctx(pkcs11, 1)?;
+        core.generation.store(1, Ordering::SeqCst);
+        *lock(&core.ctx) = Some(ctx);
+        core.reload_cache()?;
+        Ok(core)
+    }
+
+    fn open_ctx(&self, pkcs11: Pkcs11, generation: u64) -> Result<Ctx, HsmError> {
+        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(map(e)),
+        }
+        let slot = self.find_slot(&pkcs11)?;
+        let anchor = pkcs11.open_rw_session(slot).map_err(map)?;
+        self.login(&anchor)?;
+        Ok(Ctx {
+            pkcs11,
+            slot,
+            anchor,
+            generation,
+        })
+    }
+
+    fn find_slot(&self, pkcs11: &Pkcs11) -> Result<Slot, HsmError> {
+        for slot in pkcs11.get_slots_with_initialized_token().map_err(map)? {
+            let info = pkcs11.get_token_info(slot).map_err(map)?;
+            if info.label().trim_end() == self.cfg.token_label {
+                return Ok(slot);
+            }
+        }
+        Err(HsmError::Unavailable(CkError::Pkcs11(
+            RvError::TokenNotPresent,
+            cryptoki::context::Function::GetTokenInfo,
+        )))
+        .inspect_err(
+            |_| warn!(token_label = %self.cfg.token_label, "no initialised token with this label"),
+        )
+    }
+
+    fn login(&self, session: &Session) -> Result<(), HsmError> {
+        let pin = cryptoki::types::AuthPin::from(self.cfg.pin.expose_secret().to_owned());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    /// Current module generation (bumped on every re-initialisation or anchor reopen).
+    fn current_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Take an idle session of the current generation, or open a new one.
+    pub(crate) fn checkout(&self) -> Result<Lease<'_>, HsmError> {
+        let generation = self.current_generation();
+        loop {
+            let Some(p) = lock(&self.idle).pop() else {
+                break;
+            };
+            if p.generation == generation {
+                return Ok(Lease {
+                    session: p.session,
+                    generation,
+                    core: self,
+                });
+            }
+        }
+        let mut ctx = lock(&self.ctx);
+        if ctx.is_none() {
+            drop(ctx);
+            self.reinitialise(generation)?;
+            ctx = lock(&self.ctx);
+        }
+        let c = ctx.as_ref().ok_or_else(unavailable)?;
+        let session = c.pkcs11.open_rw_session(c.slot).map_err(map)?;
+        Ok(Lease {
+            session,
+            generation: c.generation,
+            core: self,
+        })
+    }
+
+    fn checkin(&self, session: Session, generation: u64) {
+        if generation == self.current_generation() {
+            lock(&self.idle).push(Pooled {
+                session,
+                generation,
+            });
+        }
+    }
+
+    /// Run `op` with a pooled session, recovering once from a lost session, a stale handle
+    /// or a module that lost its state. `kid` names the key whose cached handles `op` uses.
+    pub(crate) fn run<T>(
+        &self,
+        kid: Option<Kid>,
+        mut op: impl FnMut(&Self, &Session) -> Result<T, OpError>,
+    ) -> Result<T, HsmError> {
+        let mut retried = false;
+        loop {
+            let lease = self.checkout()?;
+            let generation = lease.generation;
+            match op(self, &lease.session) {
+                Ok(v) => {
+                    lease.release();
+                    return Ok(v);
+                }
+                Err(OpError::Final(e)) => {
+                    lease.release();
+                    return Err(e);
+                }
+                Err(OpError::Ck(e)) => {
+                    let how = recovery(&e);
+                    if retried
+                        || how == Recovery::None
+                        || (how == Recovery::Handle && kid.is_none())
+                    {
+                        if how == Recovery::None {
+                            lease.release();
+                        }
+                        return Err(map(e));
+                    }
+                    retried = true;
+                    warn!(error = %e, ?how, "PKCS#11 call failed; recovering and retrying once");
+                    match how {
+                        Recovery::Handle => {
+                            lease.release();
+                            if let Some(k) = kid {
+                                self.forget(&k);
+                            }
+                        }
+                        Recovery::Session => {
+                            drop(lease);
+                            self.recover_session(generation)?;
+                        }
+                        Recovery::Reinitialise => {
+                            drop(lease);
+                            self.reinitialise(generation)?;
+                        }
+                        Recovery::None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Log in again; if the anchor itself is gone, reopen it and start a new generation.
+    fn recover_session(&self, seen: u64) -> Result<(), HsmError> {
+        let mut guard = lock(&self.ctx);
+        let Some(ctx) = guard.as_mut() else {
+            drop(guard);
+            return self.reinitialise(seen);
+        };
+        let anchor_ok = matches!(
+            ctx.anchor.get_session_info().map(|i| i.session_state()),
+            Ok(SessionState::RwUser | SessionState::RwPublic)
+        );
+        if !anchor_ok {
+            match ctx.pkcs11.open_rw_session(ctx.slot) {
+                Ok(s) => ctx.anchor = s,
+                Err(e) if recovery(&e) == Recovery::Reinitialise => {
+                    drop(guard);
+                    return self.reinitialise(seen);
+                }
+                Err(e) => return Err(map(e)),
+            }
+        }
+        self.login(&ctx.anchor)?;
+        // Handles may have died with the login; a new generation drops every idle session
+        // and the cache, which is reloaded in one listing pass.
+        if ctx.generation == seen {
+            ctx.generation += 1;
+            self.generation.store(ctx.generation, Ordering::SeqCst);
+        }
+        drop(guard);
+        lock(&self.idle).clear();
+        self.reload_cache()
+    }
+
+    /// Finalise and initialise the module again, unless another thread already did since
+    /// generation `seen`.
+    pub(crate) fn reinitialise(&self, seen: u64) -> Result<(), HsmError> {
+        let mut guard = lock(&self.ctx);
+        if guard.as_ref().is_some_and(|c| c.generation != seen) {
+            return Ok(());
+        }
+        {
+            let mut last = lock(&self.last_init_attempt);
+            if guard.is_none() && last.is_some_and(|t| t.elapsed() < REINIT_BACKOFF) {
+                return Err(unavailable());
+            }
+            *last = Some(Instant::now());
+        }
+        let pkcs11 = match guard.take() {
+            Some(old) => {
+                let Ctx { pkcs11, anchor, .. } = old;
+                drop(anchor);
+                // Sessions of the old generation are dropped as they come back.
+                let _ = pkcs11.clone().finalize();
+                pkcs11
+            }
+            None => Pkcs11::new(&self.cfg.module).map_err(map)?,
+        };
+        lock(&self.idle).clear();
+        let generation = self.current_generation() + 1;
+        self.generation.store(generation, Ordering::SeqCst);
+        self.cache_write().clear();
+        let ctx = self.open_ctx(pkcs11, generation)?;
+        *guard = Some(ctx);
+        drop(guard);
+        info!(generation, "PKCS#11 module re-initialised");
+        self.reload_cache()
+    }
+
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Kid, Handles>> {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn forget(&self, kid: &Kid) {
+        self.cache_write().remove(kid);
+    }
+
+    pub(crate) fn remember(&self, kid: Kid, handles: Handles) {
+        self.cache_write().insert(kid, handles);
+    }
+
+    /// Cached handles for `kid`, or a search by `CKA_ID` on a miss (then cached).
+    pub(crate) fn handles(&self, session: &Session, kid: &Kid) -> Result<Handles, OpError> {
+        if let Some(h) = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(kid)
+        {
+            return Ok(*h);
+        }
+        let find = |class| -> Result<Option<ObjectHandle>, CkError> {
+            let found = session.find_objects(&[
+                Attribute::Class(class),
+                Attribute::Id(kid.cka_id().to_vec()),
+            ])?;
+            Ok(found.first().copied())
+        };
+        let handles = Handles {
+            private: find(ObjectClass::PRIVATE_KEY)?,
+            public: find(ObjectClass::PUBLIC_KEY)?,
+        };
+        if handles.private.is_none() && handles.public.is_none() {
+            return Err(OpError::Final(HsmError::KeyNotFound(*kid)));
+        }
+        self.remember(*kid, handles);
+        Ok(handles)
+    }
+
+    /// Rebuild the handle cache in one listing pass over our objects.
+    pub(crate) fn reload_cache(&self) -> Result<(), HsmError> {
+        let objects = self.run(None, |_, s| Ok(super::object::list_in(s)?))?;
+        let mut map: HashMap<Kid, Handles> = HashMap::with_capacity(objects.len() / 2 + 1);
+        for o in objects {
+            let Some(kid) = o.kid else { continue };
+            let e = map.entry(kid).or_insert(Handles {
+                private: None,
+                public: None,
+            });
+            if o.private {
+                e.private = Some(o.handle);
+            } else {
+                e.public = Some(o.handle);
+            }
+        }
+        let n = map.len();
+        *self.cache_write() = map;
+        info!(keys = n, "HSM handle cache loaded");
+        Ok(())
+    }
+
+    /// Number of key pairs in the handle cache.
+    pub(crate) fn cached(&self) -> usize {
+        self.cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// The token label this core was configured with.
+    pub(crate) fn token_label(&self) -> &str {
+        &self.cfg.token_label
+    }
+
+    /// Log out and close everything (best effort, at shutdown).
+    pub(crate) fn close(&self) {
+        lock(&self.idle).clear();
+        if let Some(ctx) = lock(&self.ctx).take() {
+            let _ = ctx.anchor.logout();
+        }
+    }
+}
+
+fn unavailable() -> HsmError {
+    HsmError::Unavailable(CkError::Pkcs11(
+        RvError::CryptokiNotInitialized,
+        cryptoki::context::Function::Initialize,
+    ))
+}

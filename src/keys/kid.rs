@@ -1,0 +1,97 @@
+//! Key ids: a ULID that is also the HSM objects' `CKA_ID` (its 16 bytes) and label suffix.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ulid::Ulid;
+
+/// Label prefix of every object this service creates in the token.
+pub const LABEL_PREFIX: &str = "hsm-rotator/";
+
+/// A key id (`kid`): a ULID, sortable by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kid(pub Ulid);
+
+impl Kid {
+    /// A fresh kid.
+    pub fn generate() -> Self {
+        Self(Ulid::new())
+    }
+
+    /// The `CKA_ID` bytes: the ULID's 16 bytes, big-endian.
+    pub fn cka_id(&self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    /// The kid from a `CKA_ID`, if it is 16 bytes.
+    pub fn from_cka_id(id: &[u8]) -> Option<Self> {
+        let bytes: [u8; 16] = id.try_into().ok()?;
+        Some(Self(Ulid::from_bytes(bytes)))
+    }
+
+    /// The `CKA_LABEL`: `hsm-rotator/<kid>`.
+    pub fn label(&self) -> String {
+        format!("{LABEL_PREFIX}{}", self.0)
+    }
+}
+
+impl fmt::Display for Kid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The text was not a ULID.
+#[derive(Debug, thiserror::Error)]
+#[error("not a valid id (expected a 26-character ULID)")]
+pub struct BadId;
+
+/// Parse a 26-character Crockford base32 ULID strictly (no lowercase folding surprises).
+pub fn parse_ulid(s: &str) -> Result<Ulid, BadId> {
+    if s.len() != 26 {
+        return Err(BadId);
+    }
+    Ulid::from_string(s).map_err(|_| BadId)
+}
+
+impl FromStr for Kid {
+    type Err = BadId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_ulid(s).map(Self)
+    }
+}
+
+impl Serialize for Kid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cka_id_round_trips() {
+        let k = Kid::generate();
+        assert_eq!(Kid::from_cka_id(&k.cka_id()), Some(k));
+        assert!(k.label().starts_with(LABEL_PREFIX));
+        assert_eq!(k.to_string().parse::<Kid>().ok(), Some(k));
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        assert!("../../etc/passwd".parse::<Kid>().is_err());
+        assert!("01ARZ3NDEKTSV4RRFFQ69G5FA".parse::<Kid>().is_err());
+        assert!(Kid::from_cka_id(&[1, 2, 3]).is_none());
+    }
+}

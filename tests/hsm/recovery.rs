@@ -1,0 +1,163 @@
+//! Recovery from changes made behind the service's back.
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::UserType;
+use hsm_rotator::alg::{Algorithm, KeySpec};
+use hsm_rotator::hsm::HsmError;
+use hsm_rotator::keys::Kid;
+
+use super::{fixture, softhsm, verify_independently};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const MSG: &[u8] = b"header.payload";
+
+#[test]
+fn key_destroyed_by_another_process_is_reported_not_found() {
+    let f = fixture("destroyed_elsewhere", 2);
+    f.rt.block_on(async {
+        let kid = Kid::generate();
+        f.hsm
+            .generate(kid, KeySpec::new(Algorithm::ES256, 0))
+            .await
+            .unwrap();
+        f.hsm
+            .sign(kid, Algorithm::ES256, MSG.to_vec())
+            .await
+            .unwrap();
+        let id = hex(&kid.cka_id());
+        for ty in ["privkey", "pubkey"] {
+            let out = f
+                .token
+                .pkcs11_tool_login(&["--delete-object", "--type", ty, "--id", &id]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            f.hsm.sign(kid, Algorithm::ES256, MSG.to_vec()),
+        )
+        .await
+        .expect("no hang")
+        .unwrap_err();
+        assert!(
+            matches!(err, HsmError::KeyNotFound(k) if k == kid),
+            "{err:?}"
+        );
+        // The pool still works for other keys.
+        let other = Kid::generate();
+        f.hsm
+            .generate(other, KeySpec::new(Algorithm::ES256, 0))
+            .await
+            .unwrap();
+        f.hsm
+            .sign(other, Algorithm::ES256, MSG.to_vec())
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn key_created_by_another_process_is_found_on_cache_miss() {
+    let f = fixture("created_elsewhere", 2);
+    f.rt.block_on(async {
+        let kid = Kid::generate();
+        let out = f.token.pkcs11_tool_login(&[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            &hex(&kid.cka_id()),
+            "--label",
+            &kid.label(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sig = f
+            .hsm
+            .sign(kid, Algorithm::ES256, MSG.to_vec())
+            .await
+            .unwrap();
+        let pk = f.hsm.public_key(kid, Algorithm::ES256).await.unwrap();
+        assert!(verify_independently(&pk, Algorithm::ES256, MSG, &sig));
+    });
+}
+
+fn second_context() -> Pkcs11 {
+    let p = Pkcs11::new(softhsm::MODULE).unwrap();
+    match p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::CryptokiAlreadyInitialized,
+            _,
+        )) => {}
+        Err(e) => panic!("{e}"),
+    }
+    p
+}
+
+#[test]
+fn sessions_logged_out_underneath_the_pool_are_recovered() {
+    let f = fixture("logged_out_underneath", 2);
+    f.rt.block_on(async {
+        let kid = Kid::generate();
+        let pk = f
+            .hsm
+            .generate(kid, KeySpec::new(Algorithm::RS256, 2048))
+            .await
+            .unwrap();
+        f.hsm
+            .sign(kid, Algorithm::RS256, MSG.to_vec())
+            .await
+            .unwrap();
+        // C_Logout on any session logs the whole application out: every pooled session
+        // and the anchor lose their login, and SoftHSM's private handles die with it.
+        let other = second_context();
+        let slot = other.get_slots_with_token().unwrap()[0];
+        let s = other.open_rw_session(slot).unwrap();
+        s.logout().unwrap();
+        drop(s);
+        assert!(f.hsm.ready().await.is_ok() || f.hsm.ready().await.is_ok());
+        let sig = f
+            .hsm
+            .sign(kid, Algorithm::RS256, MSG.to_vec())
+            .await
+            .unwrap();
+        assert!(verify_independently(&pk, Algorithm::RS256, MSG, &sig));
+        let _ = UserType::User;
+    });
+}
+
+#[test]
+fn module_finalised_underneath_is_initialised_again() {
+    let f = fixture("finalised_underneath", 2);
+    f.rt.block_on(async {
+        let kid = Kid::generate();
+        let pk = f
+            .hsm
+            .generate(kid, KeySpec::new(Algorithm::EdDSA, 0))
+            .await
+            .unwrap();
+        f.hsm
+            .sign(kid, Algorithm::EdDSA, MSG.to_vec())
+            .await
+            .unwrap();
+        // C_Finalize kills every session of the process at once.
+        second_context().finalize().unwrap();
+        let sig = f
+            .hsm
+            .sign(kid, Algorithm::EdDSA, MSG.to_vec())
+            .await
+            .unwrap();
+        assert!(verify_independently(&pk, Algorithm::EdDSA, MSG, &sig));
+        f.hsm.ready().await.unwrap();
+    });
+}

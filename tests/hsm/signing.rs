@@ -1,0 +1,119 @@
+//! Key generation, signing and destruction for every algorithm.
+
+use std::sync::atomic::Ordering;
+
+use hsm_rotator::alg::{ALL, Algorithm, KeySpec};
+use hsm_rotator::hsm::HsmError;
+use hsm_rotator::keys::Kid;
+
+use super::{Counter, fixture, verify_independently};
+
+const INPUT: &[u8] = b"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSJ9";
+
+#[test]
+fn every_algorithm_generates_signs_verifies_and_destroys() {
+    let f = fixture("every_algorithm", 2);
+    let mut specs: Vec<KeySpec> = ALL.iter().map(|&a| KeySpec::new(a, 2048)).collect();
+    specs.push(KeySpec::new(Algorithm::RS256, 3072));
+    specs.push(KeySpec::new(Algorithm::PS512, 4096));
+    f.rt.block_on(async {
+        for spec in specs {
+            let kid = Kid::generate();
+            let pk = f.hsm.generate(kid, spec).await.unwrap();
+            if spec.alg.is_rsa() {
+                assert_eq!(pk.rsa_bits(), spec.rsa_bits, "{spec}");
+            }
+            let sig = f.hsm.sign(kid, spec.alg, INPUT.to_vec()).await.unwrap();
+            assert!(
+                verify_independently(&pk, spec.alg, INPUT, &sig),
+                "{spec}: signature does not verify"
+            );
+            assert!(
+                !verify_independently(&pk, spec.alg, b"tampered.input", &sig),
+                "{spec}"
+            );
+
+            let read = f.hsm.public_key(kid, spec.alg).await.unwrap();
+            assert_eq!(read, pk, "{spec}: public key read back differs");
+
+            let flags = f.hsm.private_key_flags(kid).await.unwrap();
+            assert!(
+                flags.token && flags.private && flags.sensitive,
+                "{spec}: {flags:?}"
+            );
+            assert!(
+                !flags.extractable && flags.never_extractable,
+                "{spec}: {flags:?}"
+            );
+            assert!(!flags.secret_readable, "{spec}: private value readable");
+
+            let ours: Vec<_> = f
+                .hsm
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.kid == Some(kid))
+                .collect();
+            assert_eq!(ours.len(), 2, "{spec}: both halves listed");
+            assert!(ours.iter().all(|o| o.label == kid.label()));
+
+            assert!(f.hsm.destroy(kid).await.unwrap());
+            assert!(
+                f.hsm
+                    .list()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|o| o.kid != Some(kid)),
+                "{spec}: halves left"
+            );
+            assert!(
+                !f.hsm.destroy(kid).await.unwrap(),
+                "second destroy finds nothing"
+            );
+            let err = f.hsm.sign(kid, spec.alg, INPUT.to_vec()).await.unwrap_err();
+            assert!(
+                matches!(err, HsmError::KeyNotFound(k) if k == kid),
+                "{spec}: {err:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn sixty_four_tasks_sign_concurrently_over_four_sessions() {
+    let f = fixture("concurrent_signing", 4);
+    f.rt.block_on(async {
+        let kid = Kid::generate();
+        let pk = f
+            .hsm
+            .generate(kid, KeySpec::new(Algorithm::ES256, 0))
+            .await
+            .unwrap();
+        let ok: Counter = Default::default();
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let hsm = f.hsm.clone();
+            let pk = pk.clone();
+            let ok = ok.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..1000 {
+                    let msg = format!("task{t}.msg{i}").into_bytes();
+                    let sig = hsm.sign(kid, Algorithm::ES256, msg.clone()).await.unwrap();
+                    assert!(verify_independently(&pk, Algorithm::ES256, &msg, &sig));
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        let all = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+        .await;
+        assert!(all.is_ok(), "signing deadlocked or stalled");
+        assert_eq!(ok.load(Ordering::Relaxed), 64_000);
+        assert!(f.hsm.pool_in_use() == 0);
+    });
+}
