@@ -5,29 +5,134 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::api::extract_host::HostHeader;
+use crate::auth::{ROOT_PREFIX, Secret};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::hsm::Hsm;
+use crate::jwt::TokenService;
+use crate::keys::registry::ROOT_SETTING;
+use crate::keys::{KeyService, Registry};
+use crate::store::{Store, StoreError};
+
+/// Settings the handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Public base URL, if configured.
+    pub public_url: Option<String>,
+    /// JWKS `max-age`, seconds.
+    pub jwks_max_age: u64,
+}
 
 /// Shared state handed to every handler.
 #[derive(Clone)]
 pub struct AppState {
     /// The token.
     pub hsm: Hsm,
+    /// The store.
+    pub store: Store,
+    /// In-memory view of apps, keys and revocations.
+    pub registry: Arc<Registry>,
+    /// Key lifecycle.
+    pub keys: KeyService,
+    /// Token issuance and verification.
+    pub tokens: TokenService,
     /// Time source.
     pub clock: Arc<dyn Clock>,
+    /// Handler settings.
+    pub settings: Arc<Settings>,
 }
 
 impl AppState {
     /// Whether the store answers (`Err` carries a printable reason).
     pub async fn store_ready(&self) -> Result<(), String> {
-        Ok(())
+        self.store.ping().await.map_err(|e| e.to_string())
     }
+
+    /// Base URL: `public_url`, else `http://<Host>`.
+    pub fn base_url(&self, host: &HostHeader) -> String {
+        match (&self.settings.public_url, &host.0) {
+            (Some(u), _) => u.trim_end_matches('/').to_owned(),
+            (None, Some(h)) => format!("http://{h}"),
+            (None, None) => "http://localhost".to_owned(),
+        }
+    }
+
+    /// An app's issuer: `<base>/apps/<id>`; the `iss` of every token of the app.
+    pub fn issuer(&self, host: &HostHeader, app_id: &str) -> String {
+        format!("{}/apps/{app_id}", self.base_url(host))
+    }
+
+    /// Connect the store and the HSM and assemble the services.
+    ///
+    /// # Errors
+    /// Start-up failures, with context.
+    pub async fn connect(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = Store::connect(&cfg.database_url()).await.with_context(|| {
+            format!(
+                "Failed to open the store at {}",
+                crate::config::redact_url(&cfg.database_url())
+            )
+        })?;
+        let hsm = Hsm::connect(cfg.hsm()?)
+            .await
+            .context("Failed to open the HSM token")?;
+        let registry = Arc::new(
+            Registry::load(store.clone(), clock.now())
+                .await
+                .context("Failed to load keys from the store")?,
+        );
+        let keys = KeyService::new(
+            store.clone(),
+            hsm.clone(),
+            registry.clone(),
+            clock.clone(),
+            cfg.spare_keys,
+        );
+        let tokens = TokenService::new(store.clone(), hsm.clone(), registry.clone(), clock.clone());
+        Ok(Self {
+            hsm,
+            store,
+            registry,
+            keys,
+            tokens,
+            clock,
+            settings: Arc::new(Settings {
+                public_url: cfg.public_url.clone(),
+                jwks_max_age: cfg.jwks_max_age,
+            }),
+        })
+    }
+}
+
+/// Create the root key if the store has none; returns it (to be shown once).
+///
+/// # Errors
+/// Store failures.
+pub async fn init_root_key(
+    store: &Store,
+    registry: Option<&Registry>,
+) -> Result<Option<Secret>, StoreError> {
+    if store.setting(ROOT_SETTING).await?.is_some() {
+        return Ok(None);
+    }
+    let key = Secret::generate(ROOT_PREFIX);
+    if !store
+        .insert_setting_if_absent(ROOT_SETTING, &key.digest())
+        .await?
+    {
+        return Ok(None);
+    }
+    if let Some(r) = registry {
+        r.set_root_digest(key.digest());
+    }
+    Ok(Some(key))
 }
 
 /// A built, bound, not yet serving application.
@@ -43,13 +148,17 @@ impl Application {
     /// # Errors
     /// Any start-up failure, with context.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
-        let hsm = Hsm::connect(cfg.hsm()?)
-            .await
-            .context("Failed to open the HSM token")?;
-        let state = AppState {
-            hsm,
-            clock: Arc::new(SystemClock),
-        };
+        let state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
+        if let Some(root) = init_root_key(&state.store, Some(&state.registry)).await? {
+            crate::cli::announce_root_key(&root)?;
+        }
+        tokio::spawn(
+            state
+                .keys
+                .spares()
+                .clone()
+                .run(Duration::from_secs(cfg.scheduler_interval)),
+        );
         let router = crate::api::router(state.clone());
         let listener = TcpListener::bind(&cfg.listen)
             .await

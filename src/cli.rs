@@ -33,6 +33,8 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Create the store and print the root key once (if it has none yet).
+    Init,
     /// Check that the HSM token can be opened and list our objects in it.
     CheckHsm,
 }
@@ -61,6 +63,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(%addr, "serving");
             app.run_until_stopped().await
         }
+        Command::Init => {
+            let store = crate::store::Store::connect(&cfg.database_url())
+                .await
+                .context("Failed to open the store")?;
+            match crate::app::init_root_key(&store, None).await? {
+                Some(root) => announce_root_key(&root)?,
+                None => println!("already initialised; rotate the root key with POST /root/rotate"),
+            }
+            Ok(())
+        }
         Command::CheckHsm => {
             let hsm = crate::hsm::Hsm::connect(cfg.hsm()?)
                 .await
@@ -77,4 +89,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Print the new root key on stdout, once, as `root key: rk_...`.
+///
+/// # Errors
+/// If stdout cannot be written.
+pub fn announce_root_key(root: &crate::auth::Secret) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "root key: {}", root.expose()).context("Failed to write to stdout")?;
+    writeln!(out, "(shown once: store it now; only its SHA-256 is kept)")
+        .context("Failed to write to stdout")?;
+    out.flush().context("Failed to flush stdout")?;
+    Ok(())
 }

@@ -13,11 +13,14 @@
 pub mod alg;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod hsm;
+pub mod jwt;
 pub mod keys;
 pub mod pubkey;
 pub mod store;
 pub mod telemetry;
+pub mod x509;

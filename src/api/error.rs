@@ -67,6 +67,14 @@ pub enum ApiError {
         /// Seconds until a retry may succeed.
         retry_after: u64,
     },
+    /// 503: a dependency cannot serve this now.
+    #[error("{message}")]
+    Unavailable {
+        /// Stable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
     /// 500: the store failed.
     #[error("store error")]
     Store(#[source] crate::store::StoreError),
@@ -117,6 +125,7 @@ impl ApiError {
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Hsm(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -125,6 +134,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest { code, .. }
+            | Self::Unavailable { code, .. }
             | Self::Conflict { code, .. }
             | Self::Unprocessable { code, .. } => code,
             Self::Unauthorized => "unauthorized",
@@ -156,6 +166,45 @@ impl ApiError {
             Self::Internal(_) => "internal error; see the server log".into(),
             other => other.to_string(),
         }
+    }
+}
+
+impl From<crate::keys::KeyError> for ApiError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError as K;
+        match e {
+            K::AppNotFound => Self::NotFound("app"),
+            K::KeyNotFound => Self::NotFound("key"),
+            K::InvalidState(m) => Self::conflict("key_not_revocable", m),
+            K::Store(e) => Self::Store(e),
+            K::Hsm(e) => Self::Hsm(e),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<crate::jwt::service::TokenError> for ApiError {
+    fn from(e: crate::jwt::service::TokenError) -> Self {
+        use crate::jwt::service::TokenError as T;
+        match e {
+            T::ReservedClaim(_) => Self::unprocessable("reserved_claim", e.to_string()),
+            T::Ttl(_) => Self::unprocessable("invalid_ttl", e.to_string()),
+            T::NoCurrentKey => Self::Unavailable {
+                code: "no_current_key",
+                message: e.to_string(),
+            },
+            T::InvalidRefresh => Self::bad_request("invalid_grant", e.to_string()),
+            T::RefreshReused => Self::bad_request("refresh_token_reused", e.to_string()),
+            T::Ledger(m) => Self::Store(crate::store::StoreError::Corrupt(format!("ledger: {m}"))),
+            T::Store(e) => Self::Store(e),
+            T::Hsm(e) => Self::Hsm(e),
+        }
+    }
+}
+
+impl From<crate::keys::policy::PolicyError> for ApiError {
+    fn from(e: crate::keys::policy::PolicyError) -> Self {
+        Self::unprocessable("invalid_policy", e.to_string())
     }
 }
 

@@ -1,19 +1,54 @@
 //! HTTP API: one router per resource, merged here. Only this module imports axum.
 
+mod apps;
+mod auth;
 mod error;
+mod extract;
+
+/// Request extractors other layers name.
+pub mod extract_host {
+    pub use super::extract::HostHeader;
+}
 mod health;
+mod jwks;
+mod tokens;
+pub mod wire;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware;
 
+pub use auth::Actor;
 pub use error::{ApiError, error_chain};
 
 use crate::app::AppState;
+
+/// Largest request body accepted, bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// `Cache-Control: no-store`, for every response that carries a secret.
+pub(crate) fn no_store() -> [(HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::PRAGMA, HeaderValue::from_static("no-cache")),
+    ]
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(apps::router())
+        .merge(tokens::router())
+        .merge(jwks::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(error::log_errors))
         .with_state(state)
 }

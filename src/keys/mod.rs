@@ -1,5 +1,15 @@
-//! Signing keys: ids, states, the lifecycle service and the scheduler.
+//! Signing keys: ids, states, the in-memory registry, the spare pool and the lifecycle
+//! service.
 
 mod kid;
+pub mod policy;
+pub mod registry;
+pub mod service;
+pub mod spares;
+mod state;
 
-pub use kid::{BadId, Kid, LABEL_PREFIX, parse_ulid};
+pub use kid::{BadId, Kid, LABEL_PREFIX, monotonic_ulid, parse_ulid};
+pub use registry::{LiveKey, Registry};
+pub use service::{CreatedApp, KeyError, KeyService, Revocation, Rotation};
+pub use spares::SparePool;
+pub use state::KeyState;

@@ -1,5 +1,208 @@
 //! The key store: the only module with SQL.
+//!
+//! One [`Store`], two engines (SQLite by default, PostgreSQL for replicas) behind sqlx's
+//! `Any` driver. The SQL is written once in the dialect both accept (`$n` placeholders,
+//! `RETURNING`, partial unique indexes); where the engines differ ([`Dialect`]) the code
+//! says so. Every state change runs in one transaction. Times are Unix seconds.
 
+mod apps;
 mod error;
+mod keys;
+mod tokens;
 
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor as _, Transaction};
+
+pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
+pub use keys::KeyRow;
+pub use tokens::{LedgerRow, RefreshRow, SessionRow};
+
+/// Which engine the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (one replica).
+    Sqlite,
+    /// PostgreSQL (any number of replicas).
+    Postgres,
+}
+
+/// An open transaction.
+pub type Tx = Transaction<'static, sqlx::Any>;
+
+/// Handle on the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Store {
+    /// Connect to `url` (`sqlite://...` or `postgres://...`) and run the migrations.
+    ///
+    /// # Errors
+    /// Connection or migration failures.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        };
+        if dialect == Dialect::Sqlite
+            && let Some(path) = sqlite_path(url)
+            && let Some(dir) = std::path::Path::new(&path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let opts = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        let store = Self { pool, dialect };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // The PostgreSQL migrator takes an advisory lock, so replicas may start together.
+        match self.dialect {
+            Dialect::Sqlite => MIGRATE_SQLITE.run(&self.pool).await?,
+            Dialect::Postgres => MIGRATE_POSTGRES.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// The engine.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The pool (for the few callers that run ad-hoc health queries).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begin a write transaction. On SQLite it is `BEGIN IMMEDIATE`, taking the write lock
+    /// at once, so two writers never deadlock upgrading a read lock.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Lock an app's row for the rest of `tx` (PostgreSQL; SQLite's write lock already
+    /// serialises writers). Returns whether the app exists.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn lock_app(&self, tx: &mut Tx, app_id: &str) -> Result<bool, StoreError> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => "SELECT id FROM apps WHERE id = $1",
+            Dialect::Postgres => "SELECT id FROM apps WHERE id = $1 FOR UPDATE",
+        };
+        Ok(sqlx::query(sql)
+            .bind(app_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some())
+    }
+
+    /// A trivial query: whether the database answers.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Read a setting.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        use sqlx::Row as _;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("value")?),
+            None => None,
+        })
+    }
+
+    /// Insert a setting if absent; returns whether it was inserted.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_setting_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Replace a setting only if it still has `old`; returns whether it changed.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn swap_setting(&self, key: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE settings SET value = $1 WHERE key = $2 AND value = $3")
+            .bind(new)
+            .bind(key)
+            .bind(old)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+/// Read an optional i64 column.
+pub(crate) fn opt_i64(row: &sqlx::any::AnyRow, col: &str) -> Result<Option<i64>, StoreError> {
+    use sqlx::Row as _;
+    Ok(row.try_get::<Option<i64>, _>(col)?)
+}

@@ -1,0 +1,362 @@
+//! Native app and key routes: `/apps`, `/apps/{id}`, `/apps/{id}/keys...`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ulid::Ulid;
+
+use super::auth::{existing_app, require_root, require_root_or_app};
+use super::extract::{ApiJson, Credential, HostHeader};
+use super::{ApiError, wire};
+use crate::alg::Algorithm;
+use crate::app::AppState;
+use crate::keys::policy::{self, Policy};
+use crate::keys::{KeyState, Kid};
+use crate::store::{AppPolicy, AppRow};
+
+/// `POST /apps` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateApp {
+    /// Display name.
+    pub name: String,
+    /// Algorithm of the app's keys (default RS256).
+    #[serde(default)]
+    pub signing_alg: Option<String>,
+    /// RSA modulus bits (default 2048).
+    #[serde(default)]
+    pub rsa_bits: Option<u32>,
+    /// Seconds between scheduled rotations (default 30 days).
+    #[serde(default)]
+    pub rotation_period: Option<i64>,
+    /// Seconds a key verifies after it stopped signing (default token_ttl + 300).
+    #[serde(default)]
+    pub verification_ttl: Option<i64>,
+    /// Longest access-token lifetime (default 3600).
+    #[serde(default)]
+    pub token_ttl: Option<i64>,
+    /// Refresh-token lifetime (default 0: no refresh tokens).
+    #[serde(default)]
+    pub refresh_ttl: Option<i64>,
+    /// Certificate subject (default `CN=<name>`).
+    #[serde(default)]
+    pub subject_dn: Option<String>,
+}
+
+/// `PATCH /apps/{id}` body: only the fields given change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchApp {
+    name: Option<String>,
+    signing_alg: Option<String>,
+    rsa_bits: Option<u32>,
+    rotation_period: Option<i64>,
+    verification_ttl: Option<i64>,
+    token_ttl: Option<i64>,
+    refresh_ttl: Option<i64>,
+    subject_dn: Option<String>,
+}
+
+pub(crate) fn parse_alg(s: &str) -> Result<Algorithm, ApiError> {
+    s.parse().map_err(|e: crate::alg::UnknownAlgorithm| {
+        ApiError::unprocessable("unsupported_algorithm", e.to_string())
+    })
+}
+
+pub(crate) fn validate_subject_dn(dn: &str) -> Result<(), ApiError> {
+    if dn.is_empty() || dn.chars().count() > 132 || dn.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_policy",
+            "subject_dn: must be 1 to 132 characters",
+        ));
+    }
+    crate::x509::parse_dn(dn)
+        .map_err(|e| ApiError::unprocessable("invalid_policy", format!("subject_dn: {e}")))?;
+    Ok(())
+}
+
+/// Build and validate a new app row from a request (shared with the compat families).
+pub(crate) fn new_app_row(
+    req: CreateApp,
+    description: String,
+    token_nbf: i64,
+    refresh_nbf: i64,
+) -> Result<AppRow, ApiError> {
+    policy::validate_name(&req.name)?;
+    let signing_alg = req
+        .signing_alg
+        .as_deref()
+        .map(parse_alg)
+        .transpose()?
+        .unwrap_or(Algorithm::RS256);
+    let token_ttl = req.token_ttl.unwrap_or(policy::DEFAULT_TOKEN_TTL);
+    let refresh_ttl = req.refresh_ttl.unwrap_or(0);
+    let p = Policy {
+        signing_alg,
+        rsa_bits: if signing_alg.is_rsa() {
+            req.rsa_bits.unwrap_or(2048)
+        } else {
+            0
+        },
+        rotation_period: req
+            .rotation_period
+            .unwrap_or(policy::DEFAULT_ROTATION_PERIOD),
+        verification_ttl: req
+            .verification_ttl
+            .unwrap_or_else(|| policy::default_verification_ttl(token_ttl)),
+        token_ttl,
+        token_nbf,
+        refresh_ttl,
+        refresh_nbf,
+    };
+    policy::validate(&p)?;
+    let subject_dn = req
+        .subject_dn
+        .unwrap_or_else(|| format!("CN={}", dn_escape(&req.name)));
+    validate_subject_dn(&subject_dn)?;
+    Ok(AppRow {
+        id: Ulid::new().to_string(),
+        name: req.name,
+        description,
+        signing_alg: p.signing_alg,
+        rsa_bits: p.rsa_bits,
+        rotation_period: p.rotation_period,
+        verification_ttl: p.verification_ttl,
+        token_ttl: p.token_ttl,
+        token_nbf: p.token_nbf,
+        refresh_ttl: p.refresh_ttl,
+        refresh_nbf: p.refresh_nbf,
+        subject_dn,
+        created_at: 0,
+        updated_at: 0,
+        cutoff: None,
+        last_rotated_at: None,
+        access_token_sha256: String::new(),
+    })
+}
+
+/// Escape RFC 4514 special characters in an attribute value.
+fn dn_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && matches!(c, '#' | ' '))
+        {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    if out.ends_with(' ') {
+        out.insert(out.len() - 1, '\\');
+    }
+    out
+}
+
+/// Key summary shown with an app.
+fn key_summary(state: &AppState, app_id: &str) -> Value {
+    let live = state.registry.published(app_id);
+    let kid_of = |s: KeyState| {
+        live.iter()
+            .find(|k| k.row.state == s)
+            .map(|k| k.row.kid.to_string())
+    };
+    json!({
+        "current": kid_of(KeyState::Current),
+        "next": kid_of(KeyState::Next),
+        "previous": live.iter().filter(|k| k.row.state == KeyState::Previous).map(|k| k.row.kid.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn app_view(state: &AppState, host: &HostHeader, a: &AppRow) -> Value {
+    let mut v = wire::app(a, &state.issuer(host, &a.id));
+    if let Value::Object(m) = &mut v {
+        m.insert("key_summary".into(), key_summary(state, &a.id));
+    }
+    v
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    host: HostHeader,
+    ApiJson(req): ApiJson<CreateApp>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_root(&state, cred.as_deref())?;
+    let row = new_app_row(req, String::new(), 0, 0)?;
+    let created = state.keys.create_app(row).await?;
+    let mut body = wire::app(&created.app, &state.issuer(&host, &created.app.id));
+    if let Value::Object(m) = &mut body {
+        m.insert("access_token".into(), created.access_token.expose().into());
+        m.insert("keys".into(), created.keys.iter().map(wire::key).collect());
+    }
+    Ok((StatusCode::CREATED, super::no_store(), Json(body)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    host: HostHeader,
+) -> Result<Json<Value>, ApiError> {
+    require_root(&state, cred.as_deref())?;
+    let apps = state.store.apps().await?;
+    Ok(Json(
+        json!({"apps": apps.iter().map(|a| app_view(&state, &host, a)).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    host: HostHeader,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_root(&state, cred.as_deref())?;
+    let app = existing_app(&state, &id).await?;
+    Ok(Json(app_view(&state, &host, &app)))
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    host: HostHeader,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PatchApp>,
+) -> Result<Json<Value>, ApiError> {
+    require_root(&state, cred.as_deref())?;
+    let app = existing_app(&state, &id).await?;
+    if let Some(n) = &req.name {
+        policy::validate_name(n)?;
+    }
+    let signing_alg = req
+        .signing_alg
+        .as_deref()
+        .map(parse_alg)
+        .transpose()?
+        .unwrap_or(app.signing_alg);
+    let token_ttl = req.token_ttl.unwrap_or(app.token_ttl);
+    let p = Policy {
+        signing_alg,
+        rsa_bits: if signing_alg.is_rsa() {
+            req.rsa_bits.unwrap_or(if app.rsa_bits == 0 {
+                2048
+            } else {
+                app.rsa_bits
+            })
+        } else {
+            0
+        },
+        rotation_period: req.rotation_period.unwrap_or(app.rotation_period),
+        verification_ttl: req.verification_ttl.unwrap_or(app.verification_ttl),
+        token_ttl,
+        token_nbf: app.token_nbf,
+        refresh_ttl: req.refresh_ttl.unwrap_or(app.refresh_ttl),
+        refresh_nbf: app.refresh_nbf,
+    };
+    policy::validate(&p)?;
+    let subject_dn = req.subject_dn.unwrap_or_else(|| app.subject_dn.clone());
+    validate_subject_dn(&subject_dn)?;
+    let updated = state
+        .keys
+        .update_app(
+            &id,
+            &AppPolicy {
+                name: req.name.unwrap_or_else(|| app.name.clone()),
+                description: app.description.clone(),
+                signing_alg: p.signing_alg,
+                rsa_bits: p.rsa_bits,
+                rotation_period: p.rotation_period,
+                verification_ttl: p.verification_ttl,
+                token_ttl: p.token_ttl,
+                token_nbf: p.token_nbf,
+                refresh_ttl: p.refresh_ttl,
+                refresh_nbf: p.refresh_nbf,
+                subject_dn,
+            },
+        )
+        .await?;
+    Ok(Json(app_view(&state, &host, &updated)))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_root(&state, cred.as_deref())?;
+    existing_app(&state, &id).await?;
+    let revoked = state.keys.delete_app(&id).await?;
+    Ok(Json(json!({
+        "id": id,
+        "deleted": true,
+        "revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })))
+}
+
+async fn keys(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_root_or_app(&state, cred.as_deref(), &id).await?;
+    let keys = state.store.app_keys(&id).await?;
+    Ok(Json(
+        json!({"keys": keys.iter().map(wire::key).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_root_or_app(&state, cred.as_deref(), &id).await?;
+    let r = state.keys.rotate(&id).await?;
+    Ok(Json(json!({
+        "current": wire::key(&r.current),
+        "next": wire::key(&r.next),
+        "previous": r.previous.iter().map(wire::key).collect::<Vec<_>>(),
+    })))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path((id, kid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    require_root_or_app(&state, cred.as_deref(), &id).await?;
+    let kid: Kid = kid.parse().map_err(|_| ApiError::NotFound("key"))?;
+    let r = state.keys.revoke_key(&id, kid).await?;
+    Ok(Json(json!({
+        "revoked": r.revoked.first().map(wire::key),
+        "current": r.current.as_ref().map(wire::key),
+        "next": r.next.as_ref().map(wire::key),
+        "revoked_tokens": r.revoked_tokens,
+        "affected_subjects": r.affected_subjects,
+    })))
+}
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/apps", post(create).get(list))
+        .route("/apps/{id}", get(show).patch(patch).delete(delete))
+        .route("/apps/{id}/keys", get(keys))
+        .route("/apps/{id}/keys/rotate", post(rotate))
+        .route("/apps/{id}/keys/{kid}/revoke", post(revoke))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dn_escape;
+
+    #[test]
+    fn dn_values_are_escaped() {
+        assert_eq!(dn_escape("Acme, Inc"), "Acme\\, Inc");
+        assert_eq!(dn_escape("#1"), "\\#1");
+        assert_eq!(dn_escape("plain"), "plain");
+    }
+}

@@ -1,0 +1,300 @@
+//! The in-memory view that the hot paths read: apps, access-token digests, live public
+//! keys with their verifiers, and revocation state (deny-listed jtis, subject cut-offs).
+//!
+//! Introspection and issuance read only this (and the HSM for signing); the store is
+//! consulted on a miss. Every write path updates it after its transaction commits, by
+//! re-reading the rows it changed, so it never holds state the store does not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ulid::Ulid;
+
+use super::{KeyState, Kid};
+use crate::jwt::verify::Verifier;
+use crate::pubkey::PublicKey;
+use crate::store::{AppRow, KeyRow, Store, StoreError};
+
+/// A published key (next, current or previous) ready to verify.
+#[derive(Debug)]
+pub struct LiveKey {
+    /// Its row.
+    pub row: KeyRow,
+    /// Its public half.
+    pub public: PublicKey,
+    /// Its verifier.
+    pub verifier: Verifier,
+}
+
+#[derive(Default)]
+struct Inner {
+    root_digest: Option<String>,
+    apps: HashMap<String, Arc<AppRow>>,
+    by_token: HashMap<String, String>,
+    keys: HashMap<Kid, Arc<LiveKey>>,
+    app_keys: HashMap<String, Vec<Kid>>,
+    denied: HashMap<String, i64>,
+    subjects: HashMap<(String, String), Ulid>,
+}
+
+/// Setting key of the root-key digest.
+pub const ROOT_SETTING: &str = "root_key_sha256";
+
+/// In-memory state shared by every request.
+pub struct Registry {
+    store: Store,
+    inner: RwLock<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+fn live_key(row: KeyRow) -> Result<LiveKey, StoreError> {
+    let spki = row
+        .spki
+        .as_deref()
+        .ok_or_else(|| StoreError::Corrupt(format!("key {} has no public key", row.kid)))?;
+    let public = PublicKey::from_spki_der(spki).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let verifier =
+        Verifier::new(&public, row.algorithm).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(LiveKey {
+        row,
+        public,
+        verifier,
+    })
+}
+
+impl Registry {
+    /// Load everything from the store.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn load(store: Store, now: i64) -> Result<Self, StoreError> {
+        let r = Self {
+            store,
+            inner: RwLock::new(Inner::default()),
+        };
+        r.reload_all(now).await?;
+        Ok(r)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Re-read the whole state (start-up, and after a lost change notification).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn reload_all(&self, now: i64) -> Result<(), StoreError> {
+        let root = self.store.setting(ROOT_SETTING).await?;
+        let apps = self.store.apps().await?;
+        let keys = self.store.live_keys().await?;
+        let denied = self.store.denied_jtis(now).await?;
+        let subjects = self.store.subject_cutoffs(now).await?;
+        let mut inner = Inner {
+            root_digest: root,
+            ..Inner::default()
+        };
+        for a in apps {
+            inner
+                .by_token
+                .insert(a.access_token_sha256.clone(), a.id.clone());
+            inner.apps.insert(a.id.clone(), Arc::new(a));
+        }
+        for k in keys {
+            let Some(app) = k.app_id.clone() else {
+                continue;
+            };
+            let kid = k.kid;
+            match live_key(k) {
+                Ok(l) => {
+                    inner.keys.insert(kid, Arc::new(l));
+                    inner.app_keys.entry(app).or_default().push(kid);
+                }
+                Err(e) => tracing::error!(%kid, error = %e, "skipping unreadable key row"),
+            }
+        }
+        for v in inner.app_keys.values_mut() {
+            v.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        for (jti, _, exp) in denied {
+            inner.denied.insert(jti, exp);
+        }
+        for (app, sub, cutoff) in subjects {
+            if let Ok(c) = Ulid::from_string(&cutoff) {
+                inner.subjects.insert((app, sub), c);
+            }
+        }
+        *self.write() = inner;
+        Ok(())
+    }
+
+    /// Re-read one app and its keys (after a change to either).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn reload_app(&self, app_id: &str) -> Result<(), StoreError> {
+        let app = self.store.app(app_id).await?;
+        let keys = match &app {
+            Some(_) => self.store.app_keys(app_id).await?,
+            None => Vec::new(),
+        };
+        let mut live = Vec::new();
+        for k in keys.into_iter().filter(|k| k.state.verifies()) {
+            live.push(live_key(k)?);
+        }
+        let mut inner = self.write();
+        if let Some(old) = inner.apps.remove(app_id) {
+            inner.by_token.remove(&old.access_token_sha256);
+        }
+        for kid in inner.app_keys.remove(app_id).unwrap_or_default() {
+            inner.keys.remove(&kid);
+        }
+        if let Some(a) = app {
+            inner
+                .by_token
+                .insert(a.access_token_sha256.clone(), a.id.clone());
+            let mut kids: Vec<Kid> = live.iter().map(|l| l.row.kid).collect();
+            kids.sort_unstable_by(|a, b| b.cmp(a));
+            for l in live {
+                inner.keys.insert(l.row.kid, Arc::new(l));
+            }
+            inner.app_keys.insert(a.id.clone(), kids);
+            inner.apps.insert(a.id.clone(), Arc::new(a));
+        }
+        Ok(())
+    }
+
+    /// An app.
+    pub fn app(&self, id: &str) -> Option<Arc<AppRow>> {
+        self.read().apps.get(id).cloned()
+    }
+
+    /// The app whose access token has this digest; the store is asked on a miss.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn app_by_token(&self, digest: &str) -> Result<Option<Arc<AppRow>>, StoreError> {
+        if let Some(app) = {
+            let inner = self.read();
+            inner
+                .by_token
+                .get(digest)
+                .and_then(|id| inner.apps.get(id))
+                .cloned()
+        } {
+            return Ok(Some(app));
+        }
+        match self.store.app_by_token(digest).await? {
+            Some(a) => {
+                let id = a.id.clone();
+                self.reload_app(&id).await?;
+                Ok(self.app(&id))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The digest of the root key, if one was set.
+    pub fn root_digest(&self) -> Option<String> {
+        self.read().root_digest.clone()
+    }
+
+    /// Replace the root-key digest held in memory.
+    pub fn set_root_digest(&self, digest: String) {
+        self.write().root_digest = Some(digest);
+    }
+
+    /// A published key.
+    pub fn key(&self, kid: &Kid) -> Option<Arc<LiveKey>> {
+        self.read().keys.get(kid).cloned()
+    }
+
+    /// A published key; the store is asked on a miss (a key made by another replica).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn key_or_load(&self, kid: &Kid) -> Result<Option<Arc<LiveKey>>, StoreError> {
+        if let Some(k) = self.key(kid) {
+            return Ok(Some(k));
+        }
+        match self.store.key(*kid).await? {
+            Some(row) if row.state.verifies() => {
+                if let Some(app) = row.app_id.clone() {
+                    self.reload_app(&app).await?;
+                }
+                Ok(self.key(kid))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// An app's published keys, newest first.
+    pub fn published(&self, app_id: &str) -> Vec<Arc<LiveKey>> {
+        let inner = self.read();
+        inner
+            .app_keys
+            .get(app_id)
+            .map(|kids| {
+                kids.iter()
+                    .filter_map(|k| inner.keys.get(k).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The app's `current` key.
+    pub fn current(&self, app_id: &str) -> Option<Arc<LiveKey>> {
+        self.published(app_id)
+            .into_iter()
+            .find(|k| k.row.state == KeyState::Current)
+    }
+
+    /// Whether `jti` is deny-listed.
+    pub fn is_denied(&self, jti: &str) -> bool {
+        self.read().denied.contains_key(jti)
+    }
+
+    /// Deny-list `jti` until `exp` (after the store has it).
+    pub fn deny(&self, jti: String, exp: i64) {
+        self.write().denied.insert(jti, exp);
+    }
+
+    /// The cut-off of a subject, if it logged out.
+    pub fn subject_cutoff(&self, app_id: &str, sub_sha256: &str) -> Option<Ulid> {
+        self.read()
+            .subjects
+            .get(&(app_id.to_owned(), sub_sha256.to_owned()))
+            .copied()
+    }
+
+    /// Record a subject's logout (after the store has it).
+    pub fn set_subject_cutoff(&self, app_id: &str, sub_sha256: &str, cutoff: Ulid) {
+        self.write()
+            .subjects
+            .insert((app_id.to_owned(), sub_sha256.to_owned()), cutoff);
+    }
+
+    /// Drop deny-list entries past their expiry.
+    pub fn purge(&self, now: i64) {
+        self.write().denied.retain(|_, exp| *exp > now);
+    }
+
+    /// Numbers for metrics and health: (apps, live keys, denied jtis).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let i = self.read();
+        (i.apps.len(), i.keys.len(), i.denied.len())
+    }
+}

@@ -1,0 +1,612 @@
+//! The key lifecycle: apps and their keys, graceful, emergency and per-key rotation.
+//!
+//! Every change is one store transaction that moves key states by compare-and-swap, with
+//! the partial unique indexes (one `current`, one `next` per app) as the last guard; HSM
+//! objects are destroyed only after the transaction that revoked or retired them commits,
+//! and a failed destroy is retried by the reconciler (`destroyed_at` stays NULL).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tracing::{info, instrument, warn};
+
+use super::registry::Registry;
+use super::spares::SparePool;
+use super::{KeyState, Kid, monotonic_ulid};
+use crate::alg::KeySpec;
+use crate::auth::{ACCESS_PREFIX, Secret};
+use crate::clock::Clock;
+use crate::hsm::{Hsm, HsmError};
+use crate::store::{AppPolicy, AppRow, KeyRow, Store, StoreError, Tx};
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// No such app.
+    #[error("app not found")]
+    AppNotFound,
+    /// No such key in this app.
+    #[error("key not found")]
+    KeyNotFound,
+    /// The key's state does not allow the operation.
+    #[error("{0}")]
+    InvalidState(String),
+    /// The app lost its keys in a way rotation cannot repair on its own.
+    #[error("{0}")]
+    Inconsistent(String),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// HSM failure.
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+}
+
+/// Result of a graceful rotation.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The new current key.
+    pub current: KeyRow,
+    /// The new next key.
+    pub next: KeyRow,
+    /// Previous keys (still verifying), newest first.
+    pub previous: Vec<KeyRow>,
+}
+
+/// Result of revoking keys.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The keys revoked.
+    pub revoked: Vec<KeyRow>,
+    /// The app's keys after the change (current and next).
+    pub current: Option<KeyRow>,
+    /// Next key after the change.
+    pub next: Option<KeyRow>,
+    /// Live tokens those keys had signed (from the ledger).
+    pub revoked_tokens: i64,
+    /// Distinct subjects of those tokens.
+    pub affected_subjects: i64,
+    /// When.
+    pub revoked_at: i64,
+}
+
+/// A new app with its first keys and its access token (shown once).
+#[derive(Debug)]
+pub struct CreatedApp {
+    /// The app.
+    pub app: AppRow,
+    /// Its access token.
+    pub access_token: Secret,
+    /// Its current and next keys.
+    pub keys: Vec<KeyRow>,
+}
+
+struct Inner {
+    store: Store,
+    hsm: Hsm,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    spares: SparePool,
+    app_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// The lifecycle service. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyService")
+    }
+}
+
+/// How many times a transaction is retried when a spare it counted on was taken meanwhile.
+const ATTEMPTS: usize = 4;
+
+fn find(keys: &[KeyRow], state: KeyState) -> Option<&KeyRow> {
+    keys.iter().find(|k| k.state == state)
+}
+
+impl KeyService {
+    /// A service over these parts.
+    pub fn new(
+        store: Store,
+        hsm: Hsm,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        spare_target: usize,
+    ) -> Self {
+        let spares = SparePool::new(store.clone(), hsm.clone(), clock.clone(), spare_target);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                hsm,
+                registry,
+                clock,
+                spares,
+                app_locks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The spare-key pool.
+    pub fn spares(&self) -> &SparePool {
+        &self.inner.spares
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.clock.now()
+    }
+
+    /// Serialise lifecycle changes of one app inside this process (the store's
+    /// compare-and-swap guards across processes).
+    async fn lock_app(&self, app_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.inner.app_locks.lock().await;
+            locks.entry(app_id.to_owned()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// Create an app with a current and a next key from the spare pool.
+    ///
+    /// # Errors
+    /// Store or HSM failures.
+    #[instrument(skip(self, app), fields(name = %app.name))]
+    pub async fn create_app(&self, mut app: AppRow) -> Result<CreatedApp, KeyError> {
+        let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
+        let token = Secret::generate(ACCESS_PREFIX);
+        app.access_token_sha256 = token.digest();
+        for _ in 0..ATTEMPTS {
+            self.inner.spares.ensure(spec, 2).await?;
+            let now = self.now();
+            app.created_at = now;
+            app.updated_at = now;
+            app.last_rotated_at = Some(now);
+            let mut tx = self.inner.store.begin().await?;
+            self.inner.store.insert_app(&mut tx, &app).await?;
+            let Some(current) = self
+                .inner
+                .store
+                .take_spare(&mut tx, spec, &app.id, KeyState::Current, now)
+                .await?
+            else {
+                continue;
+            };
+            let Some(next) = self
+                .inner
+                .store
+                .take_spare(&mut tx, spec, &app.id, KeyState::Next, now)
+                .await?
+            else {
+                continue;
+            };
+            tx.commit().await?;
+            self.inner.registry.reload_app(&app.id).await?;
+            self.inner.spares.wake();
+            info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
+            return Ok(CreatedApp {
+                app,
+                access_token: token,
+                keys: vec![current, next],
+            });
+        }
+        Err(KeyError::Inconsistent(
+            "spare keys kept running out; retry".into(),
+        ))
+    }
+
+    /// Replace an app's policy.
+    ///
+    /// # Errors
+    /// [`KeyError::AppNotFound`]; store failures.
+    pub async fn update_app(&self, app_id: &str, policy: &AppPolicy) -> Result<AppRow, KeyError> {
+        if !self
+            .inner
+            .store
+            .update_app(app_id, policy, self.now())
+            .await?
+        {
+            return Err(KeyError::AppNotFound);
+        }
+        self.inner.registry.reload_app(app_id).await?;
+        self.inner.spares.wake();
+        self.inner
+            .registry
+            .app(app_id)
+            .map(|a| (*a).clone())
+            .ok_or(KeyError::AppNotFound)
+    }
+
+    /// Graceful rotation: next → current, current → previous, a spare → next.
+    ///
+    /// # Errors
+    /// [`KeyError::AppNotFound`]; store or HSM failures.
+    #[instrument(skip(self))]
+    pub async fn rotate(&self, app_id: &str) -> Result<Rotation, KeyError> {
+        let _guard = self.lock_app(app_id).await;
+        let app = self
+            .inner
+            .store
+            .app(app_id)
+            .await?
+            .ok_or(KeyError::AppNotFound)?;
+        let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
+        for _ in 0..ATTEMPTS {
+            self.inner.spares.ensure(spec, 1).await?;
+            let now = self.now();
+            let mut tx = self.inner.store.begin().await?;
+            if !self.inner.store.lock_app(&mut tx, app_id).await? {
+                return Err(KeyError::AppNotFound);
+            }
+            let keys = self.inner.store.app_keys_tx(&mut tx, app_id).await?;
+            let Some(outcome) = self.rotate_in(&mut tx, app_id, spec, &keys, now).await? else {
+                continue;
+            };
+            self.inner.store.set_rotated(&mut tx, app_id, now).await?;
+            tx.commit().await?;
+            self.after_change(app_id).await?;
+            info!(app_id, current = %outcome.0, next = %outcome.1, "rotated");
+            return self.rotation_view(app_id).await;
+        }
+        Err(KeyError::Inconsistent(
+            "spare keys kept running out; retry".into(),
+        ))
+    }
+
+    /// The state moves of a rotation inside `tx`; `None` if no spare was left.
+    async fn rotate_in(
+        &self,
+        tx: &mut Tx,
+        app_id: &str,
+        spec: KeySpec,
+        keys: &[KeyRow],
+        now: i64,
+    ) -> Result<Option<(Kid, Kid)>, KeyError> {
+        let store = &self.inner.store;
+        if let Some(cur) = find(keys, KeyState::Current)
+            && !store
+                .transition_key(tx, cur.kid, KeyState::Current, KeyState::Previous, now)
+                .await?
+        {
+            return Err(KeyError::Inconsistent(
+                "current key changed during rotation".into(),
+            ));
+        }
+        let new_current = match find(keys, KeyState::Next) {
+            Some(next) => {
+                if !store
+                    .transition_key(tx, next.kid, KeyState::Next, KeyState::Current, now)
+                    .await?
+                {
+                    return Err(KeyError::Inconsistent(
+                        "next key changed during rotation".into(),
+                    ));
+                }
+                next.kid
+            }
+            None => match store
+                .take_spare(tx, spec, app_id, KeyState::Current, now)
+                .await?
+            {
+                Some(k) => k.kid,
+                None => return Ok(None),
+            },
+        };
+        let Some(new_next) = store
+            .take_spare(tx, spec, app_id, KeyState::Next, now)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((new_current, new_next.kid)))
+    }
+
+    async fn after_change(&self, app_id: &str) -> Result<(), KeyError> {
+        self.inner.registry.reload_app(app_id).await?;
+        self.inner.spares.wake();
+        Ok(())
+    }
+
+    /// Current, next and previous keys of an app.
+    ///
+    /// # Errors
+    /// Store failures; [`KeyError::Inconsistent`] if the app lacks a current or next key.
+    pub async fn rotation_view(&self, app_id: &str) -> Result<Rotation, KeyError> {
+        let keys = self.inner.store.app_keys(app_id).await?;
+        let current = find(&keys, KeyState::Current).cloned();
+        let next = find(&keys, KeyState::Next).cloned();
+        let previous = keys
+            .iter()
+            .filter(|k| k.state == KeyState::Previous)
+            .cloned()
+            .collect();
+        match (current, next) {
+            (Some(current), Some(next)) => Ok(Rotation {
+                current,
+                next,
+                previous,
+            }),
+            _ => Err(KeyError::Inconsistent(
+                "app has no current or next key".into(),
+            )),
+        }
+    }
+
+    /// Revoke one key. Revoking `current` promotes `next`; a spare becomes the new `next`.
+    ///
+    /// # Errors
+    /// [`KeyError::KeyNotFound`], [`KeyError::InvalidState`] for a retired or revoked key.
+    #[instrument(skip(self), fields(kid = %kid))]
+    pub async fn revoke_key(&self, app_id: &str, kid: Kid) -> Result<Revocation, KeyError> {
+        let _guard = self.lock_app(app_id).await;
+        let app = self
+            .inner
+            .store
+            .app(app_id)
+            .await?
+            .ok_or(KeyError::AppNotFound)?;
+        let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
+        let store = &self.inner.store;
+        for _ in 0..ATTEMPTS {
+            self.inner.spares.ensure(spec, 1).await?;
+            let now = self.now();
+            let (revoked_tokens, affected_subjects) =
+                store.live_token_counts(&[kid.to_string()], now).await?;
+            let mut tx = store.begin().await?;
+            if !store.lock_app(&mut tx, app_id).await? {
+                return Err(KeyError::AppNotFound);
+            }
+            let keys = store.app_keys_tx(&mut tx, app_id).await?;
+            let target = keys
+                .iter()
+                .find(|k| k.kid == kid)
+                .ok_or(KeyError::KeyNotFound)?
+                .clone();
+            if !target.state.verifies() {
+                return Err(KeyError::InvalidState(format!(
+                    "key is already {}",
+                    target.state
+                )));
+            }
+            store
+                .transition_key(&mut tx, kid, target.state, KeyState::Revoked, now)
+                .await?;
+            let refilled = match target.state {
+                KeyState::Current => {
+                    let promoted = match find(&keys, KeyState::Next) {
+                        Some(n) => {
+                            store
+                                .transition_key(
+                                    &mut tx,
+                                    n.kid,
+                                    KeyState::Next,
+                                    KeyState::Current,
+                                    now,
+                                )
+                                .await?
+                        }
+                        None => store
+                            .take_spare(&mut tx, spec, app_id, KeyState::Current, now)
+                            .await?
+                            .is_some(),
+                    };
+                    promoted
+                        && store
+                            .take_spare(&mut tx, spec, app_id, KeyState::Next, now)
+                            .await?
+                            .is_some()
+                }
+                KeyState::Next => store
+                    .take_spare(&mut tx, spec, app_id, KeyState::Next, now)
+                    .await?
+                    .is_some(),
+                _ => true,
+            };
+            if !refilled {
+                continue;
+            }
+            store.set_rotated(&mut tx, app_id, now).await?;
+            tx.commit().await?;
+            self.after_change(app_id).await?;
+            self.destroy_objects(&[kid]).await;
+            warn!(app_id, %kid, revoked_tokens, "key revoked");
+            let view = store.app_keys(app_id).await?;
+            return Ok(Revocation {
+                revoked: view.iter().filter(|k| k.kid == kid).cloned().collect(),
+                current: find(&view, KeyState::Current).cloned(),
+                next: find(&view, KeyState::Next).cloned(),
+                revoked_tokens,
+                affected_subjects,
+                revoked_at: now,
+            });
+        }
+        Err(KeyError::Inconsistent(
+            "spare keys kept running out; retry".into(),
+        ))
+    }
+
+    /// Emergency rotation: every key of the app revoked and destroyed, new current and
+    /// next keys, and a cut-off so that every token issued so far is rejected.
+    ///
+    /// # Errors
+    /// [`KeyError::AppNotFound`]; store or HSM failures.
+    #[instrument(skip(self))]
+    pub async fn emergency_rotate(&self, app_id: &str) -> Result<Revocation, KeyError> {
+        let _guard = self.lock_app(app_id).await;
+        let app = self
+            .inner
+            .store
+            .app(app_id)
+            .await?
+            .ok_or(KeyError::AppNotFound)?;
+        let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
+        let store = &self.inner.store;
+        for _ in 0..ATTEMPTS {
+            self.inner.spares.ensure(spec, 2).await?;
+            let now = self.now();
+            let live: Vec<KeyRow> = store
+                .app_keys(app_id)
+                .await?
+                .into_iter()
+                .filter(|k| k.state.verifies())
+                .collect();
+            let kid_strings: Vec<String> = live.iter().map(|k| k.kid.to_string()).collect();
+            let (revoked_tokens, affected_subjects) =
+                store.live_token_counts(&kid_strings, now).await?;
+            let mut tx = store.begin().await?;
+            if !store.lock_app(&mut tx, app_id).await? {
+                return Err(KeyError::AppNotFound);
+            }
+            let keys = store.app_keys_tx(&mut tx, app_id).await?;
+            let mut revoked = Vec::new();
+            for k in keys.iter().filter(|k| k.state.verifies()) {
+                store
+                    .transition_key(&mut tx, k.kid, k.state, KeyState::Revoked, now)
+                    .await?;
+                revoked.push(k.kid);
+            }
+            let Some(current) = store
+                .take_spare(&mut tx, spec, app_id, KeyState::Current, now)
+                .await?
+            else {
+                continue;
+            };
+            let Some(next) = store
+                .take_spare(&mut tx, spec, app_id, KeyState::Next, now)
+                .await?
+            else {
+                continue;
+            };
+            store
+                .set_cutoff(&mut tx, app_id, &monotonic_ulid().to_string())
+                .await?;
+            store.revoke_app_refresh(&mut tx, app_id, now).await?;
+            store.set_rotated(&mut tx, app_id, now).await?;
+            tx.commit().await?;
+            self.after_change(app_id).await?;
+            self.destroy_objects(&revoked).await;
+            warn!(
+                app_id,
+                revoked = revoked.len(),
+                revoked_tokens,
+                "emergency rotation"
+            );
+            let view = store.app_keys(app_id).await?;
+            return Ok(Revocation {
+                revoked: view
+                    .iter()
+                    .filter(|k| revoked.contains(&k.kid))
+                    .cloned()
+                    .collect(),
+                current: Some(current),
+                next: Some(next),
+                revoked_tokens,
+                affected_subjects,
+                revoked_at: now,
+            });
+        }
+        Err(KeyError::Inconsistent(
+            "spare keys kept running out; retry".into(),
+        ))
+    }
+
+    /// Delete an app: every key revoked and destroyed, its tokens rejected.
+    ///
+    /// # Errors
+    /// [`KeyError::AppNotFound`]; store failures.
+    #[instrument(skip(self))]
+    pub async fn delete_app(&self, app_id: &str) -> Result<Vec<Kid>, KeyError> {
+        let _guard = self.lock_app(app_id).await;
+        let store = &self.inner.store;
+        let now = self.now();
+        let mut tx = store.begin().await?;
+        if !store.lock_app(&mut tx, app_id).await? {
+            return Err(KeyError::AppNotFound);
+        }
+        let keys = store.app_keys_tx(&mut tx, app_id).await?;
+        let mut revoked = Vec::new();
+        for k in keys.iter().filter(|k| k.state.verifies()) {
+            store
+                .transition_key(&mut tx, k.kid, k.state, KeyState::Revoked, now)
+                .await?;
+            revoked.push(k.kid);
+        }
+        store.delete_app(&mut tx, app_id).await?;
+        tx.commit().await?;
+        self.inner.registry.reload_app(app_id).await?;
+        self.destroy_objects(&revoked).await;
+        self.inner.app_locks.lock().await.remove(app_id);
+        warn!(app_id, revoked = revoked.len(), "app deleted");
+        Ok(revoked)
+    }
+
+    /// New access token for an app; the old one stops working at once. With `flush`, every
+    /// token issued so far is rejected too (PocketPaw's regenerate).
+    ///
+    /// # Errors
+    /// [`KeyError::AppNotFound`]; store failures.
+    pub async fn regenerate_access_token(
+        &self,
+        app_id: &str,
+        flush: bool,
+    ) -> Result<Secret, KeyError> {
+        let token = Secret::generate(ACCESS_PREFIX);
+        let store = &self.inner.store;
+        let now = self.now();
+        let mut tx = store.begin().await?;
+        if !store
+            .set_access_token(&mut tx, app_id, &token.digest(), now)
+            .await?
+        {
+            return Err(KeyError::AppNotFound);
+        }
+        if flush {
+            store
+                .set_cutoff(&mut tx, app_id, &monotonic_ulid().to_string())
+                .await?;
+            store.revoke_app_refresh(&mut tx, app_id, now).await?;
+        }
+        tx.commit().await?;
+        self.inner.registry.reload_app(app_id).await?;
+        info!(app_id, flush, "access token regenerated");
+        Ok(token)
+    }
+
+    /// Destroy HSM objects of keys that left the live states, recording `destroyed_at`.
+    /// Failures are logged; the reconciler retries them.
+    pub async fn destroy_objects(&self, kids: &[Kid]) {
+        for &kid in kids {
+            match self.inner.hsm.destroy(kid).await {
+                Ok(_) => {
+                    if let Err(e) = self.inner.store.mark_destroyed(kid, self.now()).await {
+                        warn!(%kid, error = %e, "destroyed key objects but could not record it");
+                    }
+                }
+                Err(e) => {
+                    warn!(%kid, error = %e, "could not destroy key objects; the reconciler will retry")
+                }
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for KeyError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(StoreError::Db(e))
+    }
+}

@@ -1,0 +1,153 @@
+//! The spare-key pool: key pairs generated ahead of need, so creating an app or rotating
+//! never waits for key generation (RSA-4096 takes seconds).
+//!
+//! A spare is made crash-safely: its row is written (`pending`) before the HSM object,
+//! then marked `spare` with its public key. A background task keeps `target` spares per
+//! key spec in use; a request that finds the pool empty generates one itself.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::Kid;
+use crate::alg::{Algorithm, KeySpec};
+use crate::clock::Clock;
+use crate::hsm::Hsm;
+use crate::store::Store;
+
+use super::service::KeyError;
+
+/// The spec new apps get by default.
+pub const DEFAULT_SPEC: KeySpec = KeySpec {
+    alg: Algorithm::RS256,
+    rsa_bits: 2048,
+};
+
+/// Handle on the pool.
+#[derive(Clone)]
+pub struct SparePool {
+    store: Store,
+    hsm: Hsm,
+    clock: Arc<dyn Clock>,
+    target: usize,
+    wake: Arc<Notify>,
+}
+
+impl SparePool {
+    pub(crate) fn new(store: Store, hsm: Hsm, clock: Arc<dyn Clock>, target: usize) -> Self {
+        Self {
+            store,
+            hsm,
+            clock,
+            target,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Spares kept per spec.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// Ask the refill task to top up now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Make one spare of `spec`: row first, then the HSM object, then the public key.
+    ///
+    /// # Errors
+    /// Store or HSM failures (a failed generation leaves no row and no object).
+    pub async fn generate(&self, spec: KeySpec) -> Result<Kid, KeyError> {
+        let kid = Kid::generate();
+        self.store
+            .insert_pending_key(kid, spec, self.clock.now())
+            .await?;
+        let public = match self.hsm.generate(kid, spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.store.delete_pending_key(kid).await;
+                return Err(e.into());
+            }
+        };
+        let spki = public
+            .to_spki_der()
+            .map_err(|e| KeyError::Inconsistent(format!("public key of {kid}: {e}")))?;
+        let fingerprint = crate::pubkey::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki));
+        match self.store.mark_spare(kid, &spki, &fingerprint).await {
+            Ok(true) => Ok(kid),
+            Ok(false) | Err(_) => {
+                // Compensate: the object must not outlive a row that does not describe it.
+                let _ = self.hsm.destroy(kid).await;
+                let _ = self.store.delete_pending_key(kid).await;
+                Err(KeyError::Inconsistent(format!(
+                    "spare {kid} could not be recorded"
+                )))
+            }
+        }
+    }
+
+    /// Make sure at least `n` spares of `spec` exist, generating the missing ones now.
+    ///
+    /// # Errors
+    /// Store or HSM failures.
+    pub async fn ensure(&self, spec: KeySpec, n: usize) -> Result<(), KeyError> {
+        let have = self.count(spec).await?;
+        for _ in have..n {
+            warn!(%spec, "spare pool empty; generating on the request path");
+            self.generate(spec).await?;
+        }
+        Ok(())
+    }
+
+    async fn count(&self, spec: KeySpec) -> Result<usize, KeyError> {
+        Ok(self
+            .store
+            .spare_counts()
+            .await?
+            .into_iter()
+            .find(|(s, _)| *s == spec)
+            .map_or(0, |(_, n)| n))
+    }
+
+    /// Top up every spec in use (and the default) to the target. Returns keys made.
+    ///
+    /// # Errors
+    /// Store or HSM failures.
+    pub async fn refill(&self) -> Result<usize, KeyError> {
+        let mut specs: HashSet<KeySpec> = self.store.specs_in_use().await?.into_iter().collect();
+        specs.insert(DEFAULT_SPEC);
+        let counts = self.store.spare_counts().await?;
+        let mut made = 0;
+        for spec in specs {
+            let have = counts
+                .iter()
+                .find(|(s, _)| *s == spec)
+                .map_or(0, |(_, n)| *n);
+            for _ in have..self.target {
+                self.generate(spec).await?;
+                made += 1;
+            }
+        }
+        if made > 0 {
+            info!(made, "spare keys generated");
+        }
+        Ok(made)
+    }
+
+    /// Run the refill loop until the process ends: on every wake-up and every `period`.
+    pub async fn run(self, period: Duration) {
+        loop {
+            if let Err(e) = self.refill().await {
+                warn!(error = %e, "spare refill failed; will retry");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {},
+                () = tokio::time::sleep(period) => {},
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Key rows: one per key pair in the HSM, written before the object is made.
+
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::{Dialect, Store, StoreError, Tx, opt_i64};
+use crate::alg::{Algorithm, KeySpec};
+use crate::keys::{KeyState, Kid};
+
+/// A key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    /// Key id (also the HSM `CKA_ID`).
+    pub kid: Kid,
+    /// Owning app (`None` for spare and pending pool keys).
+    pub app_id: Option<String>,
+    /// Algorithm.
+    pub algorithm: Algorithm,
+    /// RSA bits (0 for non-RSA).
+    pub rsa_bits: u32,
+    /// State.
+    pub state: KeyState,
+    /// SubjectPublicKeyInfo DER.
+    pub spki: Option<Vec<u8>>,
+    /// Self-signed certificate DER, once made.
+    pub cert: Option<Vec<u8>>,
+    /// SHA-256 of the SPKI, hex.
+    pub fingerprint: Option<String>,
+    /// Row written.
+    pub created_at: i64,
+    /// Became `next` (published).
+    pub published_at: Option<i64>,
+    /// Became `current`.
+    pub activated_at: Option<i64>,
+    /// Stopped signing (became `previous`).
+    pub deactivated_at: Option<i64>,
+    /// Retired.
+    pub retired_at: Option<i64>,
+    /// Revoked.
+    pub revoked_at: Option<i64>,
+    /// HSM objects destroyed.
+    pub destroyed_at: Option<i64>,
+}
+
+impl KeyRow {
+    /// The key's generation spec.
+    pub fn spec(&self) -> KeySpec {
+        KeySpec::new(self.algorithm, self.rsa_bits)
+    }
+}
+
+macro_rules! key_cols {
+    () => {
+        "kid, app_id, algorithm, rsa_bits, state, spki, cert, fingerprint, created_at, published_at, activated_at, deactivated_at, retired_at, revoked_at, destroyed_at"
+    };
+}
+
+fn key_from_row(r: &AnyRow) -> Result<KeyRow, StoreError> {
+    let kid: String = r.try_get("kid")?;
+    let alg: String = r.try_get("algorithm")?;
+    let state: String = r.try_get("state")?;
+    Ok(KeyRow {
+        kid: kid
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("kid {kid:?}")))?,
+        app_id: r.try_get("app_id")?,
+        algorithm: alg
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("key algorithm {alg:?}")))?,
+        rsa_bits: u32::try_from(r.try_get::<i64, _>("rsa_bits")?).unwrap_or(0),
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        spki: r.try_get("spki")?,
+        cert: r.try_get("cert")?,
+        fingerprint: r.try_get("fingerprint")?,
+        created_at: r.try_get("created_at")?,
+        published_at: opt_i64(r, "published_at")?,
+        activated_at: opt_i64(r, "activated_at")?,
+        deactivated_at: opt_i64(r, "deactivated_at")?,
+        retired_at: opt_i64(r, "retired_at")?,
+        revoked_at: opt_i64(r, "revoked_at")?,
+        destroyed_at: opt_i64(r, "destroyed_at")?,
+    })
+}
+
+/// The timestamp column a transition into `state` sets.
+fn stamp_column(state: KeyState) -> Option<&'static str> {
+    match state {
+        KeyState::Next => Some("published_at"),
+        KeyState::Current => Some("activated_at"),
+        KeyState::Previous => Some("deactivated_at"),
+        KeyState::Retired => Some("retired_at"),
+        KeyState::Revoked => Some("revoked_at"),
+        KeyState::Pending | KeyState::Spare => None,
+    }
+}
+
+impl Store {
+    /// Write a `pending` row before the HSM object is made (crash safety: a row always
+    /// exists for an object we create).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_pending_key(
+        &self,
+        kid: Kid,
+        spec: KeySpec,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO keys (kid, app_id, algorithm, rsa_bits, state, created_at) \
+             VALUES ($1, NULL, $2, $3, 'pending', $4)",
+        )
+        .bind(kid.to_string())
+        .bind(spec.alg.as_str())
+        .bind(i64::from(spec.rsa_bits))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `pending` → `spare`, with the public key the HSM returned.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn mark_spare(
+        &self,
+        kid: Kid,
+        spki: &[u8],
+        fingerprint: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE keys SET state = 'spare', spki = $1, fingerprint = $2 WHERE kid = $3 AND state = 'pending'",
+        )
+        .bind(spki)
+        .bind(fingerprint)
+        .bind(kid.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Take one spare key of `spec` for `app_id`, making it `state` (`next` or `current`).
+    /// Concurrent callers never get the same key.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn take_spare(
+        &self,
+        tx: &mut Tx,
+        spec: KeySpec,
+        app_id: &str,
+        state: KeyState,
+        now: i64,
+    ) -> Result<Option<KeyRow>, StoreError> {
+        let pick = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT kid FROM keys WHERE state = 'spare' AND algorithm = $4 AND rsa_bits = $5 ORDER BY kid LIMIT 1"
+            }
+            Dialect::Postgres => {
+                "SELECT kid FROM keys WHERE state = 'spare' AND algorithm = $4 AND rsa_bits = $5 ORDER BY kid LIMIT 1 FOR UPDATE SKIP LOCKED"
+            }
+        };
+        // Becoming `current` straight from the pool (app creation, emergency) also means
+        // it was published now.
+        let sql = format!(
+            "UPDATE keys SET app_id = $1, state = $2, published_at = $3, activated_at = CASE WHEN $2 = 'current' THEN $3 ELSE NULL END \
+             WHERE kid = ({pick}) AND state = 'spare' RETURNING {}",
+            key_cols!()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app_id)
+            .bind(state.as_str())
+            .bind(now)
+            .bind(spec.alg.as_str())
+            .bind(i64::from(spec.rsa_bits))
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// Move `kid` from `from` to `to` if it is still in `from` (compare-and-swap), setting
+    /// the transition's timestamp. Returns whether it moved.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn transition_key(
+        &self,
+        tx: &mut Tx,
+        kid: Kid,
+        from: KeyState,
+        to: KeyState,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        debug_assert!(from.can_become(to), "{from} -> {to}");
+        let sql = match stamp_column(to) {
+            Some(col) => {
+                format!("UPDATE keys SET state = $1, {col} = $2 WHERE kid = $3 AND state = $4")
+            }
+            None => {
+                "UPDATE keys SET state = $1 WHERE kid = $3 AND state = $4 AND $2 = $2".to_owned()
+            }
+        };
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to.as_str())
+            .bind(now)
+            .bind(kid.to_string())
+            .bind(from.as_str())
+            .execute(&mut **tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Record that `kid`'s HSM objects are gone.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn mark_destroyed(&self, kid: Kid, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE keys SET destroyed_at = $1 WHERE kid = $2 AND destroyed_at IS NULL")
+            .bind(now)
+            .bind(kid.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Store `kid`'s certificate.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn set_cert(&self, kid: Kid, cert: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE keys SET cert = $1 WHERE kid = $2")
+            .bind(cert)
+            .bind(kid.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// One key.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn key(&self, kid: Kid) -> Result<Option<KeyRow>, StoreError> {
+        let row = sqlx::query(concat!("SELECT ", key_cols!(), " FROM keys WHERE kid = $1"))
+            .bind(kid.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    /// Every key of an app, newest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn app_keys(&self, app_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys WHERE app_id = $1 ORDER BY kid DESC"
+        ))
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Every key of an app, newest first, read inside `tx`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn app_keys_tx(&self, tx: &mut Tx, app_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys WHERE app_id = $1 ORDER BY kid DESC"
+        ))
+        .bind(app_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Every key in one of the published states (next, current, previous), for the caches.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys WHERE state IN ('next', 'current', 'previous')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Keys in `state` (any app).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn keys_in_state(&self, state: KeyState) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys WHERE state = $1 ORDER BY kid"
+        ))
+        .bind(state.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Keys whose objects should be gone but were not confirmed destroyed.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn undestroyed_dead_keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys WHERE state IN ('retired', 'revoked') AND destroyed_at IS NULL"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Spare keys per spec: `(algorithm, rsa_bits, count)`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn spare_counts(&self) -> Result<Vec<(KeySpec, usize)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT algorithm, rsa_bits, COUNT(*) AS n FROM keys WHERE state = 'spare' GROUP BY algorithm, rsa_bits",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let alg: String = r.try_get("algorithm")?;
+            let Ok(alg) = alg.parse::<Algorithm>() else {
+                continue;
+            };
+            let bits = u32::try_from(r.try_get::<i64, _>("rsa_bits")?).unwrap_or(0);
+            let n = usize::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0);
+            out.push((KeySpec::new(alg, bits), n));
+        }
+        Ok(out)
+    }
+
+    /// The distinct key specs apps use for new keys.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn specs_in_use(&self) -> Result<Vec<KeySpec>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT signing_alg, rsa_bits FROM apps")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let alg: String = r.try_get("signing_alg")?;
+            let Ok(alg) = alg.parse::<Algorithm>() else {
+                continue;
+            };
+            let bits = u32::try_from(r.try_get::<i64, _>("rsa_bits")?).unwrap_or(0);
+            out.push(KeySpec::new(alg, bits));
+        }
+        Ok(out)
+    }
+
+    /// Delete a `pending` row whose object was never made (generation failed).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn delete_pending_key(&self, kid: Kid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM keys WHERE kid = $1 AND state = 'pending'")
+            .bind(kid.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
