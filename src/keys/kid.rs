@@ -76,6 +76,18 @@ impl<'de> Deserialize<'de> for Kid {
     }
 }
 
+static ULIDS: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+
+/// A ULID strictly greater than every other one this process made: token ids and
+/// revocation cut-offs compare by it, so a token issued after a cut-off always sorts above.
+pub fn monotonic_ulid() -> Ulid {
+    let mut g = ULIDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let generator = g.get_or_insert_with(ulid::Generator::new);
+    generator.generate().unwrap_or_else(|_| Ulid::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,16 +106,4 @@ mod tests {
         assert!("01ARZ3NDEKTSV4RRFFQ69G5FA".parse::<Kid>().is_err());
         assert!(Kid::from_cka_id(&[1, 2, 3]).is_none());
     }
-}
-
-static ULIDS: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
-
-/// A ULID strictly greater than every other one this process made: token ids and
-/// revocation cut-offs compare by it, so a token issued after a cut-off always sorts above.
-pub fn monotonic_ulid() -> Ulid {
-    let mut g = ULIDS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let generator = g.get_or_insert_with(ulid::Generator::new);
-    generator.generate().unwrap_or_else(|_| Ulid::new())
 }

@@ -1,3 +1,5 @@
+#![allow(dead_code)]
+
 //! A SoftHSM2 token of its own for each test, made by `softhsm/create-token`.
 //!
 //! libsofthsm2 reads `SOFTHSM2_CONF` once, at `C_Initialize`; so each test gets its own
@@ -74,5 +76,22 @@ impl SoftHsm {
         let mut all = vec!["--login", "--pin", self.pin.as_str()];
         all.extend_from_slice(args);
         self.pkcs11_tool(&all)
+    }
+}
+
+impl SoftHsm {
+    /// Labels of every object in the token, as `pkcs11-tool --list-objects` shows them.
+    pub fn labels(&self) -> Vec<String> {
+        let out = self.pkcs11_tool_login(&["--list-objects"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("label:"))
+            .map(|l| l.trim().to_owned())
+            .collect()
     }
 }

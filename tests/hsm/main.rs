@@ -3,7 +3,7 @@
 //! Each test points `SOFTHSM2_CONF` at its own token before the module is initialised,
 //! which is sound only with one test per process: run them with `cargo nextest`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 #[path = "../common/softhsm.rs"]
 mod softhsm;

@@ -1,0 +1,257 @@
+//! `TestApp`: the real binary as a child process, on a free port, with its own SoftHSM2
+//! token and its own database (a SQLite file, or a fresh PostgreSQL database).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use super::softhsm::SoftHsm;
+
+/// Which store engine a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A running service.
+pub struct TestApp {
+    pub token: SoftHsm,
+    pub base: String,
+    pub root_key: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub stderr_path: PathBuf,
+    child: Child,
+}
+
+/// The PostgreSQL server tests use: `TEST_DATABASE_URL`, else the local default.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, empty PostgreSQL database; returns its URL.
+pub async fn fresh_postgres_db() -> String {
+    use sqlx::Connection as _;
+    let admin = postgres_admin_url();
+    let name = format!("hsmr_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("TEST_DATABASE_URL has no database path"),
+    }
+}
+
+impl TestApp {
+    /// Start the service for `test_name` on `engine`.
+    pub async fn spawn(test_name: &str, engine: Engine) -> Self {
+        Self::spawn_with(test_name, engine, &[]).await
+    }
+
+    /// Start with extra `HSM_ROTATOR_*` environment.
+    pub async fn spawn_with(test_name: &str, engine: Engine, env: &[(&str, &str)]) -> Self {
+        let token = SoftHsm::new(test_name);
+        let database_url = match engine {
+            Engine::Sqlite => format!("sqlite://{}/store.db?mode=rwc", token.path().display()),
+            Engine::Postgres => fresh_postgres_db().await,
+        };
+        let mut app = Self::start(token, database_url, env).await;
+        assert!(!app.root_key.is_empty(), "first start printed no root key");
+        app.client = reqwest::Client::new();
+        app
+    }
+
+    /// Start a (second) process on an existing token and database.
+    pub async fn start(token: SoftHsm, database_url: String, env: &[(&str, &str)]) -> Self {
+        let stderr_path = token
+            .path()
+            .join(format!("stderr-{}.log", ulid::Ulid::new()));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("SOFTHSM2_CONF", &token.conf)
+            .env("HSM_ROTATOR_PIN", &token.pin)
+            .env("HSM_ROTATOR_TOKEN_LABEL", &token.label)
+            .env("HSM_ROTATOR_DATA_DIR", token.path().join("data"))
+            .env("HSM_ROTATOR_DATABASE_URL", &database_url)
+            .env("HSM_ROTATOR_SESSIONS", "4")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hsm-rotator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut root_key = String::new();
+        let base = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(k) = line.strip_prefix("root key: ") {
+                    root_key = k.trim().to_owned();
+                }
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return url.trim().to_owned();
+                }
+            }
+            panic!(
+                "hsm-rotator exited: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        })
+        .await
+        .expect("service did not start in 60 s");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            token,
+            base,
+            root_key,
+            client: reqwest::Client::new(),
+            database_url,
+            stderr_path,
+            child,
+        }
+    }
+
+    /// Stop the process (SIGKILL) and hand back its token.
+    pub async fn kill(mut self) -> SoftHsm {
+        let _ = self.child.kill().await;
+        self.token
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with a raw `Authorization` value.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut rb = self.client.request(m, self.url(path));
+        if let Some(a) = auth {
+            rb = rb.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let res = rb.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub async fn root(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(method, path, Some(&self.root_key.clone()), body)
+            .await
+    }
+
+    pub async fn bearer(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call(method, path, Some(&format!("Bearer {token}")), body)
+            .await
+    }
+
+    /// Create an app; returns `(id, access_token, body)`.
+    pub async fn create_app(&self, body: Value) -> (String, String, Value) {
+        let (s, v) = self.root("POST", "/apps", Some(body)).await;
+        assert_eq!(s, 201, "create app: {v}");
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["access_token"].as_str().unwrap().to_owned(),
+            v,
+        )
+    }
+
+    /// Issue a token with `claims`; returns the response body.
+    pub async fn issue(&self, app: &str, pk: &str, claims: Value) -> Value {
+        let (s, v) = self
+            .bearer(
+                pk,
+                "POST",
+                &format!("/apps/{app}/tokens"),
+                Some(json!({"claims": claims})),
+            )
+            .await;
+        assert_eq!(s, 201, "issue: {v}");
+        v
+    }
+
+    /// Introspect; returns `active`.
+    pub async fn active(&self, app: &str, pk: &str, token: &str) -> bool {
+        let (s, v) = self
+            .bearer(
+                pk,
+                "POST",
+                &format!("/apps/{app}/tokens/introspect"),
+                Some(json!({"token": token})),
+            )
+            .await;
+        assert_eq!(s, 200, "introspect: {v}");
+        v["active"].as_bool().unwrap()
+    }
+
+    /// The app's keys as the API lists them.
+    pub async fn keys(&self, app: &str) -> Vec<Value> {
+        let (s, v) = self.root("GET", &format!("/apps/{app}/keys"), None).await;
+        assert_eq!(s, 200, "keys: {v}");
+        v["keys"].as_array().unwrap().clone()
+    }
+
+    pub async fn jwks(&self, app: &str) -> Value {
+        let (s, v) = self
+            .call(
+                "GET",
+                &format!("/apps/{app}/.well-known/jwks.json"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "jwks: {v}");
+        v
+    }
+
+    /// Labels of the token's objects, read by a second process (pkcs11-tool).
+    pub fn token_labels(&self) -> Vec<String> {
+        self.token.labels()
+    }
+}
+
+/// Kids in `keys` with `state`.
+pub fn kids_in(keys: &[Value], state: &str) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k["state"] == state)
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,34 @@
+//! Shared fixtures of the black-box suite.
+
+#![allow(dead_code)]
+
+pub mod app;
+pub mod softhsm;
+
+/// Define `$name` twice: once on SQLite, once on PostgreSQL.
+#[macro_export]
+macro_rules! both_engines {
+    ($name:ident, $body:path) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = $crate::common::app::TestApp::spawn(
+                    concat!(stringify!($name), "_sq"),
+                    $crate::common::app::Engine::Sqlite,
+                )
+                .await;
+                $body(&app).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app = $crate::common::app::TestApp::spawn(
+                    concat!(stringify!($name), "_pg"),
+                    $crate::common::app::Engine::Postgres,
+                )
+                .await;
+                $body(&app).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,12 @@
+//! Black-box tests: the real binary, a real SoftHSM2 token, SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod apps;
+mod hygiene;
+mod revocation;
+mod rotation;
+mod tokens;

@@ -1,0 +1,346 @@
+//! Issuance, introspection and every rejection, refresh tokens, sessions, discovery.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde_json::{Value, json};
+
+use crate::both_engines;
+use crate::common::app::TestApp;
+
+fn parts(token: &str) -> (Value, Value, String) {
+    let mut it = token.split('.');
+    let h = serde_json::from_slice(&B64.decode(it.next().unwrap()).unwrap()).unwrap();
+    let p = serde_json::from_slice(&B64.decode(it.next().unwrap()).unwrap()).unwrap();
+    (h, p, it.next().unwrap().to_owned())
+}
+
+fn forge(header: &Value, payload: &Value, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(payload.to_string()),
+        B64.encode(sig)
+    )
+}
+
+async fn issue_and_reject(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Tokens", "signing_alg": "RS256", "token_ttl": 600}))
+        .await;
+    let (other, other_pk, _) = app
+        .create_app(json!({"name": "Other", "signing_alg": "RS256"}))
+        .await;
+    let v = app
+        .issue(
+            &id,
+            &pk,
+            json!({"sub": "alice", "aud": "api", "role": "admin"}),
+        )
+        .await;
+    for f in ["token", "token_type", "kid", "expires_at"] {
+        assert!(v.get(f).is_some(), "{f} missing: {v}");
+    }
+    assert!(
+        v.get("refresh_token").is_none(),
+        "no refresh token when refresh_ttl is 0"
+    );
+    let token = v["token"].as_str().unwrap().to_owned();
+    let (h, p, _) = parts(&token);
+    assert_eq!(h["alg"], "RS256");
+    assert_eq!(h["typ"], "JWT");
+    assert_eq!(h["kid"], v["kid"]);
+    assert_eq!(p["iss"], format!("{}/apps/{id}", app.base));
+    assert_eq!(p["sub"], "alice");
+    assert_eq!(p["role"], "admin");
+    assert_eq!(p["exp"].as_i64().unwrap() - p["iat"].as_i64().unwrap(), 600);
+    assert_eq!(p["jti"].as_str().unwrap().len(), 26);
+
+    let (s, intro) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/introspect"),
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(intro["active"], true);
+    assert_eq!(intro["token_type"], "access_token");
+    assert_eq!(intro["kid"], v["kid"]);
+    assert_eq!(intro["role"], "admin");
+    // RFC 7662 form encoding.
+    let res = app
+        .client
+        .post(app.url(&format!("/apps/{id}/tokens/introspect")))
+        .header("Authorization", format!("Bearer {pk}"))
+        .form(&[
+            ("token", token.as_str()),
+            ("token_type_hint", "access_token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["active"], true);
+
+    let (idr, pkr) = (&id, &pk);
+    let inactive = |t: String| async move {
+        let (s, v) = app
+            .bearer(
+                pkr,
+                "POST",
+                &format!("/apps/{idr}/tokens/introspect"),
+                Some(json!({"token": t})),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(v, json!({"active": false}), "exactly {{\"active\": false}}");
+    };
+    let (h, p, sig) = parts(&token);
+    let sig = B64.decode(sig).unwrap();
+    // alg: none
+    inactive(forge(&json!({"alg": "none", "kid": h["kid"]}), &p, b"")).await;
+    // HS256 keyed with the public key (algorithm confusion)
+    let jwks = app.jwks(&id).await;
+    let secret = jwks["keys"][0].to_string();
+    let hs_input = format!(
+        "{}.{}",
+        B64.encode(json!({"alg":"HS256","kid":h["kid"],"typ":"JWT"}).to_string()),
+        B64.encode(p.to_string())
+    );
+    let hs_sig = jsonwebtoken::crypto::sign(
+        hs_input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .unwrap();
+    inactive(format!("{hs_input}.{hs_sig}")).await;
+    // a claim changed after signing
+    let mut p2 = p.clone();
+    p2["role"] = json!("root");
+    inactive(forge(&h, &p2, &sig)).await;
+    // unknown kid, missing kid, a crit header
+    inactive(forge(
+        &json!({"alg": "RS256", "kid": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
+        &p,
+        &sig,
+    ))
+    .await;
+    inactive(forge(&json!({"alg": "RS256"}), &p, &sig)).await;
+    inactive(forge(
+        &json!({"alg": "RS256", "kid": h["kid"], "crit": ["exp"]}),
+        &p,
+        &sig,
+    ))
+    .await;
+    // garbage and oversized tokens
+    inactive("not.a.token".into()).await;
+    inactive("x".repeat(20_000)).await;
+    // a token of another app, presented here (its kid belongs to the other app)
+    let foreign = app
+        .issue(&other, &other_pk, json!({"sub": "mallory"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    inactive(foreign).await;
+    // the same token seen through another host name has another issuer
+    let other_host = app.base.replace("127.0.0.1", "localhost");
+    let res = app
+        .client
+        .post(format!("{other_host}/apps/{id}/tokens/introspect"))
+        .header("Authorization", format!("Bearer {pk}"))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"active": false}),
+        "wrong issuer"
+    );
+    // still active at the right host
+    assert!(app.active(&id, &pk, &token).await);
+}
+both_engines!(issuance_and_every_rejection, issue_and_reject);
+
+async fn expiry(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Short", "signing_alg": "ES256"}))
+        .await;
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens"),
+            Some(json!({"claims": {"sub": "a"}, "ttl": 1})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let token = v["token"].as_str().unwrap().to_owned();
+    // Poll (bounded) until the one-second token has expired.
+    let mut expired = false;
+    for _ in 0..30 {
+        if !app.active(&id, &pk, &token).await {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(expired, "a 1-second token stayed active");
+}
+both_engines!(expired_tokens_are_inactive, expiry);
+
+async fn refresh(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Refresh", "signing_alg": "ES256", "refresh_ttl": 3600}))
+        .await;
+    let v = app
+        .issue(&id, &pk, json!({"sub": "bob", "scope": "read"}))
+        .await;
+    let rt = v["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    assert!(rt.starts_with("rt_"));
+    let first = v["token"].as_str().unwrap().to_owned();
+    let (s, r) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": rt})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let second = r["token"].as_str().unwrap().to_owned();
+    let rt2 = r["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rt, rt2);
+    assert_eq!(parts(&second).1["scope"], "read", "claims carried over");
+    assert!(
+        !app.active(&id, &pk, &first).await,
+        "refreshing retires the old access token"
+    );
+    assert!(app.active(&id, &pk, &second).await);
+    // Reuse of the spent token: refused, and the whole family revoked.
+    let (s, e) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": rt})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("refresh_token_reused"))
+    );
+    assert!(
+        !app.active(&id, &pk, &second).await,
+        "family revoked on reuse"
+    );
+    let (s, _) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": rt2})),
+        )
+        .await;
+    assert_eq!(s, 400, "the family's newest refresh token is dead too");
+    let (s, e) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": "rt_nope"})),
+        )
+        .await;
+    assert_eq!((s, e["error"].as_str()), (400, Some("invalid_grant")));
+}
+both_engines!(refresh_tokens_are_single_use, refresh);
+
+async fn sessions_and_discovery(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Sess", "signing_alg": "ES256", "refresh_ttl": 600}))
+        .await;
+    let a1 = app.issue(&id, &pk, json!({"sub": "carol"})).await;
+    let _a2 = app.issue(&id, &pk, json!({"sub": "carol"})).await;
+    let d1 = app.issue(&id, &pk, json!({"sub": "dave"})).await;
+    let (s, v) = app
+        .bearer(&pk, "GET", &format!("/apps/{id}/sessions?sub=carol"), None)
+        .await;
+    assert_eq!(s, 200);
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    for f in ["jti", "kid", "iat", "exp", "refresh_expires_at"] {
+        assert!(sessions[0].get(f).is_some(), "{f}");
+    }
+    let (s, _) = app
+        .bearer(
+            &pk,
+            "DELETE",
+            &format!("/apps/{id}/sessions?sub=carol"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        !app.active(&id, &pk, a1["token"].as_str().unwrap()).await,
+        "logged out"
+    );
+    assert!(
+        app.active(&id, &pk, d1["token"].as_str().unwrap()).await,
+        "other subjects unaffected"
+    );
+    let (_, v) = app
+        .bearer(&pk, "GET", &format!("/apps/{id}/sessions?sub=carol"), None)
+        .await;
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 0);
+    let (s, _) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": a1["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "logout revokes refresh tokens too");
+    let after = app.issue(&id, &pk, json!({"sub": "carol"})).await;
+    assert!(
+        app.active(&id, &pk, after["token"].as_str().unwrap()).await,
+        "a new login works"
+    );
+
+    let (s, d) = app
+        .call(
+            "GET",
+            &format!("/apps/{id}/.well-known/openid-configuration"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let issuer = format!("{}/apps/{id}", app.base);
+    assert_eq!(d["issuer"], issuer);
+    assert_eq!(d["jwks_uri"], format!("{issuer}/.well-known/jwks.json"));
+    assert_eq!(
+        d["introspection_endpoint"],
+        format!("{issuer}/tokens/introspect")
+    );
+    assert_eq!(d["revocation_endpoint"], format!("{issuer}/tokens/revoke"));
+    assert!(
+        d["id_token_signing_alg_values_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ES256"))
+    );
+    let res = app
+        .client
+        .get(app.url(&format!("/apps/{id}/.well-known/jwks.json")))
+        .send()
+        .await
+        .unwrap();
+    let cc = res.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(cc.contains("max-age="), "{cc}");
+}
+both_engines!(sessions_logout_and_discovery, sessions_and_discovery);
