@@ -22,30 +22,30 @@ use crate::store::{AppPolicy, AppRow};
 /// `POST /apps` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CreateApp {
+pub(crate) struct CreateApp {
     /// Display name.
-    pub name: String,
+    pub(crate) name: String,
     /// Algorithm of the app's keys (default RS256).
     #[serde(default)]
-    pub signing_alg: Option<String>,
+    pub(crate) signing_alg: Option<String>,
     /// RSA modulus bits (default 2048).
     #[serde(default)]
-    pub rsa_bits: Option<u32>,
+    pub(crate) rsa_bits: Option<u32>,
     /// Seconds between scheduled rotations (default 30 days).
     #[serde(default)]
-    pub rotation_period: Option<i64>,
+    pub(crate) rotation_period: Option<i64>,
     /// Seconds a key verifies after it stopped signing (default token_ttl + 300).
     #[serde(default)]
-    pub verification_ttl: Option<i64>,
+    pub(crate) verification_ttl: Option<i64>,
     /// Longest access-token lifetime (default 3600).
     #[serde(default)]
-    pub token_ttl: Option<i64>,
+    pub(crate) token_ttl: Option<i64>,
     /// Refresh-token lifetime (default 0: no refresh tokens).
     #[serde(default)]
-    pub refresh_ttl: Option<i64>,
+    pub(crate) refresh_ttl: Option<i64>,
     /// Certificate subject (default `CN=<name>`).
     #[serde(default)]
-    pub subject_dn: Option<String>,
+    pub(crate) subject_dn: Option<String>,
 }
 
 /// `PATCH /apps/{id}` body: only the fields given change.

@@ -1,9 +1,10 @@
 //! HTTP API: one router per resource, merged here. Only this module imports axum.
 
-mod apps;
-mod auth;
-mod error;
-mod extract;
+pub(crate) mod apps;
+pub(crate) mod auth;
+mod compat;
+pub(crate) mod error;
+pub(crate) mod extract;
 
 /// Request extractors other layers name.
 pub mod extract_host {
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::router())
         .merge(tokens::router())
         .merge(jwks::router())
+        .merge(compat::router())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -83,6 +83,7 @@ fn native_opts(
         ttl,
         with_jid: false,
         refresh: RefreshFormat::Opaque,
+        meta: None,
     }
 }
 

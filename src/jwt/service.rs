@@ -125,6 +125,8 @@ pub struct IssueOptions {
     pub with_jid: bool,
     /// Refresh-token format.
     pub refresh: RefreshFormat,
+    /// Client metadata kept in the ledger (JSON object), e.g. JWTPlus `ip`/`useragent`.
+    pub meta: Option<Value>,
 }
 
 type LedgerAck = oneshot::Sender<Result<(), String>>;
@@ -319,6 +321,7 @@ impl TokenService {
             exp,
             family,
             refresh_exp,
+            meta: opts.meta.as_ref().map(Value::to_string),
         };
         let (ack_tx, ack_rx) = oneshot::channel();
         self.inner

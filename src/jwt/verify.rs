@@ -39,6 +39,18 @@ impl Verifier {
     pub fn new(pk: &PublicKey, alg: Algorithm) -> Result<Self, KeyMismatch> {
         let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
         let mismatch = || KeyMismatch(alg);
+        if alg == Algorithm::ES512 {
+            // jsonwebtoken has no ES512.
+            return match pk {
+                PublicKey::Ec {
+                    curve: crate::alg::Curve::P521,
+                    point,
+                } => p521::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                    .map(|vk| Self::P521(Box::new(vk)))
+                    .map_err(|_| mismatch()),
+                _ => Err(mismatch()),
+            };
+        }
         let jalg: jsonwebtoken::Algorithm = alg.as_str().parse().map_err(|_| mismatch())?;
         match (pk, alg.family()) {
             (PublicKey::Rsa { n, e }, crate::alg::KeyFamily::Rsa) => Ok(Self::Jwt(

@@ -196,13 +196,16 @@ impl KeyService {
                 continue;
             };
             tx.commit().await?;
-            self.inner.registry.reload_app(&app.id).await?;
-            self.inner.spares.wake();
+            self.after_change(&app.id).await?;
             info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
+            let keys = self.inner.store.app_keys(&app.id).await?;
             return Ok(CreatedApp {
                 app,
                 access_token: token,
-                keys: vec![current, next],
+                keys: keys
+                    .into_iter()
+                    .filter(|k| k.kid == current.kid || k.kid == next.kid)
+                    .collect(),
             });
         }
         Err(KeyError::Inconsistent(
@@ -317,9 +320,48 @@ impl KeyService {
     }
 
     async fn after_change(&self, app_id: &str) -> Result<(), KeyError> {
+        self.certify(app_id).await;
         self.inner.registry.reload_app(app_id).await?;
         self.inner.spares.wake();
         Ok(())
+    }
+
+    /// Give every published key of the app that lacks one its self-signed certificate,
+    /// signed in the HSM by the key itself. Failures are logged and retried on the next
+    /// change or reconciler pass: a key without a certificate still signs and verifies.
+    pub async fn certify(&self, app_id: &str) {
+        let (app, keys) = match (
+            self.inner.store.app(app_id).await,
+            self.inner.store.app_keys(app_id).await,
+        ) {
+            (Ok(Some(a)), Ok(k)) => (a, k),
+            _ => return,
+        };
+        let now = self.now();
+        for k in keys
+            .iter()
+            .filter(|k| k.state.verifies() && k.cert.is_none())
+        {
+            let Some(spki) = &k.spki else { continue };
+            let req = crate::x509::CertRequest {
+                kid: k.kid,
+                alg: k.algorithm,
+                spki_der: spki,
+                subject_dn: &app.subject_dn,
+                not_before: k.published_at.unwrap_or(now).min(now) - 60,
+                // Covers the key's whole life: up to a period as next, one as current, then
+                // the verification window, with a day of margin.
+                not_after: now + 2 * app.rotation_period + app.verification_ttl + 86_400,
+            };
+            match crate::x509::self_signed(&self.inner.hsm, &req).await {
+                Ok(der) => {
+                    if let Err(e) = self.inner.store.set_cert(k.kid, &der).await {
+                        warn!(kid = %k.kid, error = %e, "could not store certificate");
+                    }
+                }
+                Err(e) => warn!(kid = %k.kid, error = %e, "could not make certificate"),
+            }
+        }
     }
 
     /// Current, next and previous keys of an app.
@@ -585,6 +627,29 @@ impl KeyService {
         self.inner.registry.reload_app(app_id).await?;
         info!(app_id, flush, "access token regenerated");
         Ok(token)
+    }
+
+    /// Replace the root key; the old one stops working at once. `old_digest` is the digest
+    /// the caller authenticated with, so two concurrent rotations cannot both win.
+    ///
+    /// # Errors
+    /// [`KeyError::InvalidState`] if the root key changed meanwhile; store failures.
+    pub async fn rotate_root_key(&self, old_digest: &str) -> Result<Secret, KeyError> {
+        let new = Secret::generate(crate::auth::ROOT_PREFIX);
+        let setting = super::registry::ROOT_SETTING;
+        if !self
+            .inner
+            .store
+            .swap_setting(setting, old_digest, &new.digest())
+            .await?
+        {
+            return Err(KeyError::InvalidState(
+                "the root key changed meanwhile".into(),
+            ));
+        }
+        self.inner.registry.set_root_digest(new.digest());
+        warn!("root key rotated");
+        Ok(new)
     }
 
     /// Destroy HSM objects of keys that left the live states, recording `destroyed_at`.

@@ -23,6 +23,8 @@ pub struct LedgerRow {
     pub family: Option<String>,
     /// Expiry of the refresh token issued with it.
     pub refresh_exp: Option<i64>,
+    /// Client metadata (JSON), e.g. JWTPlus `ip` and `useragent`.
+    pub meta: Option<String>,
 }
 
 /// A live session as listed for a subject.
@@ -38,6 +40,8 @@ pub struct SessionRow {
     pub exp: i64,
     /// Refresh-token expiry.
     pub refresh_exp: Option<i64>,
+    /// Client metadata (JSON).
+    pub meta: Option<String>,
 }
 
 /// A refresh token as stored (the token itself only as a digest).
@@ -76,24 +80,21 @@ impl Store {
         // Multi-row VALUES in chunks keeps round trips low under load.
         for chunk in rows.chunks(100) {
             let mut sql = String::from(
-                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp) VALUES ",
+                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 8;
+                let b = i * 9;
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
+                sql.push('(');
+                for c in 1..=9 {
+                    if c > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", b + c));
+                }
+                sql.push(')');
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
@@ -105,7 +106,8 @@ impl Store {
                     .bind(r.iat)
                     .bind(r.exp)
                     .bind(&r.family)
-                    .bind(r.refresh_exp);
+                    .bind(r.refresh_exp)
+                    .bind(&r.meta);
             }
             q.execute(&mut *tx).await?;
         }
@@ -119,7 +121,7 @@ impl Store {
     /// Database failures.
     pub async fn ledger_row(&self, jti: &str) -> Result<Option<LedgerRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp FROM tokens WHERE jti = $1",
+            "SELECT jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta FROM tokens WHERE jti = $1",
         )
         .bind(jti)
         .fetch_optional(&self.pool)
@@ -134,6 +136,7 @@ impl Store {
                 exp: r.try_get("exp")?,
                 family: r.try_get("family")?,
                 refresh_exp: opt_i64(&r, "refresh_exp")?,
+                meta: r.try_get("meta")?,
             })
         })
         .transpose()
@@ -151,7 +154,7 @@ impl Store {
         now: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp FROM tokens t \
+            "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t \
              WHERE t.app_id = $1 AND t.sub_sha256 = $2 AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
              AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti) ORDER BY t.jti DESC",
         )
@@ -168,6 +171,7 @@ impl Store {
                     iat: r.try_get("iat")?,
                     exp: r.try_get("exp")?,
                     refresh_exp: opt_i64(r, "refresh_exp")?,
+                    meta: r.try_get("meta")?,
                 })
             })
             .collect()

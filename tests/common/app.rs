@@ -186,7 +186,14 @@ impl TestApp {
     /// Create an app; returns `(id, access_token, body)`.
     pub async fn create_app(&self, body: Value) -> (String, String, Value) {
         let (s, v) = self.root("POST", "/apps", Some(body)).await;
-        assert_eq!(s, 201, "create app: {v}");
+        if s != 201 {
+            let log = self.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "create app answered {s}: {v}\n--- server log (last lines, newest first) ---\n{}",
+                tail.join("\n")
+            );
+        }
         (
             v["id"].as_str().unwrap().to_owned(),
             v["access_token"].as_str().unwrap().to_owned(),

@@ -6,6 +6,8 @@
 mod common;
 
 mod apps;
+mod certs;
+mod compat;
 mod hygiene;
 mod revocation;
 mod rotation;

@@ -344,3 +344,48 @@ async fn sessions_and_discovery(app: &TestApp) {
     assert!(cc.contains("max-age="), "{cc}");
 }
 both_engines!(sessions_logout_and_discovery, sessions_and_discovery);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_algorithm_issues_tokens_that_introspect_and_verify_against_the_jwks() {
+    let app = TestApp::spawn("every_alg_tokens", crate::common::app::Engine::Sqlite).await;
+    for (alg, bits) in [
+        ("RS256", 2048),
+        ("RS384", 3072),
+        ("RS512", 2048),
+        ("PS256", 2048),
+        ("PS384", 2048),
+        ("PS512", 4096),
+        ("ES256", 0),
+        ("ES384", 0),
+        ("ES512", 0),
+        ("EdDSA", 0),
+    ] {
+        let mut body = json!({"name": format!("Alg {alg}"), "signing_alg": alg});
+        if bits > 0 {
+            body["rsa_bits"] = json!(bits);
+        }
+        let (id, pk, _) = app.create_app(body).await;
+        let t = app.issue(&id, &pk, json!({"sub": "s"})).await;
+        let token = t["token"].as_str().unwrap();
+        assert!(app.active(&id, &pk, token).await, "{alg}");
+        let (h, _, _) = parts(token);
+        assert_eq!(h["alg"], alg);
+        // Independent check: jsonwebtoken against the published JWK (it has no ES512).
+        if alg != "ES512" {
+            let jwks = app.jwks(&id).await;
+            let jwk = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["kid"] == h["kid"])
+                .unwrap();
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+            let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+            let mut v = jsonwebtoken::Validation::new(alg.parse().unwrap());
+            v.validate_aud = false;
+            v.set_issuer(&[format!("{}/apps/{id}", app.base)]);
+            let data = jsonwebtoken::decode::<Value>(token, &key, &v);
+            assert!(data.is_ok(), "{alg}: {data:?}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Compatibility families: JWTPlus, Auth0 connection keys and PocketPaw token regeneration.
+//!
+//! Each module speaks its peer's dialect (paths, auth header, field names, status codes and
+//! error bodies) and delegates to the same services as the native API; none holds logic
+//! of its own beyond translation. `../shared/seeds/peer-apis.md` is the reference; what
+//! it marks BUG is not copied.
+
+pub(crate) mod auth0;
+pub(crate) mod jwtplus;
+pub(crate) mod pocketpaw;
+
+use axum::Router;
+
+use crate::app::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .merge(jwtplus::router())
+        .merge(auth0::router())
+        .merge(pocketpaw::router())
+}

@@ -1,0 +1,715 @@
+//! The seed documents, replayed as written (same method, path and headers), plus the rest
+//! of the JWTPlus, Auth0 and PocketPaw surfaces.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::both_engines;
+use crate::common::app::{TestApp, kids_in};
+
+/// `GET /root/rotate` with the raw root key (jwtplus-rotate-root-key.txt).
+async fn seed_root_rotate(app: &TestApp) {
+    let old = app.root_key.clone();
+    let (s, v) = app.call("GET", "/root/rotate", Some(&old), None).await;
+    assert_eq!(s, 200, "{v}");
+    let new = v["new-key"]
+        .as_str()
+        .expect("new-key is a string")
+        .to_owned();
+    assert!(new.starts_with("rk_") && new.len() == 46);
+    assert_eq!(v.as_object().unwrap().len(), 1, "only new-key");
+    for (m, p) in [
+        ("GET", "/root/list"),
+        ("GET", "/root/rotate"),
+        ("GET", "/apps"),
+    ] {
+        let (s, _) = app.call(m, p, Some(&old), None).await;
+        assert_eq!(s, 403, "old root key still works on {m} {p}");
+    }
+    let (s, v) = app.call("GET", "/root/list", Some(&old), None).await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid root key"})));
+    let (s, v) = app.call("GET", "/root/list", None, None).await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid root token"})));
+    let (s, v) = app.call("GET", "/root/list", Some(&new), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, json!({"apps": []}));
+    let (s, _) = app
+        .call("GET", "/apps", Some(&format!("Bearer {new}")), None)
+        .await;
+    assert_eq!(s, 200, "new key works on native routes too");
+    let (s, v) = app
+        .call("POST", "/root/rotate", Some(&format!("Bearer {new}")), None)
+        .await;
+    assert_eq!(s, 200, "POST and Bearer accepted: {v}");
+}
+both_engines!(seed_jwtplus_rotate_root_key, seed_root_rotate);
+
+fn create_body(algo: &str, key_type: &str) -> Value {
+    json!({
+        "name": "Shop API", "description": "the shop", "token_expire": 600, "token_notbefore": 0,
+        "refresh_expire": 3600, "refresh_notbefore": 0, "key_type": key_type, "algo": algo, "rotation_period": 86400
+    })
+}
+
+/// `GET /root/{app-id}/rotate/pki` (jwtplus-rotate-app-pki.txt).
+async fn seed_rotate_pki(app: &TestApp) {
+    let root = app.root_key.clone();
+    let (s, created) = app
+        .call(
+            "POST",
+            "/root/create",
+            Some(&root),
+            Some(create_body("ES256", "ECDSA")),
+        )
+        .await;
+    assert_eq!(s, 200, "{created}");
+    let id = created["app_id"].as_str().unwrap().to_owned();
+    let key = created["app_key"].as_str().unwrap().to_owned();
+    let signed = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "u1", "aud": "shop", "ip": "10.0.0.1", "useragent": "curl"})),
+        )
+        .await
+        .1;
+    let token = signed["auth_token"].as_str().unwrap().to_owned();
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": true}));
+    let old_kids: Vec<String> = app
+        .keys(&id)
+        .await
+        .iter()
+        .filter(|k| k["state"] != "revoked")
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+
+    let (s, v) = app
+        .call("GET", &format!("/root/{id}/rotate/pki"), Some(&root), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["app_id"], id.as_str());
+    assert_eq!(v["algo"], "ES256");
+    let pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v["new_public_key"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(v["kid"].is_string());
+    let revoked: Vec<String> = v["revoked_kids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    let mut a = revoked.clone();
+    let mut b = old_kids.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "every key of the app revoked");
+    assert!(v["revoked_at"].is_string());
+    assert_eq!(v["revoked_tokens"], 1);
+    assert_eq!(v["affected_subjects"], 1);
+
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": false}), "every earlier JWT rejected");
+    assert!(!app.active(&id, &key, &token).await);
+    let jwks = app.jwks(&id).await;
+    let labels = app.token_labels();
+    for k in &old_kids {
+        assert!(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["kid"] != k.as_str()),
+            "{k} still in JWKS"
+        );
+        assert!(
+            !labels.contains(&format!("hsm-rotator/{k}")),
+            "{k} still in the HSM"
+        );
+    }
+    let fresh = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "u1", "aud": "shop", "ip": "::1", "useragent": "curl"})),
+        )
+        .await
+        .1;
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": fresh["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": true}), "new tokens work");
+    // Wrong root key, unknown app, bad id.
+    let (s, v) = app
+        .call(
+            "GET",
+            &format!("/root/{id}/rotate/pki"),
+            Some("rk_nope"),
+            None,
+        )
+        .await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid root key"})));
+    let (s, _) = app
+        .call(
+            "GET",
+            "/root/01ARZ3NDEKTSV4RRFFQ69G5FAV/rotate/pki",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = app
+        .call("GET", "/root/not-an-id/rotate/pki", Some(&root), None)
+        .await;
+    assert_eq!((s, v), (400, json!({"errors": "invalid app id"})));
+}
+both_engines!(seed_jwtplus_rotate_app_pki, seed_rotate_pki);
+
+/// `POST /connections/{id}/keys/rotate` (auth0-connection-keys-rotate.txt).
+async fn seed_auth0(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Conn", "signing_alg": "RS256", "subject_dn": "CN=Conn,O=Acme"}))
+        .await;
+    for (prefix, auth) in [
+        ("", format!("Bearer {}", app.root_key)),
+        ("/api/v2", format!("Bearer {pk}")),
+    ] {
+        let before_next = kids_in(&app.keys(&id).await, "next")[0].clone();
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("{prefix}/connections/{id}/keys/rotate"),
+                Some(&auth),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        for f in [
+            "kid",
+            "cert",
+            "fingerprint",
+            "thumbprint",
+            "pkcs",
+            "next",
+            "algorithm",
+            "key_use",
+            "subject_dn",
+        ] {
+            assert!(v.get(f).is_some(), "{f} missing: {v}");
+        }
+        assert_ne!(
+            v["kid"],
+            before_next.as_str(),
+            "the response is the new next key"
+        );
+        assert_eq!(v["next"], true);
+        assert_eq!(v["current"], false);
+        assert_eq!(v["key_use"], "signing");
+        assert_eq!(v["algorithm"], "RS256");
+        assert_eq!(v["subject_dn"], "CN=Conn,O=Acme");
+        let cert = v["cert"].as_str().unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----\r\n"));
+        assert!(
+            v["pkcs"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN PKCS7-----\r\n")
+        );
+        let fp = v["fingerprint"].as_str().unwrap();
+        assert_eq!(fp.len(), 59);
+        assert_eq!(fp.replace(':', ""), v["thumbprint"].as_str().unwrap());
+        assert!(
+            fp.chars()
+                .all(|c| c == ':' || c.is_ascii_digit() || c.is_ascii_uppercase())
+        );
+    }
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(json!({"signing_alg": "ES384"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["algorithm"], "ES384",
+        "the next key has the requested algorithm"
+    );
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(json!({"signing_alg": "HS256"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["statusCode"], 400);
+    assert_eq!(v["error"], "Bad Request");
+    assert_eq!(v["errorCode"], "invalid_body");
+    assert!(v["message"].is_string());
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((s, v["statusCode"].as_u64()), (401, Some(401)));
+    let (s, v) = app
+        .root(
+            "POST",
+            "/connections/01ARZ3NDEKTSV4RRFFQ69G5FAV/keys/rotate",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["errorCode"].as_str()),
+        (404, Some("inexistent_connection"))
+    );
+
+    let (s, list) = app
+        .bearer(&pk, "GET", &format!("/api/v2/connections/{id}/keys"), None)
+        .await;
+    assert_eq!(s, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.iter().filter(|k| k["current"] == true).count(), 1);
+    assert_eq!(list.iter().filter(|k| k["next"] == true).count(), 1);
+    assert!(list.iter().any(|k| k["previous"] == true
+        && k["current_since"].is_string()
+        && k["current_until"].is_string()));
+}
+both_engines!(seed_auth0_rotate_connection_keys, seed_auth0);
+
+/// `POST /api/token/regenerate` (pocketpaw-token-regenerate.txt).
+async fn seed_pocketpaw(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Paw", "signing_alg": "ES256"}))
+        .await;
+    let session = app.issue(&id, &pk, json!({"sub": "u"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .client
+        .post(app.url("/api/token/regenerate"))
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {pk}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    let new = v["token"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("pk_"));
+    assert_eq!(v.as_object().unwrap().len(), 1);
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/token/regenerate",
+            Some(&format!("Bearer {pk}")),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (401, json!({"detail": "Unauthorized"})),
+        "the old token is dead"
+    );
+    let (s, _) = app.call("POST", "/api/token/regenerate", None, None).await;
+    assert_eq!(s, 401);
+    assert!(
+        !app.active(&id, &new, &session).await,
+        "earlier session tokens are rejected"
+    );
+    let after = app.issue(&id, &new, json!({"sub": "u"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(app.active(&id, &new, &after).await);
+    let (s, v) = app
+        .call(
+            "POST",
+            "/api/v1/token/regenerate",
+            Some(&format!("Bearer {new}")),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+both_engines!(seed_pocketpaw_regenerate_token, seed_pocketpaw);
+
+async fn jwtplus_surface(app: &TestApp) {
+    let root = app.root_key.clone();
+    // Validation shapes.
+    let (s, v) = app.call("POST", "/root/create", Some(&root), None).await;
+    assert_eq!((s, v), (400, json!({"errors": "empty request body"})));
+    let res = app
+        .client
+        .post(app.url("/root/create"))
+        .header("Authorization", &root)
+        .body("{\"name\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"errors": {"error_field": "", "error_message": "invalid json format"}})
+    );
+    let (s, v) = app
+        .call(
+            "POST",
+            "/root/create",
+            Some(&root),
+            Some(json!({"name": 5})),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (
+            400,
+            json!({"errors": {"error_field": "", "error_message": "invalid json data type"}})
+        )
+    );
+    let mut bad = create_body("RS256", "ECDSA");
+    bad["token_expire"] = json!(10);
+    bad["name"] = json!("bad<name>");
+    let (s, v) = app
+        .call("POST", "/root/create", Some(&root), Some(bad))
+        .await;
+    assert_eq!(s, 400);
+    let errs = v["errors"].as_array().unwrap();
+    assert!(errs.contains(&json!({"error_field": "name", "error_message": "This field accepts alpha, numbers & spaces only."})));
+    assert!(errs.contains(&json!({"error_field": "token_expire", "error_message": "This field accepts the minimum value of 60"})));
+    assert!(errs.contains(&json!({"error_field": "key_type", "error_message": "This field accepts preconfigured values only."})), "key_type must match algo: {v}");
+    let (_, list) = app.call("GET", "/root/list", Some(&root), None).await;
+    assert_eq!(list, json!({"apps": []}), "failed creates changed nothing");
+
+    let (s, c) = app
+        .call(
+            "POST",
+            "/root/create",
+            Some(&root),
+            Some(create_body("PS512", "RSA")),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    for f in ["app_id", "app_key", "public_key", "algo"] {
+        assert!(c.get(f).is_some(), "{f}");
+    }
+    let id = c["app_id"].as_str().unwrap().to_owned();
+    let key = c["app_key"].as_str().unwrap().to_owned();
+    let (_, list) = app.call("GET", "/root/list", Some(&root), None).await;
+    let a = &list["apps"][0];
+    for f in [
+        "id",
+        "name",
+        "description",
+        "token_expiry",
+        "token_notbefore",
+        "refresh_expiry",
+        "refresh_notbefore",
+        "key_type",
+        "algo",
+        "rotation_period",
+        "add_time",
+        "update_time",
+        "last_key_rotate",
+    ] {
+        assert!(a.get(f).is_some(), "{f} missing in {a}");
+    }
+    assert_eq!(a["key_type"], "RSA");
+    assert_eq!(a["token_expiry"], 600);
+
+    // App routes.
+    let (s, v) = app
+        .call("GET", &format!("/app/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["app"]["id"], id.as_str());
+    let (s, v) = app
+        .call("GET", &format!("/app/{id}"), Some("wrong"), None)
+        .await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid app key or id"})));
+    let (s, v) = app.call("GET", "/app/nope", Some(&key), None).await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid app id"})));
+    let (_, keys) = app
+        .call("GET", &format!("/app/{id}/pub-keys"), Some(&key), None)
+        .await;
+    let k0 = &keys["keys"][0];
+    for f in [
+        "key_id",
+        "public_key",
+        "key_type",
+        "key_algo",
+        "exp_time",
+        "is_expired",
+        "is_revoked",
+    ] {
+        assert!(k0.get(f).is_some(), "{f}");
+    }
+    let sign_body = json!({"sub": "alice", "aud": "shop", "ip": "192.168.1.2", "useragent": "Mozilla/5.0", "plan": "gold"});
+    let (s, pair) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(sign_body.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{pair}");
+    for f in ["key_id", "public_key", "auth_token", "refresh_token"] {
+        assert!(pair[f].is_string(), "{f}");
+    }
+    let payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(
+                pair["auth_token"]
+                    .as_str()
+                    .unwrap()
+                    .split('.')
+                    .nth(1)
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["jid"], payload["jti"], "tokens carry jid and jti");
+    assert_eq!(payload["plan"], "gold");
+    let mut over = sign_body.clone();
+    over["exp"] = json!(1);
+    let (s, _) = app
+        .call("POST", &format!("/app/{id}/sign"), Some(&key), Some(over))
+        .await;
+    assert_eq!(s, 422, "reserved claims cannot be overridden");
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "a", "aud": "b", "ip": "999.1.1.1", "useragent": "x"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["errors"][0]["error_field"], "ip");
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/get-session"),
+            Some(&key),
+            Some(json!({"sub": "alice"})),
+        )
+        .await;
+    let sess = &v["sessions"][0];
+    for f in [
+        "token_id",
+        "key_id",
+        "auth_token_iat",
+        "auth_token_nbf",
+        "auth_token_exp",
+        "refresh_token_iat",
+        "refresh_token_nbf",
+        "refresh_token_exp",
+        "ip_address",
+        "user_agent",
+    ] {
+        assert!(sess.get(f).is_some(), "{f}");
+    }
+    assert_eq!(sess["ip_address"], "192.168.1.2");
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/get-session"),
+            Some(&key),
+            Some(json!({"sub": "nobody"})),
+        )
+        .await;
+    assert_eq!(v, json!({"sessions": null}));
+    let (s, renewed) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/renew"),
+            Some(&key),
+            Some(
+                json!({"refresh_token": pair["refresh_token"], "ip": "10.1.1.1", "useragent": "x"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{renewed}");
+    assert!(!renewed["auth_token"].as_str().unwrap().is_empty());
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": pair["auth_token"]})),
+        )
+        .await;
+    assert_eq!(
+        v,
+        json!({"verified": false}),
+        "renew retires the old access token"
+    );
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/renew"),
+            Some(&key),
+            Some(
+                json!({"refresh_token": pair["refresh_token"], "ip": "10.1.1.1", "useragent": "x"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (404, json!({"message": "invalid refresh token"})),
+        "single use"
+    );
+    let fresh = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(sign_body.clone()),
+        )
+        .await
+        .1;
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/logout"),
+            Some(&key),
+            Some(json!({"token": fresh["auth_token"]})),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"status": "ok"})));
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": fresh["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": false}));
+
+    // Root maintenance routes.
+    let mut patch = create_body("PS512", "RSA");
+    patch.as_object_mut().unwrap().remove("algo");
+    patch.as_object_mut().unwrap().remove("key_type");
+    patch["name"] = json!("Shop API two");
+    let (s, v) = app
+        .call("PATCH", &format!("/root/{id}"), Some(&root), Some(patch))
+        .await;
+    assert_eq!((s, v), (200, json!({"status": "ok"})));
+    let (s, v) = app
+        .call("GET", &format!("/root/{id}/rotate/key"), Some(&root), None)
+        .await;
+    assert_eq!(s, 200);
+    let key2 = v["app_key"].as_str().unwrap().to_owned();
+    let (s, _) = app
+        .call("GET", &format!("/app/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(s, 403, "old app key dead");
+    let live = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key2),
+            Some(sign_body.clone()),
+        )
+        .await
+        .1;
+    let kid = live["key_id"].as_str().unwrap().to_owned();
+    let (s, v) = app
+        .call(
+            "DELETE",
+            &format!("/root/{id}/revoke/{kid}"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"status": "ok"})));
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key2),
+            Some(json!({"token": live["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": false}));
+    let (s, v) = app
+        .call(
+            "DELETE",
+            &format!("/root/{id}/revoke/bad"),
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid app or key id"})));
+    let t = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key2),
+            Some(sign_body.clone()),
+        )
+        .await
+        .1;
+    let (s, _) = app
+        .call("DELETE", &format!("/root/{id}/flush"), Some(&root), None)
+        .await;
+    assert_eq!(s, 200);
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key2),
+            Some(json!({"token": t["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": false}), "flushed");
+    let (s, v) = app
+        .call("DELETE", &format!("/root/{id}"), Some(&root), None)
+        .await;
+    assert_eq!((s, v), (200, json!({"status": "ok"})));
+    let (s, _) = app
+        .call("DELETE", &format!("/root/{id}"), Some(&root), None)
+        .await;
+    assert_eq!(s, 404, "existence is checked");
+    let (s, v) = app.call("GET", "/ping", None, None).await;
+    assert_eq!((s, v), (200, json!("pong")));
+    let (s, v) = app.call("GET", "/health", None, None).await;
+    assert_eq!((s, v), (200, json!({"message": "ok"})));
+}
+both_engines!(jwtplus_full_surface, jwtplus_surface);
