@@ -21,6 +21,13 @@ use crate::keys::registry::ROOT_SETTING;
 use crate::keys::{KeyService, Registry};
 use crate::store::{Store, StoreError};
 
+/// Seconds a `pending` key row is left alone by timed reconciler passes (its generation
+/// may still be running in another request or replica).
+pub const PENDING_GRACE: i64 = 120;
+
+/// The reconciler runs every this many scheduler ticks.
+pub const RECONCILE_EVERY: u64 = 10;
+
 /// Settings the handlers read.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -94,6 +101,7 @@ impl AppState {
             registry.clone(),
             clock.clone(),
             cfg.spare_keys,
+            i64::try_from(cfg.jwks_max_age).unwrap_or(i64::MAX),
         );
         let tokens = TokenService::new(store.clone(), hsm.clone(), registry.clone(), clock.clone());
         Ok(Self {
@@ -152,13 +160,24 @@ impl Application {
         if let Some(root) = init_root_key(&state.store, Some(&state.registry)).await? {
             crate::cli::announce_root_key(&root)?;
         }
-        tokio::spawn(
-            state
-                .keys
-                .spares()
-                .clone()
-                .run(Duration::from_secs(cfg.scheduler_interval)),
+        // Make the store and the HSM agree before serving (a crash may have left work half
+        // done). With SQLite this is the only process, so no pending key is in flight.
+        let min_pending_age = match state.store.dialect() {
+            crate::store::Dialect::Sqlite => 0,
+            crate::store::Dialect::Postgres => PENDING_GRACE,
+        };
+        if let Err(e) =
+            crate::keys::reconcile::reconcile(&state.keys, &state.hsm, false, min_pending_age).await
+        {
+            tracing::warn!(error = %e, "start-up reconciliation failed; the scheduler will retry");
+        }
+        tokio::spawn(state.keys.spares().clone().run());
+        let scheduler = crate::keys::scheduler::Scheduler::new(
+            state.keys.clone(),
+            RECONCILE_EVERY,
+            PENDING_GRACE,
         );
+        tokio::spawn(scheduler.run(Duration::from_secs(cfg.scheduler_interval)));
         let router = crate::api::router(state.clone());
         let listener = TcpListener::bind(&cfg.listen)
             .await

@@ -37,6 +37,15 @@ pub enum Command {
     Init,
     /// Check that the HSM token can be opened and list our objects in it.
     CheckHsm,
+    /// Make the store and the HSM agree once, and print what was found and done.
+    Reconcile {
+        /// Only report; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run the parsed command line.
@@ -73,6 +82,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Reconcile { dry_run, json } => {
+            let state =
+                crate::app::AppState::connect(&cfg, std::sync::Arc::new(crate::clock::SystemClock))
+                    .await?;
+            let grace = match state.store.dialect() {
+                crate::store::Dialect::Sqlite => 0,
+                crate::store::Dialect::Postgres => crate::app::PENDING_GRACE,
+            };
+            let report = crate::keys::reconcile::reconcile(&state.keys, &state.hsm, dry_run, grace)
+                .await
+                .context("Reconciliation failed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_reconcile(&report);
+            }
+            state.hsm.close().await;
+            Ok(())
+        }
         Command::CheckHsm => {
             let hsm = crate::hsm::Hsm::connect(cfg.hsm()?)
                 .await
@@ -102,4 +130,38 @@ pub fn announce_root_key(root: &crate::auth::Secret) -> anyhow::Result<()> {
         .context("Failed to write to stdout")?;
     out.flush().context("Failed to flush stdout")?;
     Ok(())
+}
+
+fn print_reconcile(r: &crate::keys::reconcile::ReconcileReport) {
+    let verb = if r.dry_run { "would" } else { "did" };
+    println!(
+        "reconcile ({}): {} finding(s)",
+        if r.dry_run { "dry run" } else { "applied" },
+        r.actions()
+    );
+    let show = |what: &str, items: &[String]| {
+        if !items.is_empty() {
+            println!("  {what} ({}): {}", items.len(), items.join(" "));
+        }
+    };
+    show(
+        &format!("pending keys finished ({verb} mark spare)"),
+        &r.pending_finished,
+    );
+    show(
+        &format!("pending keys undone ({verb} delete)"),
+        &r.pending_undone,
+    );
+    show(
+        &format!("orphan objects ({verb} destroy)"),
+        &r.orphans_destroyed,
+    );
+    let missing: Vec<String> = r.missing.iter().map(|(k, s)| format!("{k}({s})")).collect();
+    show("rows whose HSM objects are missing", &missing);
+    show("current/next keys replaced", &r.replaced);
+    show(
+        &format!("destroys retried ({verb} destroy)"),
+        &r.destroys_retried,
+    );
+    show("apps given certificates", &r.certified_apps);
 }

@@ -315,7 +315,10 @@ async fn rotate(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
-    let r = state.keys.rotate(&id).await?;
+    let r = state
+        .keys
+        .rotate(&id, crate::keys::RotationKind::Manual)
+        .await?;
     Ok(Json(json!({
         "current": wire::key(&r.current),
         "next": wire::key(&r.next),

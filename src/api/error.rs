@@ -47,6 +47,14 @@ pub enum ApiError {
         /// Human sentence.
         message: String,
     },
+    /// 409 with `Retry-After`: a rotation asked for before the next key may sign.
+    #[error("{message}")]
+    TooSoon {
+        /// Seconds to wait.
+        retry_after: u64,
+        /// Human sentence.
+        message: String,
+    },
     /// 413: body over the limit.
     #[error("request body too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
@@ -119,7 +127,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::TooSoon { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -148,6 +156,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyRequests { .. } => "rate_limited",
+            Self::TooSoon { .. } => "rotation_too_soon",
             Self::Store(_) => "store_error",
             Self::Hsm(HsmError::KeyNotFound(_)) => "hsm_key_missing",
             Self::Hsm(_) => "hsm_unavailable",
@@ -176,6 +185,10 @@ impl From<crate::keys::KeyError> for ApiError {
             K::AppNotFound => Self::NotFound("app"),
             K::KeyNotFound => Self::NotFound("key"),
             K::InvalidState(m) => Self::conflict("key_not_revocable", m),
+            K::TooSoon { retry_after, .. } => Self::TooSoon {
+                retry_after: u64::try_from(retry_after).unwrap_or(1).max(1),
+                message: e.to_string(),
+            },
             K::Store(e) => Self::Store(e),
             K::Hsm(e) => Self::Hsm(e),
             other => Self::Internal(Box::new(other)),
@@ -236,7 +249,7 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Self::TooManyRequests { retry_after } = &self
+        if let Self::TooManyRequests { retry_after } | Self::TooSoon { retry_after, .. } = &self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);

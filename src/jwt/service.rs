@@ -272,7 +272,7 @@ impl TokenService {
         family: Option<String>,
         opts: &IssueOptions,
     ) -> Result<Issued, TokenError> {
-        let key = self
+        let mut key = self
             .inner
             .registry
             .current(&app.id)
@@ -290,7 +290,24 @@ impl TokenService {
         if opts.with_jid {
             claims.insert("jid".into(), jti.clone().into());
         }
-        let token = self.sign(&key, "JWT", &claims).await?;
+        let mut token = self.sign(&key, "JWT", &claims).await?;
+        // A revocation may have committed while we signed: a revoked key leaves the
+        // registry, and a token it signed is never handed out. Sign again with the key
+        // that is current now.
+        for _ in 0..3 {
+            if self.inner.registry.key(&key.row.kid).is_some() {
+                break;
+            }
+            key = self
+                .inner
+                .registry
+                .current(&app.id)
+                .ok_or(TokenError::NoCurrentKey)?;
+            token = self.sign(&key, "JWT", &claims).await?;
+        }
+        if self.inner.registry.key(&key.row.kid).is_none() {
+            return Err(TokenError::NoCurrentKey);
+        }
         let (refresh_token, refresh_exp) = match &family {
             Some(_) => {
                 let rexp = now + app.refresh_ttl;

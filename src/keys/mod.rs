@@ -3,13 +3,15 @@
 
 mod kid;
 pub mod policy;
+pub mod reconcile;
 pub mod registry;
+pub mod scheduler;
 pub mod service;
 pub mod spares;
 mod state;
 
 pub use kid::{BadId, Kid, LABEL_PREFIX, monotonic_ulid, parse_ulid};
 pub use registry::{LiveKey, Registry};
-pub use service::{CreatedApp, KeyError, KeyService, Revocation, Rotation};
+pub use service::{CreatedApp, KeyError, KeyService, Revocation, Rotation, RotationKind};
 pub use spares::SparePool;
 pub use state::KeyState;

@@ -182,6 +182,11 @@ impl Registry {
         self.read().apps.get(id).cloned()
     }
 
+    /// Every app.
+    pub fn apps(&self) -> Vec<Arc<AppRow>> {
+        self.read().apps.values().cloned().collect()
+    }
+
     /// The app whose access token has this digest; the store is asked on a miss.
     ///
     /// # Errors

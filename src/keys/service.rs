@@ -33,6 +33,18 @@ pub enum KeyError {
     /// The key's state does not allow the operation.
     #[error("{0}")]
     InvalidState(String),
+    /// The `next` key has not been published long enough for verifiers to have it.
+    #[error(
+        "the next key was published {age} s ago; verifiers cache the JWKS for {min} s, so it may sign in {retry_after} s"
+    )]
+    TooSoon {
+        /// Seconds since the next key was published.
+        age: i64,
+        /// The JWKS max-age.
+        min: i64,
+        /// Seconds until rotation is allowed.
+        retry_after: i64,
+    },
     /// The app lost its keys in a way rotation cannot repair on its own.
     #[error("{0}")]
     Inconsistent(String),
@@ -83,12 +95,26 @@ pub struct CreatedApp {
     pub keys: Vec<KeyRow>,
 }
 
+/// Why a graceful rotation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationKind {
+    /// Asked for through the API.
+    Manual,
+    /// Due by the app's rotation period.
+    Scheduled,
+    /// The reconciler replacing a current key whose HSM object is gone: the next key
+    /// signs at once, however young, because the current one cannot sign at all.
+    Repair,
+}
+
 struct Inner {
     store: Store,
     hsm: Hsm,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     spares: SparePool,
+    /// A `next` key signs only after it has been published this long (the JWKS max-age).
+    min_next_age: i64,
     app_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -119,6 +145,7 @@ impl KeyService {
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
         spare_target: usize,
+        min_next_age: i64,
     ) -> Self {
         let spares = SparePool::new(store.clone(), hsm.clone(), clock.clone(), spare_target);
         Self {
@@ -128,6 +155,7 @@ impl KeyService {
                 registry,
                 clock,
                 spares,
+                min_next_age,
                 app_locks: Mutex::new(HashMap::new()),
             }),
         }
@@ -150,6 +178,69 @@ impl KeyService {
 
     fn now(&self) -> i64 {
         self.inner.clock.now()
+    }
+
+    /// Now, by the service's clock.
+    pub fn clock_now(&self) -> i64 {
+        self.now()
+    }
+
+    /// The HSM.
+    pub fn hsm(&self) -> &Hsm {
+        &self.inner.hsm
+    }
+
+    /// Retire every `previous` key whose verification window has closed: state `retired`,
+    /// objects destroyed. Returns the kids retired.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn retire_expired(&self) -> Result<Vec<Kid>, KeyError> {
+        let now = self.now();
+        let mut due: Vec<(String, Kid)> = Vec::new();
+        for k in self.inner.store.keys_in_state(KeyState::Previous).await? {
+            let Some(app_id) = k.app_id.clone() else {
+                continue;
+            };
+            let Some(app) = self.inner.registry.app(&app_id) else {
+                continue;
+            };
+            if k.deactivated_at.unwrap_or(now) + app.verification_ttl <= now {
+                due.push((app_id, k.kid));
+            }
+        }
+        let mut retired = Vec::new();
+        for (app_id, kid) in due {
+            let _guard = self.lock_app(&app_id).await;
+            let mut tx = self.inner.store.begin().await?;
+            let moved = self
+                .inner
+                .store
+                .transition_key(&mut tx, kid, KeyState::Previous, KeyState::Retired, now)
+                .await?;
+            tx.commit().await?;
+            if moved {
+                self.inner.registry.reload_app(&app_id).await?;
+                self.destroy_objects(&[kid]).await;
+                info!(app_id, %kid, "key retired");
+                retired.push(kid);
+            }
+        }
+        Ok(retired)
+    }
+
+    /// Apps whose current key has served its rotation period.
+    pub fn apps_due(&self) -> Vec<String> {
+        let now = self.now();
+        let mut due = Vec::new();
+        for app in self.inner.registry.apps() {
+            if let Some(cur) = self.inner.registry.current(&app.id)
+                && cur.row.activated_at.unwrap_or(now) + app.rotation_period <= now
+            {
+                due.push(app.id.clone());
+            }
+        }
+        due
     }
 
     /// Serialise lifecycle changes of one app inside this process (the store's
@@ -240,7 +331,7 @@ impl KeyService {
     /// # Errors
     /// [`KeyError::AppNotFound`]; store or HSM failures.
     #[instrument(skip(self))]
-    pub async fn rotate(&self, app_id: &str) -> Result<Rotation, KeyError> {
+    pub async fn rotate(&self, app_id: &str, kind: RotationKind) -> Result<Rotation, KeyError> {
         let _guard = self.lock_app(app_id).await;
         let app = self
             .inner
@@ -257,13 +348,25 @@ impl KeyService {
                 return Err(KeyError::AppNotFound);
             }
             let keys = self.inner.store.app_keys_tx(&mut tx, app_id).await?;
+            if kind != RotationKind::Repair
+                && let Some(next) = find(&keys, KeyState::Next)
+            {
+                let age = now - next.published_at.unwrap_or(next.created_at);
+                if age < self.inner.min_next_age {
+                    return Err(KeyError::TooSoon {
+                        age,
+                        min: self.inner.min_next_age,
+                        retry_after: self.inner.min_next_age - age,
+                    });
+                }
+            }
             let Some(outcome) = self.rotate_in(&mut tx, app_id, spec, &keys, now).await? else {
                 continue;
             };
             self.inner.store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
             self.after_change(app_id).await?;
-            info!(app_id, current = %outcome.0, next = %outcome.1, "rotated");
+            info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
             return self.rotation_view(app_id).await;
         }
         Err(KeyError::Inconsistent(

@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -138,16 +137,14 @@ impl SparePool {
         Ok(made)
     }
 
-    /// Run the refill loop until the process ends: on every wake-up and every `period`.
-    pub async fn run(self, period: Duration) {
+    /// Refill now, then on every wake-up (a spare was taken) until the process ends. The
+    /// scheduler's tick refills too, so a failed refill here is retried there.
+    pub async fn run(self) {
         loop {
             if let Err(e) = self.refill().await {
                 warn!(error = %e, "spare refill failed; will retry");
             }
-            tokio::select! {
-                () = self.wake.notified() => {},
-                () = tokio::time::sleep(period) => {},
-            }
+            self.wake.notified().await;
         }
     }
 }

@@ -382,3 +382,111 @@ impl Store {
         Ok(())
     }
 }
+
+/// Advisory-lock key of the scheduler lease (PostgreSQL).
+const SCHEDULER_LOCK: i64 = 0x6873_6d72_6f74; // "hsmrot"
+
+/// The scheduler lease: held by one replica at a time for the length of a tick.
+pub struct Lease(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+impl Lease {
+    /// Give the lease up.
+    pub async fn release(mut self) {
+        if let Some(mut c) = self.0.take() {
+            let ok = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(SCHEDULER_LOCK)
+                .execute(&mut *c)
+                .await
+                .is_ok();
+            if !ok {
+                // Closing the session releases the lock for sure.
+                drop(c.detach());
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            // Never return a connection that still holds the lock to the pool.
+            drop(c.detach());
+        }
+    }
+}
+
+impl Store {
+    /// Try to take the scheduler lease (a PostgreSQL advisory lock; SQLite has one
+    /// replica and always grants it).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn scheduler_lease(&self) -> Result<Option<Lease>, StoreError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(Some(Lease(None))),
+            Dialect::Postgres => {
+                let mut conn = self.pool.acquire().await?;
+                let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
+                    .bind(SCHEDULER_LOCK)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let got: bool = row.try_get("got")?;
+                Ok(got.then(|| Lease(Some(conn))))
+            }
+        }
+    }
+
+    /// Every kid the store knows, in any state.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn all_kids(&self) -> Result<std::collections::HashSet<Kid>, StoreError> {
+        let rows = sqlx::query("SELECT kid FROM keys")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::HashSet::with_capacity(rows.len());
+        for r in rows {
+            let k: String = r.try_get("kid")?;
+            if let Ok(kid) = k.parse() {
+                out.insert(kid);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys that should have HSM objects (spare, next, current, previous).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn keys_with_objects(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM keys WHERE state IN ('spare', 'next', 'current', 'previous')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// A spare whose object is gone: it can never be used; record it as revoked and gone.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn discard_spare(&self, kid: Kid, now: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE keys SET state = 'revoked', revoked_at = $1, destroyed_at = $1 WHERE kid = $2 AND state = 'spare'",
+        )
+        .bind(now)
+        .bind(kid.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}

@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Executor as _, Transaction};
 
 pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
-pub use keys::KeyRow;
+pub use keys::{KeyRow, Lease};
 pub use tokens::{LedgerRow, RefreshRow, SessionRow};
 
 /// Which engine the store runs on.

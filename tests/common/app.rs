@@ -86,6 +86,8 @@ impl TestApp {
             .env("HSM_ROTATOR_DATA_DIR", token.path().join("data"))
             .env("HSM_ROTATOR_DATABASE_URL", &database_url)
             .env("HSM_ROTATOR_SESSIONS", "4")
+            // Tests rotate back to back; the guardrail has its own test.
+            .env("HSM_ROTATOR_JWKS_MAX_AGE", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),

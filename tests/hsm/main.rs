@@ -9,6 +9,7 @@
 mod softhsm;
 
 mod recovery;
+mod scheduler;
 mod signing;
 
 use std::sync::Arc;

@@ -172,7 +172,11 @@ async fn rotate(
             .await
             .map_err(ApiError::from)?;
     }
-    let r = state.keys.rotate(&id).await.map_err(ApiError::from)?;
+    let r = state
+        .keys
+        .rotate(&id, crate::keys::RotationKind::Manual)
+        .await
+        .map_err(ApiError::from)?;
     Ok((
         StatusCode::CREATED,
         Json(key_shape(&r.next, &app.subject_dn)?),

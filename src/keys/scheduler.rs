@@ -1,0 +1,121 @@
+//! The scheduler: on every tick, the replica holding the lease rotates apps that are due,
+//! retires `previous` keys whose verification window has closed, purges expired ledger
+//! and deny-list rows, refills the spare pool, and every few ticks runs the reconciler.
+//! Time comes from the injected clock, so tests drive ticks without sleeping.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::reconcile::{ReconcileReport, reconcile};
+use super::{KeyError, KeyService, RotationKind};
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TickReport {
+    /// Whether this replica held the lease (if not, it did nothing).
+    pub leader: bool,
+    /// Apps rotated.
+    pub rotated: Vec<String>,
+    /// Apps due but not rotated yet (next key too young, or an error).
+    pub deferred: Vec<String>,
+    /// Keys retired.
+    pub retired: Vec<String>,
+    /// Expired rows purged.
+    pub purged: u64,
+    /// Spare keys generated.
+    pub spares_made: usize,
+    /// Reconciler result, on ticks that ran it.
+    pub reconcile: Option<ReconcileReport>,
+}
+
+/// The scheduler.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    keys: KeyService,
+    reconcile_every: u64,
+    min_pending_age: i64,
+}
+
+impl Scheduler {
+    /// A scheduler that reconciles every `reconcile_every` ticks.
+    pub fn new(keys: KeyService, reconcile_every: u64, min_pending_age: i64) -> Self {
+        Self {
+            keys,
+            reconcile_every: reconcile_every.max(1),
+            min_pending_age,
+        }
+    }
+
+    /// One tick (number `n`, for the reconcile cadence).
+    ///
+    /// # Errors
+    /// Store failures taking the lease; later failures are logged and counted as deferred.
+    pub async fn tick(&self, n: u64) -> Result<TickReport, KeyError> {
+        let mut report = TickReport::default();
+        let Some(lease) = self.keys.store().scheduler_lease().await? else {
+            return Ok(report);
+        };
+        report.leader = true;
+        let result = self.tick_as_leader(n, &mut report).await;
+        lease.release().await;
+        result.map(|()| report)
+    }
+
+    async fn tick_as_leader(&self, n: u64, report: &mut TickReport) -> Result<(), KeyError> {
+        for app in self.keys.apps_due() {
+            match self.keys.rotate(&app, RotationKind::Scheduled).await {
+                Ok(_) => report.rotated.push(app),
+                Err(KeyError::TooSoon { .. }) => report.deferred.push(app),
+                Err(e) => {
+                    warn!(app_id = %app, error = %e, "scheduled rotation failed; will retry");
+                    report.deferred.push(app);
+                }
+            }
+        }
+        report.retired = self
+            .keys
+            .retire_expired()
+            .await?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let now = self.keys.clock_now();
+        report.purged = self.keys.store().purge_expired(now).await?;
+        self.keys.registry().purge(now);
+        match self.keys.spares().refill().await {
+            Ok(n) => report.spares_made = n,
+            Err(e) => warn!(error = %e, "spare refill failed; will retry"),
+        }
+        if n % self.reconcile_every == 0 {
+            match reconcile(&self.keys, self.keys.hsm(), false, self.min_pending_age).await {
+                Ok(r) => report.reconcile = Some(r),
+                Err(e) => warn!(error = %e, "reconciler pass failed; will retry"),
+            }
+        }
+        if !report.rotated.is_empty() || !report.retired.is_empty() {
+            info!(
+                rotated = report.rotated.len(),
+                retired = report.retired.len(),
+                purged = report.purged,
+                "scheduler tick"
+            );
+        }
+        Ok(())
+    }
+
+    /// Tick every `period` until the process ends.
+    pub async fn run(self, period: Duration) {
+        let mut n: u64 = 0;
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            n += 1;
+            if let Err(e) = self.tick(n).await {
+                warn!(error = %e, "scheduler tick failed; will retry");
+            }
+        }
+    }
+}
