@@ -88,7 +88,7 @@ impl Scheduler {
             Ok(n) => report.spares_made = n,
             Err(e) => warn!(error = %e, "spare refill failed; will retry"),
         }
-        if n % self.reconcile_every == 0 {
+        if n.is_multiple_of(self.reconcile_every) {
             match reconcile(&self.keys, self.keys.hsm(), false, self.min_pending_age).await {
                 Ok(r) => report.reconcile = Some(r),
                 Err(e) => warn!(error = %e, "reconciler pass failed; will retry"),
