@@ -86,13 +86,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let state =
                 crate::app::AppState::connect(&cfg, std::sync::Arc::new(crate::clock::SystemClock))
                     .await?;
-            let grace = match state.store.dialect() {
-                crate::store::Dialect::Sqlite => 0,
-                crate::store::Dialect::Postgres => crate::app::PENDING_GRACE,
-            };
-            let report = crate::keys::reconcile::reconcile(&state.keys, &state.hsm, dry_run, grace)
-                .await
-                .context("Reconciliation failed")?;
+            // A server may be running next to us and generating spares right now: leave
+            // young pending keys alone (the server's start-up pass handles a crash's).
+            let report = crate::keys::reconcile::reconcile(
+                &state.keys,
+                &state.hsm,
+                dry_run,
+                crate::app::PENDING_GRACE,
+            )
+            .await
+            .context("Reconciliation failed")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -21,7 +21,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store_ready().await;
     match (hsm, store) {
         (Ok(()), Ok(())) => {
-            Json(json!({"status": "ready", "hsm": "ok", "store": "ok"})).into_response()
+            let spares: serde_json::Map<String, serde_json::Value> = state
+                .store
+                .spare_counts()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(spec, n)| (spec.to_string(), n.into()))
+                .collect();
+            Json(json!({
+                "status": "ready",
+                "hsm": "ok",
+                "store": "ok",
+                "spares": spares,
+                "pool": {"size": state.hsm.pool_size(), "in_use": state.hsm.pool_in_use()},
+            }))
+            .into_response()
         }
         (h, s) => {
             let reason = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());

@@ -183,6 +183,16 @@ impl Hsm {
             .await
     }
 
+    /// Whether `kid`'s private and public halves exist, searched fresh in the token (not
+    /// from the handle cache): for the reconciler, which must not act on a stale view.
+    ///
+    /// # Errors
+    /// Token failures.
+    pub async fn halves(&self, kid: Kid) -> Result<(bool, bool), HsmError> {
+        self.blocking(move |core| core.run(None, |_, s| Ok(object::halves_in(s, &kid)?)))
+            .await
+    }
+
     /// Protection flags of `kid`'s private half.
     ///
     /// # Errors

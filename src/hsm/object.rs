@@ -48,8 +48,17 @@ pub(crate) fn list_in(session: &Session) -> Result<Vec<TokenObject>, CkError> {
         (ObjectClass::PUBLIC_KEY, false),
     ] {
         for handle in session.find_objects(&[Attribute::Class(class)])? {
-            let attrs =
-                session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])?;
+            let attrs = match session
+                .get_attributes(handle, &[AttributeType::Label, AttributeType::Id])
+            {
+                Ok(a) => a,
+                // Destroyed or still being made by another session or process: listing is a
+                // snapshot, and the next pass sees the object as it ends up.
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping an object that changed while listing");
+                    continue;
+                }
+            };
             let mut label = String::new();
             let mut kid = None;
             for a in attrs {
@@ -70,6 +79,22 @@ pub(crate) fn list_in(session: &Session) -> Result<Vec<TokenObject>, CkError> {
         }
     }
     Ok(out)
+}
+
+/// Which halves of `kid` exist, searched fresh (never from the cache).
+pub(crate) fn halves_in(session: &Session, kid: &Kid) -> Result<(bool, bool), CkError> {
+    let find = |class| -> Result<bool, CkError> {
+        Ok(!session
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Id(kid.cka_id().to_vec()),
+            ])?
+            .is_empty())
+    };
+    Ok((
+        find(ObjectClass::PRIVATE_KEY)?,
+        find(ObjectClass::PUBLIC_KEY)?,
+    ))
 }
 
 /// Read the public half of `kid` and decode it for `alg`.

@@ -65,6 +65,9 @@ pub async fn reconcile(
         dry_run,
         ..ReconcileReport::default()
     };
+    // Rows are read before the token is listed: a row that should have objects had them
+    // before this read, so a listing taken after it cannot miss them unless they are gone.
+    let rows_with_objects = store.keys_with_objects().await?;
     // Halves present in the token, per kid.
     let mut objects: HashMap<Kid, (bool, bool)> = HashMap::new();
     for o in hsm.list().await? {
@@ -118,8 +121,16 @@ pub async fn reconcile(
     }
 
     // 3. Rows whose objects are missing.
-    for row in store.keys_with_objects().await? {
+    for row in rows_with_objects {
         if objects.get(&row.kid) == Some(&(true, true)) {
+            continue;
+        }
+        // Confirm against the store and the token as they are now: the key may have moved
+        // on (revoked and destroyed) since the snapshot.
+        let Some(row) = store.key(row.kid).await?.filter(|r| r.state.has_object()) else {
+            continue;
+        };
+        if hsm.halves(row.kid).await? == (true, true) {
             continue;
         }
         report
