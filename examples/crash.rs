@@ -12,7 +12,12 @@
 //! Usage: `crash KILLS [sqlite|postgres://...]`. Prints a summary line and exits non-zero on
 //! any violation.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::zombie_processes,
+    missing_docs
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, BufReader};

@@ -207,18 +207,36 @@ impl Application {
             router,
             state,
         } = self;
-        axum::serve(
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let mut graceful = stop_rx.clone();
+        let serve = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+        .with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stop| *stop).await;
+        });
+        // Requests in flight get SHUTDOWN_GRACE to finish; then the process exits anyway.
+        let deadline = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = serve => r.context("HTTP server failed")?,
+            () = deadline => tracing::warn!("requests still in flight after the shutdown grace period; exiting"),
+        }
         state.hsm.close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// How long requests in flight may take to finish after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

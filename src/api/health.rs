@@ -17,7 +17,13 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: 200 only while a pooled HSM session can sign and the store answers.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let hsm = state.hsm.ready().await;
+    // "Ready" means a signature can be made now: sign a probe with an app's current key
+    // (or, before any app exists, check that a pooled session is logged in).
+    let hsm = match state.tokens.probe().await {
+        Ok(true) => Ok(()),
+        Ok(false) => state.hsm.ready().await,
+        Err(e) => Err(e),
+    };
     let store = state.store_ready().await;
     match (hsm, store) {
         (Ok(()), Ok(())) => {

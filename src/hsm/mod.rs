@@ -226,6 +226,15 @@ impl Hsm {
         .await
     }
 
+    /// Re-initialise the module because a key that must exist was not found (rate-limited;
+    /// returns whether it ran). Callers retry their operation once after it.
+    ///
+    /// # Errors
+    /// [`HsmError::Unavailable`] while the token is still unreachable.
+    pub async fn recover(&self) -> Result<bool, HsmError> {
+        self.blocking(|core| core.force_reinitialise()).await
+    }
+
     /// Reload the handle cache from the token in one listing pass.
     ///
     /// # Errors

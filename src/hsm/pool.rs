@@ -69,6 +69,7 @@ pub(crate) struct Core {
     cache: RwLock<HashMap<Kid, Handles>>,
     generation: AtomicU64,
     last_init_attempt: Mutex<Option<Instant>>,
+    last_forced: Mutex<Option<Instant>>,
 }
 
 /// A checked-out session and the generation it belongs to.
@@ -90,6 +91,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Minimum time between two forced re-initialisations.
+const FORCED_REINIT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Minimum time between two attempts to bring an unreachable module back.
 const REINIT_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -109,6 +113,7 @@ impl Core {
             cache: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
             last_init_attempt: Mutex::new(None),
+            last_forced: Mutex::new(None),
         };
         let ctx = core.open_ctx(pkcs11, 1)?;
         core.generation.store(1, Ordering::SeqCst);
@@ -322,6 +327,23 @@ impl Core {
         drop(guard);
         info!(generation, "PKCS#11 module re-initialised");
         self.reload_cache()
+    }
+
+    /// Re-initialise the module although no call reported a lost module: a key the store
+    /// says exists was not found, which on SoftHSM means its token directory went away and
+    /// came back (the module rescans only at `C_Initialize`). At most once per
+    /// [`FORCED_REINIT_INTERVAL`]; returns whether it ran.
+    pub(crate) fn force_reinitialise(&self) -> Result<bool, HsmError> {
+        {
+            let mut last = lock(&self.last_forced);
+            if last.is_some_and(|t| t.elapsed() < FORCED_REINIT_INTERVAL) {
+                return Ok(false);
+            }
+            *last = Some(Instant::now());
+        }
+        warn!("a key the store knows is missing from the token; re-initialising the module");
+        self.reinitialise(self.current_generation())?;
+        Ok(true)
     }
 
     fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Kid, Handles>> {

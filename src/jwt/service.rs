@@ -207,11 +207,21 @@ impl TokenService {
         let mut input = b64(header.to_string().as_bytes());
         input.push('.');
         input.push_str(&b64(Value::Object(claims.clone()).to_string().as_bytes()));
-        let sig = self
+        let sig = match self
             .inner
             .hsm
             .sign(key.row.kid, alg, input.clone().into_bytes())
-            .await?;
+            .await
+        {
+            // The store says this key exists: the token may have been away and come back.
+            Err(HsmError::KeyNotFound(_)) if self.inner.hsm.recover().await.unwrap_or(false) => {
+                self.inner
+                    .hsm
+                    .sign(key.row.kid, alg, input.clone().into_bytes())
+                    .await?
+            }
+            other => other?,
+        };
         input.push('.');
         input.push_str(&b64(&sig));
         Ok(input)
@@ -463,6 +473,40 @@ impl TokenService {
         sub_sha256
             .and_then(|s| self.inner.registry.subject_cutoff(&app.id, s))
             .is_some_and(|c| jti < c)
+    }
+
+    /// Sign a probe with some app's current key: whether the service can sign right now.
+    /// `Ok(false)` when there is no app to sign for.
+    ///
+    /// # Errors
+    /// The HSM failure that prevents signing.
+    pub async fn probe(&self) -> Result<bool, HsmError> {
+        let Some(key) = self
+            .inner
+            .registry
+            .apps()
+            .iter()
+            .find_map(|a| self.inner.registry.current(&a.id))
+        else {
+            return Ok(false);
+        };
+        match self
+            .inner
+            .hsm
+            .sign(key.row.kid, key.row.algorithm, b"readyz".to_vec())
+            .await
+        {
+            Err(HsmError::KeyNotFound(_)) if self.inner.hsm.recover().await.unwrap_or(false) => {
+                self.inner
+                    .hsm
+                    .sign(key.row.kid, key.row.algorithm, b"readyz".to_vec())
+                    .await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(true)
     }
 
     /// Verify `token` for `app`: its claims if active now, else why not.

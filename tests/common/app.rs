@@ -131,6 +131,21 @@ impl TestApp {
         }
     }
 
+    /// Send SIGTERM and wait (bounded) for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exit within 20 s")
+            .unwrap()
+    }
+
     /// Stop the process (SIGKILL) and hand back its token.
     pub async fn kill(mut self) -> SoftHsm {
         let _ = self.child.kill().await;

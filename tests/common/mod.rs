@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod proxy;
 pub mod softhsm;
 
 /// Define `$name` twice: once on SQLite, once on PostgreSQL.

@@ -8,6 +8,7 @@ mod common;
 mod apps;
 mod certs;
 mod compat;
+mod faults;
 mod hygiene;
 mod revocation;
 mod rotation;
