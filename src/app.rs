@@ -25,6 +25,10 @@ use crate::store::{Store, StoreError};
 /// may still be running in another request or replica).
 pub const PENDING_GRACE: i64 = 120;
 
+/// Seconds between full registry reloads on PostgreSQL (bounds staleness if a change
+/// notification is lost).
+pub const FULL_RELOAD_SECS: u64 = 30;
+
 /// The reconciler runs every this many scheduler ticks.
 pub const RECONCILE_EVERY: u64 = 10;
 
@@ -172,6 +176,13 @@ impl Application {
             tracing::warn!(error = %e, "start-up reconciliation failed; the scheduler will retry");
         }
         tokio::spawn(state.keys.spares().clone().run());
+        if state.store.dialect() == crate::store::Dialect::Postgres {
+            tokio::spawn(state.registry.clone().follow(
+                cfg.database_url(),
+                state.clock.clone(),
+                Duration::from_secs(FULL_RELOAD_SECS),
+            ));
+        }
         let scheduler = crate::keys::scheduler::Scheduler::new(
             state.keys.clone(),
             RECONCILE_EVERY,

@@ -404,7 +404,7 @@ impl TokenService {
             }
             tx.commit().await?;
             for (jti, exp) in denied {
-                self.inner.registry.deny(jti, exp);
+                self.inner.registry.denied(jti, exp).await;
             }
             warn!(family = %row.family, "refresh token reuse: family revoked");
             return Err(TokenError::RefreshReused);
@@ -455,7 +455,7 @@ impl TokenService {
         }
         tx.commit().await?;
         if let Some(old) = old {
-            self.inner.registry.deny(old.jti, old.exp);
+            self.inner.registry.denied(old.jti, old.exp).await;
         }
         Ok(issued)
     }
@@ -626,7 +626,7 @@ impl TokenService {
             }
             tx.commit().await?;
             for (jti, exp) in denied {
-                self.inner.registry.deny(jti, exp);
+                self.inner.registry.denied(jti, exp).await;
             }
             return Ok(());
         }
@@ -641,7 +641,7 @@ impl TokenService {
         };
         store.deny_jti(&mut tx, jti, &app.id, exp).await?;
         tx.commit().await?;
-        self.inner.registry.deny(jti.to_owned(), exp);
+        self.inner.registry.denied(jti.to_owned(), exp).await;
         Ok(())
     }
 
@@ -666,7 +666,8 @@ impl TokenService {
         tx.commit().await?;
         self.inner
             .registry
-            .set_subject_cutoff(&app.id, &sub_hash, cutoff);
+            .subject_logged_out(&app.id, &sub_hash, cutoff)
+            .await;
         Ok(())
     }
 
@@ -684,7 +685,7 @@ impl TokenService {
             .revoke_app_refresh(&mut tx, &app.id, self.now())
             .await?;
         tx.commit().await?;
-        self.inner.registry.reload_app(&app.id).await?;
+        self.inner.registry.app_changed(&app.id).await?;
         Ok(())
     }
 
@@ -732,7 +733,7 @@ impl TokenService {
         }
         tx.commit().await?;
         for (j, e) in denied {
-            self.inner.registry.deny(j, e);
+            self.inner.registry.denied(j, e).await;
         }
         Ok(true)
     }

@@ -182,7 +182,7 @@ pub async fn reconcile(
     for app in apps {
         if !dry_run {
             keys.certify(&app).await;
-            keys.registry().reload_app(&app).await?;
+            keys.registry().app_changed(&app).await?;
         }
         report.certified_apps.push(app);
     }

@@ -13,7 +13,7 @@ use ulid::Ulid;
 use super::{KeyState, Kid};
 use crate::jwt::verify::Verifier;
 use crate::pubkey::PublicKey;
-use crate::store::{AppRow, KeyRow, Store, StoreError};
+use crate::store::{AppRow, Change, ChangeListener, Heard, KeyRow, Store, StoreError};
 
 /// A published key (next, current or previous) ready to verify.
 #[derive(Debug)]
@@ -37,6 +37,9 @@ struct Inner {
     subjects: HashMap<(String, String), Ulid>,
 }
 
+/// Reads a reload retries when changes land while it reads.
+const RELOAD_ATTEMPTS: usize = 5;
+
 /// Setting key of the root-key digest.
 pub const ROOT_SETTING: &str = "root_key_sha256";
 
@@ -44,6 +47,9 @@ pub const ROOT_SETTING: &str = "root_key_sha256";
 pub struct Registry {
     store: Store,
     inner: RwLock<Inner>,
+    /// Bumped by every change to `inner`. A reload that read the store while a change was
+    /// applied would install older state over newer, so it retries instead.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -76,6 +82,7 @@ impl Registry {
         let r = Self {
             store,
             inner: RwLock::new(Inner::default()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         r.reload_all(now).await?;
         Ok(r)
@@ -88,9 +95,34 @@ impl Registry {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner
+        let guard = self
+            .inner
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        guard
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Write access for a reload that read the store at `epoch`: `None` if something
+    /// changed since (the caller reads again), unless it has retried enough.
+    fn write_if_unchanged(
+        &self,
+        epoch: u64,
+        attempt: usize,
+    ) -> Option<RwLockWriteGuard<'_, Inner>> {
+        let guard = self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.epoch() != epoch && attempt < RELOAD_ATTEMPTS {
+            return None;
+        }
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(guard)
     }
 
     /// Re-read the whole state (start-up, and after a lost change notification).
@@ -98,6 +130,18 @@ impl Registry {
     /// # Errors
     /// Store failures.
     pub async fn reload_all(&self, now: i64) -> Result<(), StoreError> {
+        for attempt in 1.. {
+            let epoch = self.epoch();
+            let inner = self.read_all(now).await?;
+            if let Some(mut guard) = self.write_if_unchanged(epoch, attempt) {
+                *guard = inner;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_all(&self, now: i64) -> Result<Inner, StoreError> {
         let root = self.store.setting(ROOT_SETTING).await?;
         let apps = self.store.apps().await?;
         let keys = self.store.live_keys().await?;
@@ -137,8 +181,7 @@ impl Registry {
                 inner.subjects.insert((app, sub), c);
             }
         }
-        *self.write() = inner;
-        Ok(())
+        Ok(inner)
     }
 
     /// Re-read one app and its keys (after a change to either).
@@ -146,33 +189,39 @@ impl Registry {
     /// # Errors
     /// Store failures.
     pub async fn reload_app(&self, app_id: &str) -> Result<(), StoreError> {
-        let app = self.store.app(app_id).await?;
-        let keys = match &app {
-            Some(_) => self.store.app_keys(app_id).await?,
-            None => Vec::new(),
-        };
-        let mut live = Vec::new();
-        for k in keys.into_iter().filter(|k| k.state.verifies()) {
-            live.push(live_key(k)?);
-        }
-        let mut inner = self.write();
-        if let Some(old) = inner.apps.remove(app_id) {
-            inner.by_token.remove(&old.access_token_sha256);
-        }
-        for kid in inner.app_keys.remove(app_id).unwrap_or_default() {
-            inner.keys.remove(&kid);
-        }
-        if let Some(a) = app {
-            inner
-                .by_token
-                .insert(a.access_token_sha256.clone(), a.id.clone());
-            let mut kids: Vec<Kid> = live.iter().map(|l| l.row.kid).collect();
-            kids.sort_unstable_by(|a, b| b.cmp(a));
-            for l in live {
-                inner.keys.insert(l.row.kid, Arc::new(l));
+        for attempt in 1.. {
+            let epoch = self.epoch();
+            let app = self.store.app(app_id).await?;
+            let keys = match &app {
+                Some(_) => self.store.app_keys(app_id).await?,
+                None => Vec::new(),
+            };
+            let mut live = Vec::new();
+            for k in keys.into_iter().filter(|k| k.state.verifies()) {
+                live.push(live_key(k)?);
             }
-            inner.app_keys.insert(a.id.clone(), kids);
-            inner.apps.insert(a.id.clone(), Arc::new(a));
+            let Some(mut inner) = self.write_if_unchanged(epoch, attempt) else {
+                continue;
+            };
+            if let Some(old) = inner.apps.remove(app_id) {
+                inner.by_token.remove(&old.access_token_sha256);
+            }
+            for kid in inner.app_keys.remove(app_id).unwrap_or_default() {
+                inner.keys.remove(&kid);
+            }
+            if let Some(a) = app {
+                inner
+                    .by_token
+                    .insert(a.access_token_sha256.clone(), a.id.clone());
+                let mut kids: Vec<Kid> = live.iter().map(|l| l.row.kid).collect();
+                kids.sort_unstable_by(|a, b| b.cmp(a));
+                for l in live {
+                    inner.keys.insert(l.row.kid, Arc::new(l));
+                }
+                inner.app_keys.insert(a.id.clone(), kids);
+                inner.apps.insert(a.id.clone(), Arc::new(a));
+            }
+            return Ok(());
         }
         Ok(())
     }
@@ -290,6 +339,104 @@ impl Registry {
         self.write()
             .subjects
             .insert((app_id.to_owned(), sub_sha256.to_owned()), cutoff);
+    }
+
+    /// An app or its keys changed here: reload it and tell the other replicas.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn app_changed(&self, app_id: &str) -> Result<(), StoreError> {
+        self.reload_app(app_id).await?;
+        self.store.publish(&Change::App(app_id.to_owned())).await;
+        Ok(())
+    }
+
+    /// A token id was deny-listed here (after the store has it): apply and publish.
+    pub async fn denied(&self, jti: String, exp: i64) {
+        self.deny(jti.clone(), exp);
+        self.store.publish(&Change::Jti(jti, exp)).await;
+    }
+
+    /// A subject logged out here (after the store has it): apply and publish.
+    pub async fn subject_logged_out(&self, app_id: &str, sub_sha256: &str, cutoff: Ulid) {
+        self.set_subject_cutoff(app_id, sub_sha256, cutoff);
+        self.store
+            .publish(&Change::Subject(
+                app_id.to_owned(),
+                sub_sha256.to_owned(),
+                cutoff.to_string(),
+            ))
+            .await;
+    }
+
+    /// The root key changed here: apply and publish.
+    pub async fn root_changed(&self, digest: String) {
+        self.set_root_digest(digest);
+        self.store.publish(&Change::Root).await;
+    }
+
+    /// Apply a change another replica published.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn apply(&self, change: Change) -> Result<(), StoreError> {
+        match change {
+            Change::App(id) => self.reload_app(&id).await,
+            Change::Jti(jti, exp) => {
+                self.deny(jti, exp);
+                Ok(())
+            }
+            Change::Subject(app, sub, cutoff) => {
+                if let Ok(c) = Ulid::from_string(&cutoff) {
+                    self.set_subject_cutoff(&app, &sub, c);
+                }
+                Ok(())
+            }
+            Change::Root => {
+                if let Some(d) = self.store.setting(ROOT_SETTING).await? {
+                    self.set_root_digest(d);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Follow other replicas' changes until the process ends: apply each one; reload
+    /// everything after a reconnection (changes may have been missed) and every
+    /// `full_reload` (a bound on staleness even if a notification is lost).
+    pub async fn follow(
+        self: Arc<Self>,
+        url: String,
+        clock: Arc<dyn crate::clock::Clock>,
+        full_reload: std::time::Duration,
+    ) {
+        let mut listener = ChangeListener::new(&url);
+        let mut last_full = std::time::Instant::now();
+        loop {
+            let heard = tokio::time::timeout(full_reload, listener.next()).await;
+            let result = match heard {
+                Ok(Ok(Heard::Change(c))) => self.apply(c).await,
+                Ok(Ok(Heard::Reconnected)) => {
+                    last_full = std::time::Instant::now();
+                    self.reload_all(clock.now()).await
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "change listener lost the database; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    Ok(())
+                }
+                Err(_) => Ok(()),
+            };
+            if last_full.elapsed() >= full_reload {
+                last_full = std::time::Instant::now();
+                if let Err(e) = self.reload_all(clock.now()).await {
+                    tracing::warn!(error = %e, "periodic reload failed; will retry");
+                }
+            }
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not apply a change; the next reload will");
+            }
+        }
     }
 
     /// Drop deny-list entries past their expiry.

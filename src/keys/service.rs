@@ -220,7 +220,7 @@ impl KeyService {
                 .await?;
             tx.commit().await?;
             if moved {
-                self.inner.registry.reload_app(&app_id).await?;
+                self.inner.registry.app_changed(&app_id).await?;
                 self.destroy_objects(&[kid]).await;
                 info!(app_id, %kid, "key retired");
                 retired.push(kid);
@@ -317,7 +317,7 @@ impl KeyService {
         {
             return Err(KeyError::AppNotFound);
         }
-        self.inner.registry.reload_app(app_id).await?;
+        self.inner.registry.app_changed(app_id).await?;
         self.inner.spares.wake();
         self.inner
             .registry
@@ -424,7 +424,7 @@ impl KeyService {
 
     async fn after_change(&self, app_id: &str) -> Result<(), KeyError> {
         self.certify(app_id).await;
-        self.inner.registry.reload_app(app_id).await?;
+        self.inner.registry.app_changed(app_id).await?;
         self.inner.spares.wake();
         Ok(())
     }
@@ -693,7 +693,7 @@ impl KeyService {
         }
         store.delete_app(&mut tx, app_id).await?;
         tx.commit().await?;
-        self.inner.registry.reload_app(app_id).await?;
+        self.inner.registry.app_changed(app_id).await?;
         self.destroy_objects(&revoked).await;
         self.inner.app_locks.lock().await.remove(app_id);
         warn!(app_id, revoked = revoked.len(), "app deleted");
@@ -727,7 +727,7 @@ impl KeyService {
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
         }
         tx.commit().await?;
-        self.inner.registry.reload_app(app_id).await?;
+        self.inner.registry.app_changed(app_id).await?;
         info!(app_id, flush, "access token regenerated");
         Ok(token)
     }
@@ -750,7 +750,7 @@ impl KeyService {
                 "the root key changed meanwhile".into(),
             ));
         }
-        self.inner.registry.set_root_digest(new.digest());
+        self.inner.registry.root_changed(new.digest()).await;
         warn!("root key rotated");
         Ok(new)
     }

@@ -76,16 +76,19 @@ impl SparePool {
             .to_spki_der()
             .map_err(|e| KeyError::Inconsistent(format!("public key of {kid}: {e}")))?;
         let fingerprint = crate::pubkey::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki));
-        match self.store.mark_spare(kid, &spki, &fingerprint).await {
-            Ok(true) => Ok(kid),
-            Ok(false) | Err(_) => {
-                // Compensate: the object must not outlive a row that does not describe it.
-                let _ = self.hsm.destroy(kid).await;
-                let _ = self.store.delete_pending_key(kid).await;
-                Err(KeyError::Inconsistent(format!(
-                    "spare {kid} could not be recorded"
-                )))
-            }
+        let recorded = self.store.mark_spare(kid, &spki, &fingerprint).await;
+        if matches!(recorded, Ok(true)) {
+            return Ok(kid);
+        }
+        // Compensate: the object must not outlive a row that does not describe it. If the
+        // store is down this may fail too; the reconciler then finishes the pending row.
+        let _ = self.hsm.destroy(kid).await;
+        let _ = self.store.delete_pending_key(kid).await;
+        match recorded {
+            Err(e) => Err(e.into()),
+            _ => Err(KeyError::Inconsistent(format!(
+                "spare {kid} could not be recorded"
+            ))),
         }
     }
 

@@ -8,6 +8,7 @@
 mod apps;
 mod error;
 mod keys;
+mod notify;
 mod tokens;
 
 use std::str::FromStr;
@@ -19,6 +20,7 @@ use sqlx::{AnyPool, Executor as _, Transaction};
 pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
 pub use keys::{KeyRow, Lease};
+pub use notify::{Change, ChangeListener, Heard};
 pub use tokens::{LedgerRow, RefreshRow, SessionRow};
 
 /// Which engine the store runs on.

@@ -20,7 +20,7 @@ pub enum Engine {
 
 /// A running service.
 pub struct TestApp {
-    pub token: SoftHsm,
+    pub token: std::sync::Arc<SoftHsm>,
     pub base: String,
     pub root_key: String,
     pub client: reqwest::Client,
@@ -66,14 +66,18 @@ impl TestApp {
             Engine::Sqlite => format!("sqlite://{}/store.db?mode=rwc", token.path().display()),
             Engine::Postgres => fresh_postgres_db().await,
         };
-        let mut app = Self::start(token, database_url, env).await;
+        let mut app = Self::start(std::sync::Arc::new(token), database_url, env).await;
         assert!(!app.root_key.is_empty(), "first start printed no root key");
         app.client = reqwest::Client::new();
         app
     }
 
     /// Start a (second) process on an existing token and database.
-    pub async fn start(token: SoftHsm, database_url: String, env: &[(&str, &str)]) -> Self {
+    pub async fn start(
+        token: std::sync::Arc<SoftHsm>,
+        database_url: String,
+        env: &[(&str, &str)],
+    ) -> Self {
         let stderr_path = token
             .path()
             .join(format!("stderr-{}.log", ulid::Ulid::new()));
@@ -146,8 +150,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Another replica: a second process on the same token and database.
+    pub async fn replica(&self, env: &[(&str, &str)]) -> Self {
+        Self::start(self.token.clone(), self.database_url.clone(), env)
+            .await
+            .with_root(&self.root_key)
+    }
+
+    fn with_root(mut self, root: &str) -> Self {
+        self.root_key = root.to_owned();
+        self
+    }
+
     /// Stop the process (SIGKILL) and hand back its token.
-    pub async fn kill(mut self) -> SoftHsm {
+    pub async fn kill(mut self) -> std::sync::Arc<SoftHsm> {
         let _ = self.child.kill().await;
         self.token
     }

@@ -1,16 +1,17 @@
 //! A TCP proxy that a test can cut and restore: a database "going away" without touching
 //! the shared PostgreSQL server other tests use.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 
 /// Forwards `127.0.0.1:<port>` to a target while not cut.
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
-    epoch: Arc<AtomicU64>,
+    open: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 impl Proxy {
@@ -19,8 +20,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(AtomicU64::new(0));
-        let (c, e) = (cut.clone(), epoch.clone());
+        let open: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -30,38 +31,30 @@ impl Proxy {
                     drop(inbound);
                     continue;
                 }
-                let (c, e, target) = (c.clone(), e.clone(), target.clone());
-                tokio::spawn(async move {
+                let target = target.clone();
+                let task = tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
-                    let my_epoch = e.load(Ordering::SeqCst);
                     let (mut ri, mut wi) = inbound.into_split();
                     let (mut ro, mut wo) = outbound.into_split();
-                    let watch = {
-                        let (c, e) = (c.clone(), e.clone());
-                        async move {
-                            while !c.load(Ordering::SeqCst) && e.load(Ordering::SeqCst) == my_epoch
-                            {
-                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                            }
-                        }
-                    };
                     tokio::select! {
                         _ = tokio::io::copy(&mut ri, &mut wo) => {},
                         _ = tokio::io::copy(&mut ro, &mut wi) => {},
-                        () = watch => {},
                     }
                 });
+                o.lock().unwrap().push(task.abort_handle());
             }
         });
-        Self { port, cut, epoch }
+        Self { port, cut, open }
     }
 
-    /// Drop every open connection and refuse new ones.
+    /// Drop every open connection at once and refuse new ones.
     pub fn cut(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.cut.store(true, Ordering::SeqCst);
+        for h in self.open.lock().unwrap().drain(..) {
+            h.abort();
+        }
     }
 
     /// Forward again.

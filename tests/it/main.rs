@@ -10,6 +10,7 @@ mod certs;
 mod compat;
 mod faults;
 mod hygiene;
+mod replicas;
 mod revocation;
 mod rotation;
 mod tokens;

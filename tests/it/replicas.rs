@@ -1,0 +1,307 @@
+//! Several replicas on one PostgreSQL database and one SoftHSM2 token directory.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::app::{Engine, TestApp, fresh_postgres_db, kids_in};
+use crate::common::proxy::Proxy;
+
+/// Replicas behind one load balancer share one public URL (so one issuer).
+const LB: &[(&str, &str)] = &[("HSM_ROTATOR_PUBLIC_URL", "http://keys.test")];
+
+/// Poll `f` until true; returns how long it took. Fails after `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what} not seen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_on_one_replica_reach_the_other_within_a_second() {
+    let a = TestApp::spawn_with("replicas_prop", Engine::Postgres, LB).await;
+    let b = a.replica(LB).await;
+    let (id, pk, _) = a
+        .create_app(json!({"name": "Shared", "signing_alg": "ES256", "refresh_ttl": 600}))
+        .await;
+    let one_second = Duration::from_secs(1);
+
+    // A token issued by A verifies on B (a key B learns about on a cache miss).
+    let t = a.issue(&id, &pk, json!({"sub": "alice"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(b.active(&id, &pk, &t).await);
+    let t_b = b.issue(&id, &pk, json!({"sub": "bob"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(a.active(&id, &pk, &t_b).await, "and the other way round");
+
+    // Rotation on A: B's JWKS shows the new next key.
+    let (s, r) = a
+        .root("POST", &format!("/apps/{id}/keys/rotate"), None)
+        .await;
+    assert_eq!(s, 200);
+    let new_next = r["next"]["kid"].as_str().unwrap().to_owned();
+    within(one_second, "rotation on B's JWKS", || async {
+        b.jwks(&id).await["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == new_next.as_str())
+    })
+    .await;
+
+    // One token revoked on A.
+    let (s, _) = a
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/revoke"),
+            Some(json!({"token": t})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    within(one_second, "token revocation on B", || async {
+        !b.active(&id, &pk, &t).await
+    })
+    .await;
+
+    // A subject logged out on A.
+    let c = b.issue(&id, &pk, json!({"sub": "carol"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, _) = a
+        .bearer(
+            &pk,
+            "DELETE",
+            &format!("/apps/{id}/sessions?sub=carol"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    within(one_second, "subject logout on B", || async {
+        !b.active(&id, &pk, &c).await
+    })
+    .await;
+
+    // A key revoked on A.
+    let d = b.issue(&id, &pk, json!({"sub": "dave"})).await;
+    let kid = d["kid"].as_str().unwrap().to_owned();
+    let d = d["token"].as_str().unwrap().to_owned();
+    let (s, _) = a
+        .root("POST", &format!("/apps/{id}/keys/{kid}/revoke"), None)
+        .await;
+    assert_eq!(s, 200);
+    within(one_second, "key revocation on B", || async {
+        !b.active(&id, &pk, &d).await
+    })
+    .await;
+    let e = b.issue(&id, &pk, json!({"sub": "erin"})).await;
+    assert_ne!(
+        e["kid"],
+        kid.as_str(),
+        "B no longer signs with the revoked key"
+    );
+
+    // The whole app flushed on A.
+    let e = e["token"].as_str().unwrap().to_owned();
+    let (s, _) = a
+        .bearer(&pk, "POST", &format!("/apps/{id}/tokens/flush"), None)
+        .await;
+    assert_eq!(s, 200);
+    within(one_second, "app flush on B", || async {
+        !b.active(&id, &pk, &e).await
+    })
+    .await;
+
+    // Access-token and root-key changes.
+    let (s, v) = a.bearer(&pk, "POST", "/api/token/regenerate", None).await;
+    assert_eq!(s, 200);
+    let pk2 = v["token"].as_str().unwrap().to_owned();
+    within(one_second, "access-token change on B", || async {
+        b.bearer(&pk, "GET", &format!("/apps/{id}/keys"), None)
+            .await
+            .0
+            == 401
+            && b.bearer(&pk2, "GET", &format!("/apps/{id}/keys"), None)
+                .await
+                .0
+                == 200
+    })
+    .await;
+    let (s, v) = a.call("GET", "/root/rotate", Some(&a.root_key), None).await;
+    assert_eq!(s, 200);
+    let root2 = v["new-key"].as_str().unwrap().to_owned();
+    within(one_second, "root-key change on B", || async {
+        b.call("GET", "/apps", Some(&a.root_key), None).await.0 == 403
+            && b.call("GET", "/apps", Some(&root2), None).await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_on_two_replicas_keep_one_current() {
+    let a = TestApp::spawn_with("replicas_cas", Engine::Postgres, LB).await;
+    let b = a.replica(LB).await;
+    let (id, _pk, _) = a
+        .create_app(json!({"name": "Race", "signing_alg": "ES256"}))
+        .await;
+    let before: HashSet<String> = a
+        .keys(&id)
+        .await
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let (client, url, root) = (
+            target.client.clone(),
+            target.url(&format!("/apps/{id}/keys/rotate")),
+            a.root_key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("Authorization", root)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(s == 200 || s == 500 || s == 409, "rotation answered {s}");
+        if s == 200 {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 8, "most rotations succeed ({ok}/16)");
+    let keys = a.keys(&id).await;
+    assert_eq!(kids_in(&keys, "current").len(), 1, "exactly one current");
+    assert_eq!(kids_in(&keys, "next").len(), 1, "exactly one next");
+    assert_eq!(
+        kids_in(&keys, "previous").len(),
+        ok,
+        "one previous per successful rotation"
+    );
+    let all: HashSet<String> = keys
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(all.len(), keys.len(), "no duplicated key");
+    assert!(before.is_subset(&all), "no lost key");
+    // Both replicas agree on the current key.
+    let cur = kids_in(&keys, "current")[0].clone();
+    within(Duration::from_secs(1), "B agrees", || async {
+        kids_in(&b.keys(&id).await, "current") == vec![cur.clone()]
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scheduler_lease_at_a_time_and_takeover_when_the_holder_dies() {
+    use hsm_rotator::store::Store;
+    let url = fresh_postgres_db().await;
+    let a = Store::connect(&url).await.unwrap();
+    let b = Store::connect(&url).await.unwrap();
+    let lease = a.scheduler_lease().await.unwrap().expect("A leads");
+    assert!(
+        b.scheduler_lease().await.unwrap().is_none(),
+        "B stands by while A holds the lease"
+    );
+    lease.release().await;
+    let lb = b
+        .scheduler_lease()
+        .await
+        .unwrap()
+        .expect("B takes over after A's tick");
+    assert!(a.scheduler_lease().await.unwrap().is_none());
+    // B "dies" holding the lease: its session closes and the lock goes with it.
+    drop(lb);
+    b.pool().close().await;
+    let mut taken = false;
+    for _ in 0..50 {
+        if let Some(l) = a.scheduler_lease().await.unwrap() {
+            l.release().await;
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(taken, "A takes over when B dies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_recover_and_converge_after_the_database_comes_back() {
+    let direct = fresh_postgres_db().await;
+    let (head, db) = direct.rsplit_once('/').unwrap();
+    let (creds, hostport) = head.rsplit_once('@').unwrap();
+    let proxy = Proxy::start(hostport.to_owned()).await;
+    let via = format!("{creds}@127.0.0.1:{}/{db}", proxy.port);
+    let token = std::sync::Arc::new(crate::common::softhsm::SoftHsm::new("replicas_db"));
+    let a = TestApp::start(token, via, LB).await;
+    let b = a.replica(LB).await;
+    let (id, pk, _) = a
+        .create_app(json!({"name": "Outage", "signing_alg": "ES256"}))
+        .await;
+    let t = b.issue(&id, &pk, json!({"sub": "z"})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    proxy.cut();
+    let (s, _) = a
+        .root("POST", &format!("/apps/{id}/keys/rotate"), None)
+        .await;
+    assert_eq!(s, 500);
+    proxy.restore();
+    within(Duration::from_secs(10), "A writes again", || async {
+        a.root("POST", &format!("/apps/{id}/keys/rotate"), None)
+            .await
+            .0
+            == 200
+    })
+    .await;
+    // B's listener reconnected and reloaded: it sees A's rotation and A's revocations.
+    let next = kids_in(&a.keys(&id).await, "next")[0].clone();
+    within(Duration::from_secs(10), "B converges", || async {
+        b.jwks(&id).await["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == next.as_str())
+    })
+    .await;
+    let (s, _) = a
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/revoke"),
+            Some(json!({"token": t})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    within(
+        Duration::from_secs(1),
+        "revocation after the outage reaches B",
+        || async { !b.active(&id, &pk, &t).await },
+    )
+    .await;
+}
