@@ -482,14 +482,122 @@ fn bench_rotate() {
     }
 }
 
+/// Two replicas on one PostgreSQL database: revocation propagation delay A → B, and
+/// issuance throughput with one replica vs two on the same machine.
+fn bench_replicas() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = Arc::new(Http::new());
+    let b = Arc::new(Http {
+        client: reqwest::Client::new(),
+        base: env("BENCH_URL_B"),
+        root: env("BENCH_ROOT"),
+    });
+    let n: usize = std::env::var("BENCH_REVOCATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let (id, pk) = rt.block_on(a.create("ES256", 0));
+    let mut delays = Vec::new();
+    rt.block_on(async {
+        for _ in 0..n {
+            let v: Value = a
+                .client
+                .post(format!("{}/apps/{id}/tokens", a.base))
+                .bearer_auth(&pk)
+                .json(&json!({"claims": {"sub": "p"}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let token = v["token"].as_str().unwrap().to_owned();
+            let active = |h: Arc<Http>, token: String, id: String, pk: String| async move {
+                let v: Value = h
+                    .client
+                    .post(format!("{}/apps/{id}/tokens/introspect", h.base))
+                    .bearer_auth(&pk)
+                    .json(&json!({"token": token}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["active"] == true
+            };
+            assert!(active(b.clone(), token.clone(), id.clone(), pk.clone()).await);
+            let res = a
+                .client
+                .post(format!("{}/apps/{id}/tokens/revoke", a.base))
+                .bearer_auth(&pk)
+                .json(&json!({"token": token}))
+                .send()
+                .await
+                .unwrap();
+            // The clock starts when A has answered: the revocation is committed there.
+            let t = Instant::now();
+            assert_eq!(res.status(), 200);
+            while active(b.clone(), token.clone(), id.clone(), pk.clone()).await {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "revocation never reached B"
+                );
+            }
+            delays.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    });
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| delays[((delays.len() as f64 * p) as usize).min(delays.len() - 1)];
+    println!("| revocations | propagation p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {n} | {:.2} | {:.2} | {:.2} |",
+        pct(0.5),
+        pct(0.99),
+        delays[delays.len() - 1]
+    );
+    println!();
+    println!("| replicas | ES256 issuance/s (32 clients) | p99 ms |");
+    println!("|---|---|---|");
+    for targets in [vec![a.clone()], vec![a.clone(), b.clone()]] {
+        let k = targets.len();
+        let (id, pk) = (id.clone(), pk.clone());
+        let next = Arc::new(AtomicU64::new(0));
+        let (rate, _, p99) = rt.block_on(load(32, secs(), move || {
+            let h =
+                targets[(next.fetch_add(1, Ordering::Relaxed) as usize) % targets.len()].clone();
+            let (id, pk) = (id.clone(), pk.clone());
+            async move {
+                let res = h
+                    .client
+                    .post(format!("{}/apps/{id}/tokens", h.base))
+                    .bearer_auth(&pk)
+                    .json(&json!({"claims": {"sub": "bench"}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 201);
+                let _ = res.bytes().await;
+            }
+        }));
+        println!("| {k} | {rate:.0} | {p99:.2} |");
+    }
+}
+
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("hsm") => bench_hsm(),
         Some("issue") => bench_issue(),
         Some("introspect") => bench_introspect(),
         Some("rotate") => bench_rotate(),
+        Some("replicas") => bench_replicas(),
         _ => {
-            eprintln!("usage: bench hsm|issue|introspect|rotate");
+            eprintln!("usage: bench hsm|issue|introspect|rotate|replicas");
             std::process::exit(2);
         }
     }

@@ -58,6 +58,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Handler settings.
     pub settings: Arc<Settings>,
+    /// Per-address limit on authentication failures.
+    pub limiter: Arc<crate::api::AuthLimiter>,
 }
 
 impl AppState {
@@ -107,7 +109,13 @@ impl AppState {
             cfg.spare_keys,
             i64::try_from(cfg.jwks_max_age).unwrap_or(i64::MAX),
         );
-        let tokens = TokenService::new(store.clone(), hsm.clone(), registry.clone(), clock.clone());
+        let tokens = TokenService::new(
+            store.clone(),
+            hsm.clone(),
+            registry.clone(),
+            clock.clone(),
+            keys.audit().clone(),
+        );
         Ok(Self {
             hsm,
             store,
@@ -115,6 +123,7 @@ impl AppState {
             keys,
             tokens,
             clock,
+            limiter: Arc::default(),
             settings: Arc::new(Settings {
                 public_url: cfg.public_url.clone(),
                 jwks_max_age: cfg.jwks_max_age,

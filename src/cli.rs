@@ -37,12 +37,29 @@ pub enum Command {
     Init,
     /// Check that the HSM token can be opened and list our objects in it.
     CheckHsm,
+    /// The audit log.
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Make the store and the HSM agree once, and print what was found and done.
     Reconcile {
         /// Only report; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hsm-rotator audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and the HSM seals; name the first broken record.
+    Verify {
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +119,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_reconcile(&report);
             }
             state.hsm.close().await;
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { json },
+        } => {
+            let store = crate::store::Store::connect(&cfg.database_url())
+                .await
+                .context("Failed to open the store")?;
+            let v = crate::audit::verify(&store)
+                .await
+                .context("Failed to read the audit log")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some((seq, what)) = &v.broken {
+                println!("audit log BROKEN at record {seq}: {what}");
+            } else {
+                println!(
+                    "audit log intact: {} records, {} seals verified",
+                    v.records, v.seals
+                );
+            }
+            if v.broken.is_some() {
+                anyhow::bail!("the audit log does not verify");
+            }
             Ok(())
         }
         Command::CheckHsm => {

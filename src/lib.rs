@@ -13,6 +13,7 @@
 pub mod alg;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -186,7 +186,7 @@ async fn create(
     host: HostHeader,
     ApiJson(req): ApiJson<CreateApp>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_root(&state, cred.as_deref())?;
+    require_root(&state, cred.as_deref()).await?;
     let row = new_app_row(req, String::new(), 0, 0)?;
     let created = state.keys.create_app(row).await?;
     let mut body = wire::app(&created.app, &state.issuer(&host, &created.app.id));
@@ -202,7 +202,7 @@ async fn list(
     Credential(cred): Credential,
     host: HostHeader,
 ) -> Result<Json<Value>, ApiError> {
-    require_root(&state, cred.as_deref())?;
+    require_root(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await?;
     Ok(Json(
         json!({"apps": apps.iter().map(|a| app_view(&state, &host, a)).collect::<Vec<_>>()}),
@@ -215,7 +215,7 @@ async fn show(
     host: HostHeader,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_root(&state, cred.as_deref())?;
+    require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     Ok(Json(app_view(&state, &host, &app)))
 }
@@ -227,7 +227,7 @@ async fn patch(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchApp>,
 ) -> Result<Json<Value>, ApiError> {
-    require_root(&state, cred.as_deref())?;
+    require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     if let Some(n) = &req.name {
         policy::validate_name(n)?;
@@ -287,7 +287,7 @@ async fn delete(
     Credential(cred): Credential,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_root(&state, cred.as_deref())?;
+    require_root(&state, cred.as_deref()).await?;
     existing_app(&state, &id).await?;
     let revoked = state.keys.delete_app(&id).await?;
     Ok(Json(json!({

@@ -35,13 +35,39 @@ pub(crate) fn is_root(state: &AppState, cred: &str) -> bool {
         .is_some_and(|d| digests_equal(&d, &digest(cred)))
 }
 
+/// Record an authentication failure: counted against the client's address, audited.
+pub(crate) async fn auth_failed(state: &AppState, what: &str, target: &str) {
+    let client = crate::audit::client();
+    state.limiter.failed(client);
+    tracing::info!(what, "authentication failed");
+    state
+        .keys
+        .audit()
+        .record(
+            "auth.failure",
+            target,
+            "denied",
+            serde_json::json!({"credential": what, "client": client.map(|c| c.to_string())}),
+        )
+        .await;
+}
+
+/// 429 while the client's address is over its failure limit.
+pub(crate) fn not_rate_limited(state: &AppState) -> Result<(), ApiError> {
+    state.limiter.check(crate::audit::client())
+}
+
 /// Require the root key: 401 without a credential, 403 with a wrong one.
-pub(crate) fn require_root(state: &AppState, cred: Option<&str>) -> Result<(), ApiError> {
+pub(crate) async fn require_root(state: &AppState, cred: Option<&str>) -> Result<(), ApiError> {
+    not_rate_limited(state)?;
     match cred {
         None => Err(ApiError::Unauthorized),
-        Some(c) if is_root(state, c) => Ok(()),
+        Some(c) if is_root(state, c) => {
+            crate::audit::set_actor("root");
+            Ok(())
+        }
         Some(_) => {
-            tracing::info!("root authentication failed");
+            auth_failed(state, "root key", "root").await;
             Err(ApiError::Forbidden("invalid root key".into()))
         }
     }

@@ -10,18 +10,21 @@ pub(crate) mod extract;
 pub mod extract_host {
     pub use super::extract::HostHeader;
 }
+mod audit;
 mod health;
 mod jwks;
+mod layers;
 mod tokens;
 pub mod wire;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::middleware;
+use axum::middleware::from_fn;
 
 pub use auth::Actor;
 pub use error::{ApiError, error_chain};
+pub use layers::AuthLimiter;
 
 use crate::app::AppState;
 
@@ -51,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(error::log_errors))
+        .merge(audit::router())
+        .layer(from_fn(error::log_errors))
+        .layer(from_fn(layers::request_context))
         .with_state(state)
 }

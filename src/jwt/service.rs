@@ -137,6 +137,7 @@ struct Inner {
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     ledger: mpsc::Sender<(LedgerRow, LedgerAck)>,
+    audit: crate::audit::Audit,
 }
 
 /// The token service. Cheap to clone.
@@ -177,7 +178,13 @@ fn reserved_check(claims: &Map<String, Value>) -> Result<(), TokenError> {
 
 impl TokenService {
     /// A service; spawns the ledger writer on the current runtime.
-    pub fn new(store: Store, hsm: Hsm, registry: Arc<Registry>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        store: Store,
+        hsm: Hsm,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        audit: crate::audit::Audit,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(ledger_writer(store.clone(), rx));
         Self {
@@ -187,6 +194,7 @@ impl TokenService {
                 registry,
                 clock,
                 ledger: tx,
+                audit,
             }),
         }
     }
@@ -407,6 +415,15 @@ impl TokenService {
                 self.inner.registry.denied(jti, exp).await;
             }
             warn!(family = %row.family, "refresh token reuse: family revoked");
+            self.inner
+                .audit
+                .record(
+                    "token.refresh_reuse",
+                    &app.id,
+                    "family_revoked",
+                    serde_json::json!({"family": row.family}),
+                )
+                .await;
             return Err(TokenError::RefreshReused);
         }
         // Logged out or flushed since: the refresh token died with its access token.
@@ -628,6 +645,15 @@ impl TokenService {
             for (jti, exp) in denied {
                 self.inner.registry.denied(jti, exp).await;
             }
+            self.inner
+                .audit
+                .record(
+                    "token.revoke",
+                    &app.id,
+                    "ok",
+                    serde_json::json!({"refresh_family": r.family}),
+                )
+                .await;
             return Ok(());
         }
         let Ok(claims) = verified else {
@@ -642,6 +668,15 @@ impl TokenService {
         store.deny_jti(&mut tx, jti, &app.id, exp).await?;
         tx.commit().await?;
         self.inner.registry.denied(jti.to_owned(), exp).await;
+        self.inner
+            .audit
+            .record(
+                "token.revoke",
+                &app.id,
+                "ok",
+                serde_json::json!({"jti": jti}),
+            )
+            .await;
         Ok(())
     }
 
@@ -668,6 +703,15 @@ impl TokenService {
             .registry
             .subject_logged_out(&app.id, &sub_hash, cutoff)
             .await;
+        self.inner
+            .audit
+            .record(
+                "subject.logout",
+                &app.id,
+                "ok",
+                serde_json::json!({"sub_sha256": sub_hash}),
+            )
+            .await;
         Ok(())
     }
 
@@ -686,6 +730,10 @@ impl TokenService {
             .await?;
         tx.commit().await?;
         self.inner.registry.app_changed(&app.id).await?;
+        self.inner
+            .audit
+            .record("app.flush", &app.id, "ok", serde_json::json!({}))
+            .await;
         Ok(())
     }
 
@@ -735,6 +783,15 @@ impl TokenService {
         for (j, e) in denied {
             self.inner.registry.denied(j, e).await;
         }
+        self.inner
+            .audit
+            .record(
+                "session.end",
+                &app.id,
+                "ok",
+                serde_json::json!({"jti": jti}),
+            )
+            .await;
         Ok(true)
     }
 }

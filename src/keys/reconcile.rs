@@ -112,7 +112,10 @@ pub async fn reconcile(
     }
 
     // 2. Orphans: objects no row knows.
-    let known = store.all_kids().await?;
+    let mut known = store.all_kids().await?;
+    if let Some(audit_kid) = crate::audit::Audit::audit_kid(store).await? {
+        known.insert(audit_kid);
+    }
     for kid in objects.keys().filter(|k| !known.contains(k)) {
         report.orphans_destroyed.push(kid.to_string());
         if !dry_run {
@@ -194,6 +197,10 @@ pub async fn reconcile(
             ?report,
             "reconciler pass"
         );
+        if !dry_run {
+            let details = serde_json::to_value(&report).unwrap_or_default();
+            keys.audit().record("reconcile", "hsm", "ok", details).await;
+        }
     }
     Ok(report)
 }

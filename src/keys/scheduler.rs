@@ -58,7 +58,8 @@ impl Scheduler {
             return Ok(report);
         };
         report.leader = true;
-        let result = self.tick_as_leader(n, &mut report).await;
+        let result =
+            crate::audit::scope("scheduler", "", self.tick_as_leader(n, &mut report)).await;
         lease.release().await;
         result.map(|()| report)
     }
@@ -88,8 +89,12 @@ impl Scheduler {
             Ok(n) => report.spares_made = n,
             Err(e) => warn!(error = %e, "spare refill failed; will retry"),
         }
+        if let Err(e) = self.keys.audit().seal(self.keys.hsm()).await {
+            warn!(error = %e, "could not seal the audit log; will retry");
+        }
         if n.is_multiple_of(self.reconcile_every) {
-            match reconcile(&self.keys, self.keys.hsm(), false, self.min_pending_age).await {
+            let pass = reconcile(&self.keys, self.keys.hsm(), false, self.min_pending_age);
+            match crate::audit::scope("reconciler", "", pass).await {
                 Ok(r) => report.reconcile = Some(r),
                 Err(e) => warn!(error = %e, "reconciler pass failed; will retry"),
             }

@@ -110,6 +110,7 @@ pub enum RotationKind {
 struct Inner {
     store: Store,
     hsm: Hsm,
+    audit: crate::audit::Audit,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
     spares: SparePool,
@@ -147,11 +148,19 @@ impl KeyService {
         spare_target: usize,
         min_next_age: i64,
     ) -> Self {
-        let spares = SparePool::new(store.clone(), hsm.clone(), clock.clone(), spare_target);
+        let audit = crate::audit::Audit::new(store.clone(), clock.clone());
+        let spares = SparePool::new(
+            store.clone(),
+            hsm.clone(),
+            clock.clone(),
+            spare_target,
+            audit.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
                 hsm,
+                audit,
                 registry,
                 clock,
                 spares,
@@ -159,6 +168,11 @@ impl KeyService {
                 app_locks: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.inner.audit
     }
 
     /// The spare-key pool.
@@ -223,6 +237,15 @@ impl KeyService {
                 self.inner.registry.app_changed(&app_id).await?;
                 self.destroy_objects(&[kid]).await;
                 info!(app_id, %kid, "key retired");
+                self.inner
+                    .audit
+                    .record(
+                        "key.retire",
+                        &kid.to_string(),
+                        "ok",
+                        serde_json::json!({"app_id": app_id}),
+                    )
+                    .await;
                 retired.push(kid);
             }
         }
@@ -289,6 +312,15 @@ impl KeyService {
             tx.commit().await?;
             self.after_change(&app.id).await?;
             info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
+            self.inner
+                .audit
+                .record(
+                    "app.create",
+                    &app.id,
+                    "ok",
+                    serde_json::json!({"name": app.name, "signing_alg": app.signing_alg.as_str(), "current": current.kid.to_string(), "next": next.kid.to_string()}),
+                )
+                .await;
             let keys = self.inner.store.app_keys(&app.id).await?;
             return Ok(CreatedApp {
                 app,
@@ -367,6 +399,15 @@ impl KeyService {
             tx.commit().await?;
             self.after_change(app_id).await?;
             info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
+            let action = match kind {
+                RotationKind::Manual => "key.rotate",
+                RotationKind::Scheduled => "key.rotate_scheduled",
+                RotationKind::Repair => "key.rotate_repair",
+            };
+            self.inner
+                .audit
+                .record(action, app_id, "ok", serde_json::json!({"current": outcome.0.to_string(), "next": outcome.1.to_string()}))
+                .await;
             return self.rotation_view(app_id).await;
         }
         Err(KeyError::Inconsistent(
@@ -570,6 +611,15 @@ impl KeyService {
             self.after_change(app_id).await?;
             self.destroy_objects(&[kid]).await;
             warn!(app_id, %kid, revoked_tokens, "key revoked");
+            self.inner
+                .audit
+                .record(
+                    "key.revoke",
+                    &kid.to_string(),
+                    "ok",
+                    serde_json::json!({"app_id": app_id, "was": target.state.as_str(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects}),
+                )
+                .await;
             let view = store.app_keys(app_id).await?;
             return Ok(Revocation {
                 revoked: view.iter().filter(|k| k.kid == kid).cloned().collect(),
@@ -651,6 +701,15 @@ impl KeyService {
                 revoked_tokens,
                 "emergency rotation"
             );
+            self.inner
+                .audit
+                .record(
+                    "key.emergency_rotate",
+                    app_id,
+                    "ok",
+                    serde_json::json!({"revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects, "current": current.kid.to_string(), "next": next.kid.to_string()}),
+                )
+                .await;
             let view = store.app_keys(app_id).await?;
             return Ok(Revocation {
                 revoked: view
@@ -697,6 +756,10 @@ impl KeyService {
         self.destroy_objects(&revoked).await;
         self.inner.app_locks.lock().await.remove(app_id);
         warn!(app_id, revoked = revoked.len(), "app deleted");
+        self.inner
+            .audit
+            .record("app.delete", app_id, "ok", serde_json::json!({"revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+            .await;
         Ok(revoked)
     }
 
@@ -729,6 +792,15 @@ impl KeyService {
         tx.commit().await?;
         self.inner.registry.app_changed(app_id).await?;
         info!(app_id, flush, "access token regenerated");
+        self.inner
+            .audit
+            .record(
+                "app.access_token_regenerate",
+                app_id,
+                "ok",
+                serde_json::json!({"sessions_rejected": flush}),
+            )
+            .await;
         Ok(token)
     }
 
@@ -752,6 +824,10 @@ impl KeyService {
         }
         self.inner.registry.root_changed(new.digest()).await;
         warn!("root key rotated");
+        self.inner
+            .audit
+            .record("root.rotate", "root", "ok", serde_json::json!({}))
+            .await;
         Ok(new)
     }
 
@@ -760,10 +836,19 @@ impl KeyService {
     pub async fn destroy_objects(&self, kids: &[Kid]) {
         for &kid in kids {
             match self.inner.hsm.destroy(kid).await {
-                Ok(_) => {
+                Ok(existed) => {
                     if let Err(e) = self.inner.store.mark_destroyed(kid, self.now()).await {
                         warn!(%kid, error = %e, "destroyed key objects but could not record it");
                     }
+                    self.inner
+                        .audit
+                        .record(
+                            "key.destroy",
+                            &kid.to_string(),
+                            "ok",
+                            serde_json::json!({"objects_found": existed}),
+                        )
+                        .await;
                 }
                 Err(e) => {
                     warn!(%kid, error = %e, "could not destroy key objects; the reconciler will retry")

@@ -33,16 +33,24 @@ pub struct SparePool {
     clock: Arc<dyn Clock>,
     target: usize,
     wake: Arc<Notify>,
+    audit: crate::audit::Audit,
 }
 
 impl SparePool {
-    pub(crate) fn new(store: Store, hsm: Hsm, clock: Arc<dyn Clock>, target: usize) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        hsm: Hsm,
+        clock: Arc<dyn Clock>,
+        target: usize,
+        audit: crate::audit::Audit,
+    ) -> Self {
         Self {
             store,
             hsm,
             clock,
             target,
             wake: Arc::new(Notify::new()),
+            audit,
         }
     }
 
@@ -78,6 +86,14 @@ impl SparePool {
         let fingerprint = crate::pubkey::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki));
         let recorded = self.store.mark_spare(kid, &spki, &fingerprint).await;
         if matches!(recorded, Ok(true)) {
+            self.audit
+                .record(
+                    "key.create",
+                    &kid.to_string(),
+                    "ok",
+                    serde_json::json!({"spec": spec.to_string(), "fingerprint": fingerprint}),
+                )
+                .await;
             return Ok(kid);
         }
         // Compensate: the object must not outlive a row that does not describe it. If the

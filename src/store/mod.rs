@@ -6,6 +6,7 @@
 //! says so. Every state change runs in one transaction. Times are Unix seconds.
 
 mod apps;
+pub mod audit;
 mod error;
 mod keys;
 mod notify;

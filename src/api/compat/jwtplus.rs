@@ -106,14 +106,17 @@ fn ok_status() -> Response {
 
 // ---- auth ----------------------------------------------------------------------------
 
-fn root_guard(state: &AppState, cred: Option<&str>) -> Result<String, JpError> {
+async fn root_guard(state: &AppState, cred: Option<&str>) -> Result<String, JpError> {
+    crate::api::auth::not_rate_limited(state)?;
     let Some(c) = cred.filter(|c| c.starts_with(ROOT_PREFIX)) else {
+        crate::api::auth::auth_failed(state, "root key", "root").await;
         return Err(JpError::Auth("invalid root token"));
     };
     if is_root(state, c) {
+        crate::audit::set_actor("root");
         Ok(digest(c))
     } else {
-        tracing::info!("root authentication failed");
+        crate::api::auth::auth_failed(state, "root key", "root").await;
         Err(JpError::Auth("invalid root key"))
     }
 }
@@ -123,6 +126,7 @@ async fn app_guard(
     cred: Option<&str>,
     app_id: &str,
 ) -> Result<std::sync::Arc<AppRow>, JpError> {
+    crate::api::auth::not_rate_limited(state)?;
     if parse_ulid(app_id).is_err() {
         return Err(JpError::Auth("invalid app id"));
     }
@@ -131,9 +135,12 @@ async fn app_guard(
         None => None,
     };
     match app {
-        Some(a) if a.id == app_id => Ok(a),
+        Some(a) if a.id == app_id => {
+            crate::audit::set_actor(&format!("app:{}", a.id));
+            Ok(a)
+        }
         _ => {
-            tracing::info!("app authentication failed");
+            crate::api::auth::auth_failed(state, "access token", app_id).await;
             Err(JpError::Auth("invalid app key or id"))
         }
     }
@@ -343,13 +350,13 @@ fn app_json(a: &AppRow) -> Value {
 // ---- root routes ---------------------------------------------------------------------------
 
 async fn root_list(State(state): State<AppState>, Credential(cred): Credential) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await.map_err(ApiError::from)?;
     Ok(Json(json!({"apps": apps.iter().map(app_json).collect::<Vec<_>>()})).into_response())
 }
 
 async fn root_rotate(State(state): State<AppState>, Credential(cred): Credential) -> JpResult {
-    let old = root_guard(&state, cred.as_deref())?;
+    let old = root_guard(&state, cred.as_deref()).await?;
     let new = state
         .keys
         .rotate_root_key(&old)
@@ -367,7 +374,7 @@ async fn root_create(
     Credential(cred): Credential,
     body: Bytes,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let m = body_object(&body)?;
     let mut c = Check::default();
     let fields = policy_fields(&m, &mut c)?;
@@ -426,7 +433,7 @@ async fn root_patch(
     Path(app_id): Path<String>,
     body: Bytes,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let app = root_app(&state, &app_id).await?;
     let m = body_object(&body)?;
     let mut c = Check::default();
@@ -478,7 +485,7 @@ async fn root_delete(
     Credential(cred): Credential,
     Path(app_id): Path<String>,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let app = root_app(&state, &app_id).await?;
     state
         .keys
@@ -493,7 +500,7 @@ async fn root_rotate_key(
     Credential(cred): Credential,
     Path(app_id): Path<String>,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let app = root_app(&state, &app_id).await?;
     let token = state
         .keys
@@ -512,7 +519,7 @@ async fn root_rotate_pki(
     Credential(cred): Credential,
     Path(app_id): Path<String>,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let app = root_app(&state, &app_id).await?;
     let r = state
         .keys
@@ -538,7 +545,7 @@ async fn root_revoke(
     Credential(cred): Credential,
     Path((app_id, key_id)): Path<(String, String)>,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let (Ok(_), Ok(kid)) = (parse_ulid(&app_id), key_id.parse::<Kid>()) else {
         return Err(JpError::Auth("invalid app or key id"));
     };
@@ -557,7 +564,7 @@ async fn root_flush(
     Credential(cred): Credential,
     Path(app_id): Path<String>,
 ) -> JpResult {
-    root_guard(&state, cred.as_deref())?;
+    root_guard(&state, cred.as_deref()).await?;
     let app = root_app(&state, &app_id).await?;
     state.tokens.flush(&app).await.map_err(ApiError::from)?;
     Ok(ok_status())

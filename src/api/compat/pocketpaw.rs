@@ -51,13 +51,16 @@ async fn regenerate(
     State(state): State<AppState>,
     Credential(cred): Credential,
 ) -> Result<Response, PpError> {
+    crate::api::auth::not_rate_limited(&state)?;
     let app = match cred.as_deref() {
         Some(c) => token_app(&state, c).await?,
         None => None,
     };
     let Some(app) = app else {
+        crate::api::auth::auth_failed(&state, "access token", "pocketpaw").await;
         return Err(ApiError::Unauthorized.into());
     };
+    crate::audit::set_actor(&format!("app:{}", app.id));
     let token = state
         .keys
         .regenerate_access_token(&app.id, true)

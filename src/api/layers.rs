@@ -1,0 +1,121 @@
+//! Cross-cutting HTTP layers: request ids and the audit context, security headers, a
+//! request timeout, and the per-address limit on authentication failures.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+
+/// Header carrying the request id.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest a request may take.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn sane_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    .then(|| s.to_owned())
+}
+
+/// Give every request an id (the client's `X-Request-Id` if it is sane, else a ULID),
+/// run it inside the audit context, bound its time, and add security headers.
+pub(crate) async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(sane_request_id)
+        .unwrap_or_else(|| crate::keys::monotonic_ulid().to_string());
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let work = crate::audit::request_scope("anonymous", &id, client, next.run(req));
+    let mut res =
+        match tokio::time::timeout(REQUEST_TIMEOUT, tracing::Instrument::instrument(work, span))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => ApiError::Unavailable {
+                code: "timeout",
+                message: format!(
+                    "the request took longer than {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            }
+            .into_response(),
+        };
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(REQUEST_ID, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// Per-address limit on authentication failures: after `MAX_FAILURES` in a window, every
+/// authenticated request from that address gets 429 until the window ends.
+#[derive(Debug, Default)]
+pub struct AuthLimiter {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+/// Failures allowed per address per window.
+pub(crate) const MAX_FAILURES: u32 = 20;
+/// The window.
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+
+impl AuthLimiter {
+    /// 429 if `ip` is over its limit.
+    pub(crate) fn check(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        let Some(ip) = ip else { return Ok(()) };
+        let w = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match w.get(&ip) {
+            Some((start, n)) if start.elapsed() < WINDOW && *n >= MAX_FAILURES => {
+                Err(ApiError::TooManyRequests {
+                    retry_after: WINDOW.saturating_sub(start.elapsed()).as_secs().max(1),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Count a failure from `ip`.
+    pub(crate) fn failed(&self, ip: Option<IpAddr>) {
+        let Some(ip) = ip else { return };
+        let mut w = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.len() > 100_000 {
+            w.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        }
+        let e = w.entry(ip).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= WINDOW {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
+}

@@ -1,0 +1,208 @@
+//! Audit rows: append with a hash chain, page through, read seals.
+
+use sqlx::Row as _;
+
+use super::{Store, StoreError};
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRow {
+    /// Position in the chain (1, 2, 3, ...: dense, so a deletion shows).
+    pub seq: i64,
+    /// ULID.
+    pub id: String,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Who: `root`, `app:<id>`, `scheduler`, `reconciler`, `cli`, `anonymous`.
+    pub actor: String,
+    /// What (`key.rotate`, `token.revoke`, `auth.failure`, ...).
+    pub action: String,
+    /// On what (an app id, a kid, ...).
+    pub target: String,
+    /// `ok` or `denied` or an error code.
+    pub outcome: String,
+    /// The request that caused it (`X-Request-Id`), or empty.
+    pub request_id: String,
+    /// JSON details (never secrets).
+    pub details: String,
+    /// Hash of the previous record (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 of `prev_hash` and this record's fields.
+    pub hash: String,
+}
+
+/// The hash of a record given its predecessor's hash: SHA-256 (hex) of the JSON array of
+/// every field, so no two different records serialise alike.
+pub fn record_hash(r: &AuditRow) -> String {
+    let canonical = serde_json::json!([
+        r.prev_hash,
+        r.seq,
+        r.id,
+        r.at,
+        r.actor,
+        r.action,
+        r.target,
+        r.outcome,
+        r.request_id,
+        r.details
+    ])
+    .to_string();
+    crate::pubkey::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+        canonical.as_bytes(),
+    ))
+}
+
+/// The `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn row(r: &sqlx::any::AnyRow) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        outcome: r.try_get("outcome")?,
+        request_id: r.try_get("request_id")?,
+        details: r.try_get("details")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+const COLS: &str =
+    "seq, id, at, actor, action, target, outcome, request_id, details, prev_hash, hash";
+
+impl Store {
+    /// Append a record at the head of the chain (its `seq`, `prev_hash` and `hash` are
+    /// filled in here). Concurrent appenders (replicas) retry on a `seq` conflict.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn append_audit(&self, mut r: AuditRow) -> Result<AuditRow, StoreError> {
+        let mut last_err = None;
+        for _ in 0..20 {
+            let mut tx = self.begin().await?;
+            let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+            (r.seq, r.prev_hash) = match head {
+                Some(h) => (h.try_get::<i64, _>("seq")? + 1, h.try_get("hash")?),
+                None => (1, GENESIS.to_owned()),
+            };
+            r.hash = record_hash(&r);
+            let ins = sqlx::query(
+                "INSERT INTO audit_log (seq, id, at, actor, action, target, outcome, request_id, details, prev_hash, hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(r.seq)
+            .bind(&r.id)
+            .bind(r.at)
+            .bind(&r.actor)
+            .bind(&r.action)
+            .bind(&r.target)
+            .bind(&r.outcome)
+            .bind(&r.request_id)
+            .bind(&r.details)
+            .bind(&r.prev_hash)
+            .bind(&r.hash)
+            .execute(&mut *tx)
+            .await;
+            match ins {
+                Ok(_) => {
+                    tx.commit().await?;
+                    return Ok(r);
+                }
+                Err(e) => {
+                    // Another replica took this seq; read the new head and try again.
+                    last_err = Some(e);
+                    drop(tx);
+                }
+            }
+        }
+        Err(StoreError::Db(
+            last_err.unwrap_or(sqlx::Error::PoolTimedOut),
+        ))
+    }
+
+    /// Records with `seq > after`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// The newest record.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn audit_head(&self) -> Result<Option<AuditRow>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM audit_log ORDER BY seq DESC LIMIT 1");
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Store a seal (a signature of the record at `seq`).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_seal(
+        &self,
+        seq: i64,
+        hash: &str,
+        kid: &str,
+        signature: &[u8],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_seals (seq, hash, kid, signature, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING")
+            .bind(seq)
+            .bind(hash)
+            .bind(kid)
+            .bind(signature)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every seal: `(seq, hash, kid, signature)`, oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn seals(&self) -> Result<Vec<(i64, String, String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, hash, kid, signature FROM audit_seals ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("seq")?,
+                    r.try_get("hash")?,
+                    r.try_get("kid")?,
+                    r.try_get("signature")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The newest seal's seq.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn last_seal(&self) -> Result<i64, StoreError> {
+        let r = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM audit_seals")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get("s")?)
+    }
+}
