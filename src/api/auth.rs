@@ -90,16 +90,23 @@ pub(crate) async fn require_app(
     cred: Option<&str>,
     app_id: &str,
 ) -> Result<Arc<AppRow>, ApiError> {
+    not_rate_limited(state)?;
     let Some(c) = cred else {
         return Err(ApiError::Unauthorized);
     };
     match token_app(state, c).await? {
-        Some(app) if app.id == app_id => Ok(app),
-        Some(_) => Err(ApiError::Forbidden(
-            "this access token belongs to another app".into(),
-        )),
+        Some(app) if app.id == app_id => {
+            crate::audit::set_actor(&format!("app:{}", app.id));
+            Ok(app)
+        }
+        Some(other) => {
+            auth_failed(state, &format!("access token of app {}", other.id), app_id).await;
+            Err(ApiError::Forbidden(
+                "this access token belongs to another app".into(),
+            ))
+        }
         None => {
-            tracing::info!("app authentication failed");
+            auth_failed(state, "access token", app_id).await;
             Err(ApiError::Unauthorized)
         }
     }
@@ -111,14 +118,17 @@ pub(crate) async fn require_root_or_app(
     cred: Option<&str>,
     app_id: &str,
 ) -> Result<(Actor, Arc<AppRow>), ApiError> {
+    not_rate_limited(state)?;
     let Some(c) = cred else {
         return Err(ApiError::Unauthorized);
     };
     if c.starts_with(ROOT_PREFIX) || !c.starts_with(ACCESS_PREFIX) {
         if is_root(state, c) {
+            crate::audit::set_actor("root");
             let app = existing_app(state, app_id).await?;
             return Ok((Actor::Root, app));
         }
+        auth_failed(state, "root key", app_id).await;
         if c.starts_with(ROOT_PREFIX) {
             return Err(ApiError::Forbidden("invalid root key".into()));
         }

@@ -13,4 +13,5 @@ mod hygiene;
 mod replicas;
 mod revocation;
 mod rotation;
+mod security;
 mod tokens;
