@@ -87,6 +87,7 @@ ensure_softhsm() {
     fi
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     if ((${#missing[@]} == 0)); then
         return 0
     fi

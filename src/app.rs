@@ -159,6 +159,7 @@ pub async fn init_root_key(
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     router: Router,
     state: AppState,
 }
@@ -202,8 +203,10 @@ impl Application {
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("Failed to listen on {}", cfg.listen))?;
+        let tls = cfg.tls_cert.clone().zip(cfg.tls_key.clone());
         Ok(Self {
             listener,
+            tls,
             router,
             state,
         })
@@ -217,6 +220,11 @@ impl Application {
         Ok(self.listener.local_addr()?)
     }
 
+    /// `https` when TLS is configured, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Serve until SIGTERM or Ctrl-C, then finish requests in flight and close the HSM.
     ///
     /// # Errors
@@ -224,6 +232,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             listener,
+            tls,
             router,
             state,
         } = self;
@@ -233,13 +242,27 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let mut graceful = stop_rx.clone();
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let make = router.into_make_service_with_connect_info::<crate::tls::ClientAddr>();
+        let graceful = async move {
             let _ = graceful.wait_for(|stop| *stop).await;
-        });
+        };
+        let serve: std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+        > = match tls {
+            Some((cert, key)) => {
+                let listener = crate::tls::TlsListener::new(listener, &cert, &key)?;
+                Box::pin(
+                    axum::serve(listener, make)
+                        .with_graceful_shutdown(graceful)
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(listener, make)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            ),
+        };
         // Requests in flight get SHUTDOWN_GRACE to finish; then the process exits anyway.
         let deadline = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;

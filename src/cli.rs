@@ -83,7 +83,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(&cfg).await?;
             let addr = app.local_addr()?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "listening on http://{addr}").context("Failed to write to stdout")?;
+            writeln!(out, "listening on {}://{addr}", app.scheme())
+                .context("Failed to write to stdout")?;
             out.flush().context("Failed to flush stdout")?;
             drop(out);
             tracing::info!(%addr, "serving");

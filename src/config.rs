@@ -27,6 +27,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("scheduler_interval", Kind::Int),
     ("log_format", Kind::Str),
     ("log_level", Kind::Str),
+    ("tls_cert", Kind::Str),
+    ("tls_key", Kind::Str),
 ];
 
 #[derive(Clone, Copy)]
@@ -82,6 +84,12 @@ pub struct Config {
     /// Log filter (`info`, `hsm_rotator=debug`, ...); `RUST_LOG` wins when set.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// PEM certificate chain: with `tls_key`, serve HTTPS (rustls).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -216,6 +224,9 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "human" | "json") {
             return bad("log_format must be \"human\" or \"json\"");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together");
         }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");

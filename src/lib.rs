@@ -24,4 +24,5 @@ pub mod keys;
 pub mod pubkey;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod x509;

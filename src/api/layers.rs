@@ -38,8 +38,13 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| crate::keys::monotonic_ulid().to_string());
     let client = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<ConnectInfo<crate::tls::ClientAddr>>()
+        .map(|c| c.0.0.ip())
+        .or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        });
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
     let work = crate::audit::request_scope("anonymous", &id, client, next.run(req));
     let mut res =

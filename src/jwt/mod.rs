@@ -75,6 +75,71 @@ pub fn b64(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A stable stand-in for a fuzzer (cargo-fuzz needs a nightly toolchain): mutate valid
+    /// and random tokens many times over and feed them to the parser and to a verifier.
+    /// Nothing may panic, and nothing but the original may verify.
+    #[test]
+    fn the_parser_and_verifier_survive_mutated_and_random_tokens() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let point: Vec<u8> = {
+            // The P-256 generator: a valid public point to build a verifier with.
+            let x = [
+                0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4,
+                0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45,
+                0xd8, 0x98, 0xc2, 0x96,
+            ];
+            let y = [
+                0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f,
+                0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68,
+                0x37, 0xbf, 0x51, 0xf5,
+            ];
+            [vec![4u8], x.to_vec(), y.to_vec()].concat()
+        };
+        let pk = crate::pubkey::PublicKey::Ec {
+            curve: crate::alg::Curve::P256,
+            point,
+        };
+        let verifier = verify::Verifier::new(&pk, crate::alg::Algorithm::ES256).expect("verifier");
+        let seed = format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"ES256","typ":"JWT","kid":"01ARZ3NDEKTSV4RRFFQ69G5FAV"}"#),
+            b64(br#"{"sub":"a","exp":9999999999,"jti":"01ARZ3NDEKTSV4RRFFQ69G5FAV"}"#),
+            b64(&[7u8; 64])
+        );
+        let alphabet = b"ABCxyz019-_.=+/ {}\"\\:,\x00\xff";
+        for i in 0..100_000 {
+            let mut t: Vec<u8> = if i % 4 == 0 {
+                (0..rng.random_range(0..300))
+                    .map(|_| rng.random::<u8>())
+                    .collect()
+            } else {
+                seed.clone().into_bytes()
+            };
+            for _ in 0..rng.random_range(1..8) {
+                if t.is_empty() {
+                    break;
+                }
+                let at = rng.random_range(0..t.len());
+                match rng.random_range(0..4) {
+                    0 => t[at] = alphabet[rng.random_range(0..alphabet.len())],
+                    1 => {
+                        t.remove(at);
+                    }
+                    2 => t.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                    _ => t.truncate(at),
+                }
+            }
+            let text = String::from_utf8_lossy(&t);
+            if let Some(c) = parse(&text) {
+                assert!(
+                    !verifier.verify(c.signing_input.as_bytes(), &c.signature),
+                    "a mutated token verified: {text}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn parse_rejects_non_jws() {
         assert!(parse("a.b").is_none());

@@ -9,6 +9,7 @@ mod apps;
 mod certs;
 mod compat;
 mod faults;
+mod hostile;
 mod hygiene;
 mod replicas;
 mod revocation;

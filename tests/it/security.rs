@@ -326,3 +326,78 @@ async fn every_response_has_a_request_id_and_security_headers() {
         "a response with a secret is not cached"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_https_from_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl req");
+    let app = TestApp::spawn_with(
+        "tls",
+        Engine::Sqlite,
+        &[
+            ("HSM_ROTATOR_TLS_CERT", cert.to_str().unwrap()),
+            ("HSM_ROTATOR_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(app.base.starts_with("https://"), "{}", app.base);
+    let out = Command::new("curl")
+        .args(["-sk", &format!("{}/healthz", app.base)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"status":"ok"}"#);
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-H",
+            &format!("Authorization: {}", app.root_key),
+            &format!("{}/apps", app.base),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        r#"{"apps":[]}"#,
+        "root key over TLS"
+    );
+    let plain = app.base.replace("https://", "http://");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{plain}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "plain HTTP is not served on the TLS port"
+    );
+}
