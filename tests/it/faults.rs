@@ -128,6 +128,22 @@ async fn database_away_fails_writes_cleanly_and_recovers() {
         app.active(&id, &pk, &t).await,
         "introspection keeps working from memory"
     );
+    // Each compatibility family answers a store failure with 500 in its own shape.
+    let (s, v) = app
+        .call("GET", "/root/rotate", Some(&app.root_key), None)
+        .await;
+    assert_eq!((s, v), (500, json!({"message": "error"})), "JWTPlus");
+    let (s, v) = app.bearer(&pk, "POST", "/api/token/regenerate", None).await;
+    assert_eq!(s, 500, "PocketPaw: {v}");
+    assert!(v["detail"].is_string(), "{v}");
+    let (s, v) = app
+        .bearer(&pk, "POST", &format!("/connections/{id}/keys/rotate"), None)
+        .await;
+    assert_eq!(
+        (s, v["statusCode"].as_u64()),
+        (500, Some(500)),
+        "Auth0: {v}"
+    );
 
     proxy.restore();
     poll("writes again", || async {
@@ -158,6 +174,8 @@ async fn database_away_fails_writes_cleanly_and_recovers() {
         0,
         "the failed rotation changed nothing"
     );
+    let (s, _) = app.root("GET", "/apps", None).await;
+    assert_eq!(s, 200, "the root key did not change during the outage");
     let t2 = app.issue(&id, &pk, json!({"sub": "x"})).await["token"]
         .as_str()
         .unwrap()

@@ -15,4 +15,8 @@ mod replicas;
 mod revocation;
 mod rotation;
 mod security;
+mod seed_auth0_rotate;
+mod seed_jwtplus_app_pki;
+mod seed_jwtplus_root_key;
+mod seed_pocketpaw_regenerate;
 mod tokens;

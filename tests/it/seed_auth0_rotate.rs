@@ -1,0 +1,125 @@
+//! Seed `auth0-connection-keys-rotate.txt`, replayed as written:
+//! `POST /connections/{id}/keys/rotate` with a Bearer token.
+
+use serde_json::json;
+
+use crate::both_engines;
+use crate::common::app::{TestApp, kids_in};
+
+/// `POST /connections/{id}/keys/rotate` (auth0-connection-keys-rotate.txt).
+async fn seed_auth0(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Conn", "signing_alg": "RS256", "subject_dn": "CN=Conn,O=Acme"}))
+        .await;
+    for (prefix, auth) in [
+        ("", format!("Bearer {}", app.root_key)),
+        ("/api/v2", format!("Bearer {pk}")),
+    ] {
+        let before_next = kids_in(&app.keys(&id).await, "next")[0].clone();
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("{prefix}/connections/{id}/keys/rotate"),
+                Some(&auth),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        for f in [
+            "kid",
+            "cert",
+            "fingerprint",
+            "thumbprint",
+            "pkcs",
+            "next",
+            "algorithm",
+            "key_use",
+            "subject_dn",
+        ] {
+            assert!(v.get(f).is_some(), "{f} missing: {v}");
+        }
+        assert_ne!(
+            v["kid"],
+            before_next.as_str(),
+            "the response is the new next key"
+        );
+        assert_eq!(v["next"], true);
+        assert_eq!(v["current"], false);
+        assert_eq!(v["key_use"], "signing");
+        assert_eq!(v["algorithm"], "RS256");
+        assert_eq!(v["subject_dn"], "CN=Conn,O=Acme");
+        let cert = v["cert"].as_str().unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----\r\n"));
+        assert!(
+            v["pkcs"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN PKCS7-----\r\n")
+        );
+        let fp = v["fingerprint"].as_str().unwrap();
+        assert_eq!(fp.len(), 59);
+        assert_eq!(fp.replace(':', ""), v["thumbprint"].as_str().unwrap());
+        assert!(
+            fp.chars()
+                .all(|c| c == ':' || c.is_ascii_digit() || c.is_ascii_uppercase())
+        );
+    }
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(json!({"signing_alg": "ES384"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["algorithm"], "ES384",
+        "the next key has the requested algorithm"
+    );
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(json!({"signing_alg": "HS256"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["statusCode"], 400);
+    assert_eq!(v["error"], "Bad Request");
+    assert_eq!(v["errorCode"], "invalid_body");
+    assert!(v["message"].is_string());
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((s, v["statusCode"].as_u64()), (401, Some(401)));
+    let (s, v) = app
+        .root(
+            "POST",
+            "/connections/01ARZ3NDEKTSV4RRFFQ69G5FAV/keys/rotate",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["errorCode"].as_str()),
+        (404, Some("inexistent_connection"))
+    );
+
+    let (s, list) = app
+        .bearer(&pk, "GET", &format!("/api/v2/connections/{id}/keys"), None)
+        .await;
+    assert_eq!(s, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.iter().filter(|k| k["current"] == true).count(), 1);
+    assert_eq!(list.iter().filter(|k| k["next"] == true).count(), 1);
+    assert!(list.iter().any(|k| k["previous"] == true
+        && k["current_since"].is_string()
+        && k["current_until"].is_string()));
+}
+both_engines!(seed_auth0_rotate_connection_keys, seed_auth0);
