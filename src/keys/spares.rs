@@ -34,6 +34,9 @@ pub struct SparePool {
     target: usize,
     wake: Arc<Notify>,
     audit: crate::audit::Audit,
+    /// One refill at a time: the wake-up loop and the scheduler's tick would otherwise both
+    /// see the pool short and both fill it.
+    refilling: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SparePool {
@@ -51,6 +54,7 @@ impl SparePool {
             target,
             wake: Arc::new(Notify::new()),
             audit,
+            refilling: Arc::default(),
         }
     }
 
@@ -136,6 +140,7 @@ impl SparePool {
     /// # Errors
     /// Store or HSM failures.
     pub async fn refill(&self) -> Result<usize, KeyError> {
+        let _one_at_a_time = self.refilling.lock().await;
         let mut specs: HashSet<KeySpec> = self.store.specs_in_use().await?.into_iter().collect();
         specs.insert(DEFAULT_SPEC);
         let counts = self.store.spare_counts().await?;
