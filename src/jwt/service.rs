@@ -406,6 +406,10 @@ impl TokenService {
             return Err(TokenError::InvalidRefresh);
         }
         if row.used_at.is_some() || !store.use_refresh(&mut tx, &hash, now).await? {
+            // Wait for any exchange of this family in flight, so its new token is revoked too.
+            store
+                .lock_refresh_family(&mut tx, &row.family, &hash)
+                .await?;
             let denied = store.revoke_family(&mut tx, &row.family, now).await?;
             for (jti, exp) in &denied {
                 store.deny_jti(&mut tx, jti, &app.id, *exp).await?;
@@ -433,21 +437,47 @@ impl TokenService {
             return Err(TokenError::InvalidRefresh);
         }
         tx.commit().await?;
+        // The token is spent. Until the new pair is stored, a failure gives it back, so
+        // the client's retry is not taken for reuse (which would end its session).
+        let result = self.exchange(app, &row, &hash, opts).await;
+        if let Err(e) = &result
+            && !matches!(e, TokenError::RefreshReused)
+        {
+            let _ = store.unuse_refresh(&hash).await;
+        }
+        result
+    }
+
+    /// The second half of [`Self::refresh`]: sign the new pair, then store its refresh
+    /// token and retire the old access token, unless the family was revoked meanwhile.
+    async fn exchange(
+        &self,
+        app: &AppRow,
+        row: &RefreshRow,
+        hash: &str,
+        opts: &IssueOptions,
+    ) -> Result<Issued, TokenError> {
+        let store = &self.inner.store;
         let claims: Map<String, Value> =
             serde_json::from_str(&row.claims).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let issued = match self
+        let issued = self
             .sign_pair(app, claims, app.token_ttl, Some(row.family.clone()), opts)
-            .await
-        {
-            Ok(i) => i,
-            Err(e) => {
-                // Nothing was handed out: give the caller its refresh token back.
-                let _ = store.unuse_refresh(&hash).await;
-                return Err(e);
-            }
-        };
+            .await?;
         let old = store.ledger_row(&row.jti).await?;
         let mut tx = store.begin().await?;
+        if !store
+            .lock_refresh_family(&mut tx, &row.family, hash)
+            .await?
+        {
+            // Reuse was detected while we signed: the family is revoked, and the pair just
+            // signed must never work.
+            store
+                .deny_jti(&mut tx, &issued.jti, &app.id, issued.exp)
+                .await?;
+            tx.commit().await?;
+            self.inner.registry.denied(issued.jti, issued.exp).await;
+            return Err(TokenError::RefreshReused);
+        }
         if let (Some(rt), Some(exp)) = (&issued.refresh_token, issued.refresh_exp) {
             store
                 .insert_refresh(
@@ -721,15 +751,17 @@ impl TokenService {
     /// Store failures.
     pub async fn flush(&self, app: &AppRow) -> Result<(), TokenError> {
         let store = &self.inner.store;
+        let cutoff = monotonic_ulid().to_string();
         let mut tx = store.begin().await?;
-        store
-            .set_cutoff(&mut tx, &app.id, &monotonic_ulid().to_string())
-            .await?;
+        store.set_cutoff(&mut tx, &app.id, &cutoff).await?;
         store
             .revoke_app_refresh(&mut tx, &app.id, self.now())
             .await?;
         tx.commit().await?;
-        self.inner.registry.app_changed(&app.id).await?;
+        self.inner
+            .registry
+            .patch_app(&app.id, |a| a.cutoff = Some(cutoff));
+        self.inner.registry.app_changed(&app.id).await;
         self.inner
             .audit
             .record("app.flush", &app.id, "ok", serde_json::json!({}))

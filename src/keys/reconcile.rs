@@ -183,9 +183,8 @@ pub async fn reconcile(
     apps.sort();
     apps.dedup();
     for app in apps {
-        if !dry_run {
-            keys.certify(&app).await;
-            keys.registry().app_changed(&app).await?;
+        if !dry_run && keys.certify(&app).await {
+            keys.registry().app_changed(&app).await;
         }
         report.certified_apps.push(app);
     }

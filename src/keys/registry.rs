@@ -40,6 +40,10 @@ struct Inner {
 /// Reads a reload retries when changes land while it reads.
 const RELOAD_ATTEMPTS: usize = 5;
 
+/// Background retries of a reload that failed after a committed change (with back-off
+/// up to 30 s: about an hour in all).
+const RELOAD_RETRIES: usize = 130;
+
 /// Setting key of the root-key digest.
 pub const ROOT_SETTING: &str = "root_key_sha256";
 
@@ -341,14 +345,70 @@ impl Registry {
             .insert((app_id.to_owned(), sub_sha256.to_owned()), cutoff);
     }
 
-    /// An app or its keys changed here: reload it and tell the other replicas.
+    /// An app or its keys changed here (the transaction has committed): reload it and tell
+    /// the other replicas.
     ///
-    /// # Errors
-    /// Store failures.
-    pub async fn app_changed(&self, app_id: &str) -> Result<(), StoreError> {
-        self.reload_app(app_id).await?;
+    /// The change cannot be undone any more, so a failed reload is not the caller's error:
+    /// it is logged and retried in the background until it succeeds (a store outage), and
+    /// the other replicas are told either way. Callers that take keys or tokens out of
+    /// service apply that in memory first ([`Self::withdraw`], [`Self::patch_app`]), so
+    /// nothing that must stop working keeps working while the reload is pending.
+    pub async fn app_changed(self: &Arc<Self>, app_id: &str) {
+        if let Err(e) = self.reload_app(app_id).await {
+            tracing::warn!(app_id, error = %e, "reload after a committed change failed; retrying in the background");
+            let this = Arc::clone(self);
+            let app = app_id.to_owned();
+            tokio::spawn(async move {
+                let mut delay = std::time::Duration::from_millis(250);
+                for _ in 0..RELOAD_RETRIES {
+                    tokio::time::sleep(delay).await;
+                    match this.reload_app(&app).await {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!(app_id = %app, error = %e, "reload still failing"),
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+                tracing::error!(app_id = %app, "gave up reloading an app; restart the service to resync");
+            });
+        }
         self.store.publish(&Change::App(app_id.to_owned())).await;
-        Ok(())
+    }
+
+    /// Take keys out of service at once (revocation, deletion): they stop signing and
+    /// verifying here before the store is re-read, so a failed reload cannot leave a revoked
+    /// key usable.
+    pub fn withdraw(&self, kids: &[Kid]) {
+        let mut inner = self.write();
+        for kid in kids {
+            let Some(k) = inner.keys.remove(kid) else {
+                continue;
+            };
+            if let Some(app) = &k.row.app_id
+                && let Some(v) = inner.app_keys.get_mut(app)
+            {
+                v.retain(|x| x != kid);
+            }
+        }
+    }
+
+    /// Apply a committed change to an app's row in memory, ahead of the reload that
+    /// [`Self::app_changed`] does: a new cut-off (flush, emergency rotation) or access-token
+    /// digest (the old token stops working at once).
+    pub fn patch_app(&self, app_id: &str, patch: impl FnOnce(&mut AppRow)) {
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let Some(a) = inner.apps.get_mut(app_id) else {
+            return;
+        };
+        let mut row = (**a).clone();
+        patch(&mut row);
+        if row.access_token_sha256 != a.access_token_sha256 {
+            inner.by_token.remove(&a.access_token_sha256);
+            inner
+                .by_token
+                .insert(row.access_token_sha256.clone(), row.id.clone());
+        }
+        *a = Arc::new(row);
     }
 
     /// A token id was deny-listed here (after the store has it): apply and publish.
@@ -439,9 +499,20 @@ impl Registry {
         }
     }
 
-    /// Drop deny-list entries past their expiry.
+    /// Drop deny-list entries past their expiry, and subject cut-offs that no live token
+    /// can fall under any more (older than the app's longest token or refresh lifetime), or
+    /// whose app is gone.
     pub fn purge(&self, now: i64) {
-        self.write().denied.retain(|_, exp| *exp > now);
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        inner.denied.retain(|_, exp| *exp > now);
+        let apps = &inner.apps;
+        inner.subjects.retain(|(app, _), cutoff| {
+            apps.get(app).is_some_and(|a| {
+                let since = i64::try_from(cutoff.timestamp_ms() / 1000).unwrap_or(i64::MAX);
+                since.saturating_add(a.token_ttl.max(a.refresh_ttl)) > now
+            })
+        });
     }
 
     /// Numbers for metrics and health: (apps, live keys, denied jtis).

@@ -234,7 +234,7 @@ impl KeyService {
                 .await?;
             tx.commit().await?;
             if moved {
-                self.inner.registry.app_changed(&app_id).await?;
+                self.inner.registry.app_changed(&app_id).await;
                 self.destroy_objects(&[kid]).await;
                 info!(app_id, %kid, "key retired");
                 self.inner
@@ -310,7 +310,7 @@ impl KeyService {
                 continue;
             };
             tx.commit().await?;
-            self.after_change(&app.id).await?;
+            self.after_change(&app.id).await;
             info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
             self.inner
                 .audit
@@ -341,15 +341,17 @@ impl KeyService {
     /// # Errors
     /// [`KeyError::AppNotFound`]; store failures.
     pub async fn update_app(&self, app_id: &str, policy: &AppPolicy) -> Result<AppRow, KeyError> {
+        let mut tx = self.inner.store.begin().await?;
         if !self
             .inner
             .store
-            .update_app(app_id, policy, self.now())
+            .update_app(&mut tx, app_id, policy, self.now())
             .await?
         {
             return Err(KeyError::AppNotFound);
         }
-        self.inner.registry.app_changed(app_id).await?;
+        tx.commit().await?;
+        self.inner.registry.app_changed(app_id).await;
         self.inner.spares.wake();
         self.inner
             .registry
@@ -362,8 +364,23 @@ impl KeyService {
     ///
     /// # Errors
     /// [`KeyError::AppNotFound`]; store or HSM failures.
-    #[instrument(skip(self))]
     pub async fn rotate(&self, app_id: &str, kind: RotationKind) -> Result<Rotation, KeyError> {
+        self.rotate_with(app_id, kind, None).await
+    }
+
+    /// Graceful rotation that first gives the app a new policy (Auth0's `signing_alg`:
+    /// the new `next` key is of the new algorithm), in the rotation's transaction: a
+    /// refused rotation leaves the policy as it was.
+    ///
+    /// # Errors
+    /// As [`Self::rotate`].
+    #[instrument(skip(self, policy))]
+    pub async fn rotate_with(
+        &self,
+        app_id: &str,
+        kind: RotationKind,
+        policy: Option<&AppPolicy>,
+    ) -> Result<Rotation, KeyError> {
         let _guard = self.lock_app(app_id).await;
         let app = self
             .inner
@@ -371,7 +388,10 @@ impl KeyService {
             .app(app_id)
             .await?
             .ok_or(KeyError::AppNotFound)?;
-        let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
+        let spec = match policy {
+            Some(p) => KeySpec::new(p.signing_alg, p.rsa_bits),
+            None => KeySpec::new(app.signing_alg, app.rsa_bits),
+        };
         for _ in 0..ATTEMPTS {
             self.inner.spares.ensure(spec, 1).await?;
             let now = self.now();
@@ -392,12 +412,15 @@ impl KeyService {
                     });
                 }
             }
+            if let Some(p) = policy {
+                self.inner.store.update_app(&mut tx, app_id, p, now).await?;
+            }
             let Some(outcome) = self.rotate_in(&mut tx, app_id, spec, &keys, now).await? else {
                 continue;
             };
             self.inner.store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
-            self.after_change(app_id).await?;
+            self.after_change(app_id).await;
             info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
             let action = match kind {
                 RotationKind::Manual => "key.rotate",
@@ -463,24 +486,30 @@ impl KeyService {
         Ok(Some((new_current, new_next.kid)))
     }
 
-    async fn after_change(&self, app_id: &str) -> Result<(), KeyError> {
-        self.certify(app_id).await;
-        self.inner.registry.app_changed(app_id).await?;
+    /// After a committed key change: the registry first (so a key that stopped signing
+    /// stops at once), then certificates for new keys (HSM signatures), then the registry
+    /// again if any certificate was made.
+    async fn after_change(&self, app_id: &str) {
+        self.inner.registry.app_changed(app_id).await;
+        if self.certify(app_id).await {
+            self.inner.registry.app_changed(app_id).await;
+        }
         self.inner.spares.wake();
-        Ok(())
     }
 
     /// Give every published key of the app that lacks one its self-signed certificate,
     /// signed in the HSM by the key itself. Failures are logged and retried on the next
     /// change or reconciler pass: a key without a certificate still signs and verifies.
-    pub async fn certify(&self, app_id: &str) {
+    /// Returns whether any certificate was stored.
+    pub async fn certify(&self, app_id: &str) -> bool {
         let (app, keys) = match (
             self.inner.store.app(app_id).await,
             self.inner.store.app_keys(app_id).await,
         ) {
             (Ok(Some(a)), Ok(k)) => (a, k),
-            _ => return,
+            _ => return false,
         };
+        let mut stored = false;
         let now = self.now();
         for k in keys
             .iter()
@@ -498,14 +527,14 @@ impl KeyService {
                 not_after: now + 2 * app.rotation_period + app.verification_ttl + 86_400,
             };
             match crate::x509::self_signed(&self.inner.hsm, &req).await {
-                Ok(der) => {
-                    if let Err(e) = self.inner.store.set_cert(k.kid, &der).await {
-                        warn!(kid = %k.kid, error = %e, "could not store certificate");
-                    }
-                }
+                Ok(der) => match self.inner.store.set_cert(k.kid, &der).await {
+                    Ok(()) => stored = true,
+                    Err(e) => warn!(kid = %k.kid, error = %e, "could not store certificate"),
+                },
                 Err(e) => warn!(kid = %k.kid, error = %e, "could not make certificate"),
             }
         }
+        stored
     }
 
     /// Current, next and previous keys of an app.
@@ -572,6 +601,9 @@ impl KeyService {
             store
                 .transition_key(&mut tx, kid, target.state, KeyState::Revoked, now)
                 .await?;
+            store
+                .revoke_key_refresh(&mut tx, app_id, &kid.to_string(), now)
+                .await?;
             let refilled = match target.state {
                 KeyState::Current => {
                     let promoted = match find(&keys, KeyState::Next) {
@@ -608,7 +640,8 @@ impl KeyService {
             }
             store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
-            self.after_change(app_id).await?;
+            self.inner.registry.withdraw(&[kid]);
+            self.after_change(app_id).await;
             self.destroy_objects(&[kid]).await;
             warn!(app_id, %kid, revoked_tokens, "key revoked");
             self.inner
@@ -687,13 +720,16 @@ impl KeyService {
             else {
                 continue;
             };
-            store
-                .set_cutoff(&mut tx, app_id, &monotonic_ulid().to_string())
-                .await?;
+            let cutoff = monotonic_ulid().to_string();
+            store.set_cutoff(&mut tx, app_id, &cutoff).await?;
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
             store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
-            self.after_change(app_id).await?;
+            self.inner.registry.withdraw(&revoked);
+            self.inner
+                .registry
+                .patch_app(app_id, |a| a.cutoff = Some(cutoff.clone()));
+            self.after_change(app_id).await;
             self.destroy_objects(&revoked).await;
             warn!(
                 app_id,
@@ -752,7 +788,8 @@ impl KeyService {
         }
         store.delete_app(&mut tx, app_id).await?;
         tx.commit().await?;
-        self.inner.registry.app_changed(app_id).await?;
+        self.inner.registry.withdraw(&revoked);
+        self.inner.registry.app_changed(app_id).await;
         self.destroy_objects(&revoked).await;
         self.inner.app_locks.lock().await.remove(app_id);
         warn!(app_id, revoked = revoked.len(), "app deleted");
@@ -783,14 +820,20 @@ impl KeyService {
         {
             return Err(KeyError::AppNotFound);
         }
-        if flush {
-            store
-                .set_cutoff(&mut tx, app_id, &monotonic_ulid().to_string())
-                .await?;
+        let cutoff = flush.then(|| monotonic_ulid().to_string());
+        if let Some(c) = &cutoff {
+            store.set_cutoff(&mut tx, app_id, c).await?;
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
         }
         tx.commit().await?;
-        self.inner.registry.app_changed(app_id).await?;
+        let digest = token.digest();
+        self.inner.registry.patch_app(app_id, |a| {
+            a.access_token_sha256 = digest;
+            if cutoff.is_some() {
+                a.cutoff = cutoff;
+            }
+        });
+        self.inner.registry.app_changed(app_id).await;
         info!(app_id, flush, "access token regenerated");
         self.inner
             .audit

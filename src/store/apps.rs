@@ -180,7 +180,13 @@ impl Store {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn update_app(&self, id: &str, p: &AppPolicy, now: i64) -> Result<bool, StoreError> {
+    pub async fn update_app(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        p: &AppPolicy,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "UPDATE apps SET name = $1, description = $2, signing_alg = $3, rsa_bits = $4, \
              rotation_period = $5, verification_ttl = $6, token_ttl = $7, token_nbf = $8, \
@@ -199,7 +205,7 @@ impl Store {
         .bind(&p.subject_dn)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(r.rows_affected() == 1)
     }

@@ -326,6 +326,60 @@ impl Store {
         Ok(())
     }
 
+    /// Revoke the refresh tokens issued alongside access tokens that `kid` signed (a
+    /// revoked key's sessions end with it).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn revoke_key_refresh(
+        &self,
+        tx: &mut Tx,
+        app_id: &str,
+        kid: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
+             AND jti IN (SELECT jti FROM tokens WHERE kid = $3)",
+        )
+        .bind(now)
+        .bind(app_id)
+        .bind(kid)
+        .execute(&mut **tx)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Lock every row of a refresh family for the rest of `tx`, then report whether the
+    /// token `token_sha256` (of that family) is still unrevoked.
+    ///
+    /// A refresh exchange calls this before storing its new refresh token, and reuse
+    /// detection calls it before revoking the family, so the two serialise on the family's
+    /// rows: the revocation (a later statement, with a later snapshot) sees the new token,
+    /// or the exchange sees the revocation. On SQLite, `BEGIN IMMEDIATE` already
+    /// serialises writers.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn lock_refresh_family(
+        &self,
+        tx: &mut Tx,
+        family: &str,
+        token_sha256: &str,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("UPDATE refresh_tokens SET used_at = used_at WHERE family = $1")
+            .bind(family)
+            .execute(&mut **tx)
+            .await?;
+        let row = sqlx::query(
+            "SELECT 1 AS live FROM refresh_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Store a new refresh token.
     ///
     /// # Errors

@@ -137,3 +137,44 @@ async fn app_grain(app: &TestApp) {
     assert!(shown["cutoff_at"].is_string());
 }
 both_engines!(flush_the_whole_app, app_grain);
+
+/// A refresh token issued with an access token that a revoked key signed is dead too: the
+/// session ends with the key (JWTPlus refresh JWTs are signed by that key as well).
+async fn refresh_dies_with_key(app: &TestApp) {
+    let (id, pk, created) = app
+        .create_app(json!({"name": "KeyRefresh", "signing_alg": "ES256", "refresh_ttl": 3600}))
+        .await;
+    let cur = kids_in(created["keys"].as_array().unwrap(), "current")[0].clone();
+    let v = app.issue(&id, &pk, json!({"sub": "r"})).await;
+    assert_eq!(v["kid"], cur.as_str());
+    let rt = v["refresh_token"].as_str().unwrap().to_owned();
+    let (s, r) = app
+        .root("POST", &format!("/apps/{id}/keys/{cur}/revoke"), None)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, e) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": rt})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{e}"
+    );
+    // A session started under the new current key still refreshes.
+    let v = app.issue(&id, &pk, json!({"sub": "r"})).await;
+    let (s, r) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": v["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+}
+both_engines!(refresh_tokens_die_with_their_key, refresh_dies_with_key);

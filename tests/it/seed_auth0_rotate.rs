@@ -123,3 +123,30 @@ async fn seed_auth0(app: &TestApp) {
         && k["current_until"].is_string()));
 }
 both_engines!(seed_auth0_rotate_connection_keys, seed_auth0);
+
+/// A rotation refused as too soon (the `next` key was published less than `jwks_max_age`
+/// ago) leaves the connection's algorithm as it was: a failed request changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_rotation_keeps_the_algorithm() {
+    let app = TestApp::spawn_with(
+        "a0_too_soon",
+        crate::common::app::Engine::Sqlite,
+        &[("HSM_ROTATOR_JWKS_MAX_AGE", "3600")],
+    )
+    .await;
+    let (id, _, _) = app
+        .create_app(json!({"name": "Soon", "signing_alg": "RS256"}))
+        .await;
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(&format!("Bearer {}", app.root_key)),
+            Some(json!({"signing_alg": "ES256"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, a) = app.root("GET", &format!("/apps/{id}"), None).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["signing_alg"], "RS256", "policy unchanged: {a}");
+}

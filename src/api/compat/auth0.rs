@@ -141,40 +141,27 @@ async fn rotate(
 ) -> Result<Response, A0Error> {
     let (_, app) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     let alg = parse_signing_alg(&body)?;
-    if let Some(alg) = alg.filter(|a| *a != app.signing_alg) {
-        let rsa_bits = if alg.is_rsa() {
-            if app.rsa_bits == 0 {
-                2048
-            } else {
-                app.rsa_bits
-            }
-        } else {
-            0
-        };
-        state
-            .keys
-            .update_app(
-                &id,
-                &AppPolicy {
-                    name: app.name.clone(),
-                    description: app.description.clone(),
-                    signing_alg: alg,
-                    rsa_bits,
-                    rotation_period: app.rotation_period,
-                    verification_ttl: app.verification_ttl,
-                    token_ttl: app.token_ttl,
-                    token_nbf: app.token_nbf,
-                    refresh_ttl: app.refresh_ttl,
-                    refresh_nbf: app.refresh_nbf,
-                    subject_dn: app.subject_dn.clone(),
-                },
-            )
-            .await
-            .map_err(ApiError::from)?;
-    }
+    // A new algorithm is applied inside the rotation: a refused rotation changes nothing.
+    let policy = alg.filter(|a| *a != app.signing_alg).map(|alg| AppPolicy {
+        name: app.name.clone(),
+        description: app.description.clone(),
+        signing_alg: alg,
+        rsa_bits: match (alg.is_rsa(), app.rsa_bits) {
+            (false, _) => 0,
+            (true, 0) => 2048,
+            (true, bits) => bits,
+        },
+        rotation_period: app.rotation_period,
+        verification_ttl: app.verification_ttl,
+        token_ttl: app.token_ttl,
+        token_nbf: app.token_nbf,
+        refresh_ttl: app.refresh_ttl,
+        refresh_nbf: app.refresh_nbf,
+        subject_dn: app.subject_dn.clone(),
+    });
     let r = state
         .keys
-        .rotate(&id, crate::keys::RotationKind::Manual)
+        .rotate_with(&id, crate::keys::RotationKind::Manual, policy.as_ref())
         .await
         .map_err(ApiError::from)?;
     Ok((
