@@ -1,4 +1,5 @@
-//! Certificates and PKCS#7 bundles, checked by OpenSSL, for every algorithm.
+//! Certificates and PKCS#7 bundles (the Auth0 key shape), checked by OpenSSL, for every
+//! algorithm.
 
 use std::process::Command;
 
@@ -87,6 +88,53 @@ async fn every_algorithm_gets_a_certificate_openssl_accepts() {
             let (ok, printed) = openssl(&["pkcs7", "-print_certs", "-in"], &p7_path);
             assert!(ok, "{alg}: {printed}");
             assert!(printed.contains(&format!("Cert {alg}")), "{alg}: {printed}");
+            // The bundle holds exactly the certificate, byte for byte...
+            let bundled = pem_blocks(&printed, "CERTIFICATE");
+            assert_eq!(bundled.len(), 1, "{alg}: one certificate in the bundle");
+            assert_eq!(
+                bundled[0],
+                pem_body(k["cert"].as_str().unwrap()),
+                "{alg}: the bundle's certificate is the key's certificate"
+            );
+            // ...and is a certs-only SignedData: no signer, no CRL, no content.
+            let (ok, tree) = openssl(&["pkcs7", "-print", "-noout", "-in"], &p7_path);
+            assert!(ok, "{alg}: {tree}");
+            assert!(tree.contains("type: pkcs7-signedData"), "{alg}: {tree}");
+            for (field, none) in [
+                ("signer_info:", ["<EMPTY>", "<EMPTY>"]),
+                ("crl:", ["<EMPTY>", "<ABSENT>"]),
+                ("d.data:", ["<ABSENT>", "<ABSENT>"]),
+            ] {
+                let got = after(&tree, field);
+                assert!(
+                    got.is_some_and(|v| none.contains(&v)),
+                    "{alg}: {field} is {got:?} in {tree}"
+                );
+            }
+            // A certificate OpenSSL takes out of the bundle verifies like the PEM one.
+            let from_p7 = dir.join(format!("{kid}-from-p7.pem"));
+            let o = Command::new("openssl")
+                .args(["pkcs7", "-print_certs", "-in"])
+                .arg(&p7_path)
+                .arg("-out")
+                .arg(&from_p7)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{alg}: pkcs7 -print_certs -out");
+            let o = Command::new("openssl")
+                .args(["verify", "-check_ss_sig", "-partial_chain", "-CAfile"])
+                .arg(&from_p7)
+                .arg(&from_p7)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{alg}: the bundled certificate does not verify: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            // Valid now, as the key is.
+            let (ok, text) = openssl(&["x509", "-noout", "-checkend", "0", "-in"], &cert_path);
+            assert!(ok, "{alg}: certificate not valid now: {text}");
             // The certificate's key is the JWKS key.
             let jwk = jwks["keys"]
                 .as_array()
@@ -109,6 +157,42 @@ async fn every_algorithm_gets_a_certificate_openssl_accepts() {
             );
             assert!(jwk["x5t"].is_string() && jwk["x5t#S256"].is_string());
         }
+    }
+}
+
+/// The DER of every `-----BEGIN <label>-----` block in `text` (other lines ignored).
+fn pem_blocks(text: &str, label: &str) -> Vec<Vec<u8>> {
+    let (begin, end) = (
+        format!("-----BEGIN {label}-----"),
+        format!("-----END {label}-----"),
+    );
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line == begin {
+            current = Some(String::new());
+        } else if line == end {
+            let b64 = current.take().expect("END without BEGIN");
+            out.push(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap(),
+            );
+        } else if let Some(c) = current.as_mut() {
+            c.push_str(line);
+        }
+    }
+    out
+}
+
+/// The value of `field` in `openssl ... -print` output: the rest of its line, or the first
+/// non-empty line after it.
+fn after<'a>(tree: &'a str, field: &str) -> Option<&'a str> {
+    let mut lines = tree.lines().map(str::trim);
+    let line = lines.find(|l| l.starts_with(field))?;
+    match line[field.len()..].trim() {
+        "" => lines.find(|l| !l.is_empty()),
+        rest => Some(rest),
     }
 }
 
