@@ -1,5 +1,5 @@
 //! Certificates and PKCS#7 bundles (the Auth0 key shape), checked by OpenSSL, for every
-//! algorithm.
+//! algorithm; OpenSSL also verifies a token's signature with the certificate's key.
 
 use std::process::Command;
 
@@ -157,7 +157,113 @@ async fn every_algorithm_gets_a_certificate_openssl_accepts() {
             );
             assert!(jwk["x5t"].is_string() && jwk["x5t#S256"].is_string());
         }
+        // OpenSSL also checks a token's signature with the key of the certificate, so the
+        // certificate is the token signer's and not just a well-formed one.
+        let issued = app.issue(&id, &pk, json!({"sub": "openssl"})).await;
+        let kid = issued["kid"].as_str().unwrap();
+        assert!(
+            dir.join(format!("{kid}.pem")).exists(),
+            "{alg}: the signing key {kid} is among /connections/{id}/keys"
+        );
+        openssl_verifies_token(&dir, alg, kid, issued["token"].as_str().unwrap());
     }
+}
+
+/// `openssl dgst -verify` (or `pkeyutl` for Ed25519) checks `token`'s signature with the
+/// public key of the certificate `<dir>/<kid>.pem`; a changed signature must fail.
+fn openssl_verifies_token(dir: &std::path::Path, alg: &str, kid: &str, token: &str) {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    let (ok, pubkey) = openssl(
+        &["x509", "-noout", "-pubkey", "-in"],
+        &dir.join(format!("{kid}.pem")),
+    );
+    assert!(ok, "{alg}: {pubkey}");
+    let pub_path = dir.join(format!("{kid}.pub.pem"));
+    let in_path = dir.join(format!("{kid}.signing-input"));
+    std::fs::write(&pub_path, pubkey).unwrap();
+    std::fs::write(&in_path, input).unwrap();
+    let digest = format!("-sha{}", &alg[2..]);
+    // JWS ECDSA signatures are r || s; OpenSSL wants the DER ECDSA-Sig-Value.
+    let sig = if alg.starts_with("ES") {
+        ecdsa_der(&sig)
+    } else {
+        sig
+    };
+    let run = |sig: &[u8]| {
+        let sig_path = dir.join(format!("{kid}.sig"));
+        std::fs::write(&sig_path, sig).unwrap();
+        let mut cmd = Command::new("openssl");
+        if alg == "EdDSA" {
+            cmd.args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+                .arg(&pub_path)
+                .arg("-in")
+                .arg(&in_path)
+                .arg("-sigfile")
+                .arg(&sig_path);
+        } else {
+            cmd.args(["dgst", &digest]);
+            if alg.starts_with("PS") {
+                // RFC 7518 §3.5: MGF1 with the same hash, salt as long as the hash.
+                cmd.args([
+                    "-sigopt",
+                    "rsa_padding_mode:pss",
+                    "-sigopt",
+                    "rsa_pss_saltlen:digest",
+                ]);
+            }
+            cmd.arg("-verify")
+                .arg(&pub_path)
+                .arg("-signature")
+                .arg(&sig_path)
+                .arg(&in_path);
+        }
+        let o = cmd.output().unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, text) = run(&sig);
+    assert!(ok, "{alg}: OpenSSL rejects the token's signature: {text}");
+    assert!(
+        text.contains("Verified OK") || text.contains("Signature Verified Successfully"),
+        "{alg}: {text}"
+    );
+    let mut bad = sig.clone();
+    let i = bad.len() - 8;
+    bad[i] ^= 0x01;
+    let (ok, text) = run(&bad);
+    assert!(!ok, "{alg}: OpenSSL accepted a changed signature: {text}");
+}
+
+/// DER `ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` of a JWS `r || s`.
+fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    fn len(n: usize) -> Vec<u8> {
+        match u8::try_from(n) {
+            Ok(b) if b < 0x80 => vec![b],
+            Ok(b) => vec![0x81, b],
+            Err(_) => panic!("ECDSA signature too long"),
+        }
+    }
+    fn int(x: &[u8]) -> Vec<u8> {
+        let x = match x.iter().position(|b| *b != 0) {
+            Some(i) => &x[i..],
+            None => &[0u8][..],
+        };
+        let mut v = if x[0] & 0x80 != 0 { vec![0] } else { vec![] };
+        v.extend_from_slice(x);
+        [vec![0x02], len(v.len()), v].concat()
+    }
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let body = [int(r), int(s)].concat();
+    [vec![0x30], len(body.len()), body].concat()
 }
 
 /// The DER of every `-----BEGIN <label>-----` block in `text` (other lines ignored).
