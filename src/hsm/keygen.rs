@@ -37,6 +37,9 @@ pub(crate) fn generate_in(
         Attribute::Sign(true),
         Attribute::Decrypt(false),
         Attribute::Derive(false),
+        // SoftHSM2 defaults CKA_UNWRAP to true on RSA private keys (pkcs11-tool showed
+        // "Usage: sign, unwrap"); a signing key must not import wrapped keys either.
+        Attribute::Unwrap(false),
         Attribute::Id(id),
         Attribute::Label(label),
     ];

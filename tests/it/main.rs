@@ -7,6 +7,7 @@ mod common;
 
 mod apps;
 mod certs;
+mod clients;
 mod compat;
 mod faults;
 mod hostile;
