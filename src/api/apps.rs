@@ -319,6 +319,7 @@ async fn rotate(
         .keys
         .rotate(&id, crate::keys::RotationKind::Manual)
         .await?;
+    super::layers::record_kid(&r.current.kid);
     Ok(Json(json!({
         "current": wire::key(&r.current),
         "next": wire::key(&r.next),

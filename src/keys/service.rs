@@ -399,11 +399,12 @@ impl KeyService {
             tx.commit().await?;
             self.after_change(app_id).await?;
             info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
-            let action = match kind {
-                RotationKind::Manual => "key.rotate",
-                RotationKind::Scheduled => "key.rotate_scheduled",
-                RotationKind::Repair => "key.rotate_repair",
+            let (action, metric) = match kind {
+                RotationKind::Manual => ("key.rotate", "graceful"),
+                RotationKind::Scheduled => ("key.rotate_scheduled", "scheduled"),
+                RotationKind::Repair => ("key.rotate_repair", "repair"),
             };
+            crate::metrics::rotation(metric);
             self.inner
                 .audit
                 .record(action, app_id, "ok", serde_json::json!({"current": outcome.0.to_string(), "next": outcome.1.to_string()}))
@@ -611,6 +612,7 @@ impl KeyService {
             self.after_change(app_id).await?;
             self.destroy_objects(&[kid]).await;
             warn!(app_id, %kid, revoked_tokens, "key revoked");
+            crate::metrics::revocation("key");
             self.inner
                 .audit
                 .record(
@@ -701,6 +703,7 @@ impl KeyService {
                 revoked_tokens,
                 "emergency rotation"
             );
+            crate::metrics::rotation("emergency");
             self.inner
                 .audit
                 .record(
@@ -860,6 +863,6 @@ impl KeyService {
 
 impl From<sqlx::Error> for KeyError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Db(e))
+        Self::Store(StoreError::from(e))
     }
 }

@@ -177,6 +177,7 @@ async fn rotate(
         .rotate(&id, crate::keys::RotationKind::Manual)
         .await
         .map_err(ApiError::from)?;
+    crate::api::layers::record_kid(&r.current.kid);
     Ok((
         StatusCode::CREATED,
         Json(key_shape(&r.next, &app.subject_dn)?),
