@@ -266,7 +266,7 @@ pub fn set_hsm_pool(size: usize, in_use: usize) {
     }
 }
 
-/// Spare keys per spec, read from the store at scrape time (specs absent are dropped).
+/// Spare keys per spec, read from the store at scrape time (specs not listed are dropped).
 pub fn set_spare_keys(counts: &[(KeySpec, usize)]) {
     let Some(m) = m() else { return };
     m.spare_keys.reset();

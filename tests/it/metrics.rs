@@ -82,6 +82,44 @@ async fn counters_after_a_known_sequence() {
         !app.active(&id, &pk, &tokens[0]).await,
         "signed by the revoked key"
     );
+    // One revocation at each other grain (the first tokens died with their key: revoking
+    // one of them revokes nothing, and counts nothing), and an emergency rotation.
+    let (s, _) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/revoke"),
+            Some(json!({"token": tokens[1]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let fresh = app.issue(&id, &pk, json!({"sub": "u9"})).await;
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/revoke"),
+            Some(json!({"token": fresh["token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "revoke token: {v}");
+    let (s, v) = app
+        .bearer(&pk, "DELETE", &format!("/apps/{id}/sessions?sub=u2"), None)
+        .await;
+    assert_eq!(s, 200, "logout: {v}");
+    let (s, v) = app
+        .bearer(&pk, "POST", &format!("/apps/{id}/tokens/flush"), None)
+        .await;
+    assert_eq!(s, 200, "flush: {v}");
+    let (s, v) = app
+        .call(
+            "GET",
+            &format!("/root/{id}/rotate/pki"),
+            Some(&app.root_key),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "emergency: {v}");
     let (s, _) = app.call("GET", "/no/such/route-s3cr3t", None, None).await;
     assert_eq!(s, 404);
     let (s, _) = app.call("BREW", "/coffee", None, None).await;
@@ -108,11 +146,15 @@ async fn counters_after_a_known_sequence() {
     // is counted after it answered, and the last audit read after that.
     let mut want = BTreeMap::from([
         (http("/apps", "POST", 201), 1.0),
-        (http("/apps/{id}/tokens", "POST", 201), 3.0),
+        (http("/apps/{id}/tokens", "POST", 201), 4.0),
         (http("/apps/{id}/keys/rotate", "POST", 200), 1.0),
         (http("/apps/{id}/keys", "GET", 200), 1.0),
         (http("/apps/{id}/keys/{kid}/revoke", "POST", 200), 1.0),
         (http("/apps/{id}/tokens/introspect", "POST", 200), 1.0),
+        (http("/apps/{id}/tokens/revoke", "POST", 200), 2.0),
+        (http("/apps/{id}/sessions", "DELETE", 200), 1.0),
+        (http("/apps/{id}/tokens/flush", "POST", 200), 1.0),
+        (http("/root/{app_id}/rotate/pki", "GET", 200), 1.0),
         (http("unmatched", "GET", 404), 1.0),
         (http("unmatched", "OTHER", 404), 1.0),
         (http("/audit", "GET", 200), f64::from(audit_calls - 1)),
@@ -132,11 +174,19 @@ async fn counters_after_a_known_sequence() {
 
     assert_eq!(
         samples(&text, "hsm_rotator_rotations_total"),
-        BTreeMap::from([("kind=graceful".to_owned(), 1.0)])
+        BTreeMap::from([
+            ("kind=emergency".to_owned(), 1.0),
+            ("kind=graceful".to_owned(), 1.0)
+        ])
     );
     assert_eq!(
         samples(&text, "hsm_rotator_revocations_total"),
-        BTreeMap::from([("grain=key".to_owned(), 1.0)])
+        BTreeMap::from([
+            ("grain=app".to_owned(), 1.0),
+            ("grain=key".to_owned(), 1.0),
+            ("grain=subject".to_owned(), 1.0),
+            ("grain=token".to_owned(), 1.0),
+        ])
     );
     assert_eq!(
         samples(&text, "hsm_rotator_audit_records_appended_total"),
@@ -146,9 +196,9 @@ async fn counters_after_a_known_sequence() {
     assert!(samples(&text, "hsm_rotator_hsm_errors_total").is_empty());
     assert!(samples(&text, "hsm_rotator_store_errors_total").is_empty());
 
-    // Three issuances signed with ES256 (certificates are signed too, so at least three).
+    // Four issuances signed with ES256 (certificates are signed too, so at least four).
     let signed = samples(&text, "hsm_rotator_hsm_sign_duration_seconds_count");
-    assert!(signed["alg=ES256"] >= 3.0, "{signed:?}");
+    assert!(signed["alg=ES256"] >= 4.0, "{signed:?}");
     assert_eq!(signed["alg=RS256"], 0.0);
     let buckets = samples(&text, "hsm_rotator_hsm_sign_duration_seconds_bucket");
     assert_eq!(buckets["alg=ES256,le=+Inf"], signed["alg=ES256"]);
@@ -160,6 +210,7 @@ async fn counters_after_a_known_sequence() {
     );
     assert!(samples(&text, "hsm_rotator_hsm_pool_sessions_in_use").contains_key(""));
     let spares = samples(&text, "hsm_rotator_spare_keys");
+    // The app's spec is listed even when the emergency rotation took its last spares.
     assert!(spares.contains_key("alg=ES256,rsa_bits=0"), "{spares:?}");
 }
 
