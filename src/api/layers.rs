@@ -59,6 +59,11 @@ fn loggable(v: &str) -> Option<&str> {
     .then_some(v)
 }
 
+/// Record the app on the current request's span, when the path did not name it (creation).
+pub(crate) fn record_app(app_id: &str) {
+    tracing::Span::current().record("app", tracing::field::display(app_id));
+}
+
 /// Record `kid` on the current request's span (a no-op outside one). Handlers call it when
 /// they learn which key signed, was revoked or became current.
 pub(crate) fn record_kid(kid: &dyn std::fmt::Display) {
@@ -107,11 +112,11 @@ pub(crate) async fn request_context(
             if APP_PARAMS.contains(&name)
                 && let Some(v) = loggable(value)
             {
-                span.record("app", v);
+                span.record("app", tracing::field::display(v));
             } else if KID_PARAMS.contains(&name)
                 && let Some(v) = loggable(value)
             {
-                span.record("kid", v);
+                span.record("kid", tracing::field::display(v));
             }
         }
     }
