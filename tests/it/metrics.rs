@@ -270,3 +270,44 @@ async fn json_logs_carry_route_app_and_kid_but_no_token() {
     let payload = token.split('.').nth(1).unwrap();
     assert!(!log.contains(payload), "a token payload reached the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_failures_are_counted_by_ckr_code() {
+    let app = TestApp::spawn("metrics_hsm_errors", Engine::Sqlite).await;
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Away", "signing_alg": "ES256"}))
+        .await;
+    app.issue(&id, &pk, json!({"sub": "x"})).await;
+    assert!(samples(&scrape(&app).await, "hsm_rotator_hsm_errors_total").is_empty());
+
+    // The token directory goes away (as in faults.rs): issuance fails with a 503.
+    let tokens = app.token.path().join("hsm/tokens");
+    let away = app.token.path().join("hsm/tokens.away");
+    std::fs::rename(&tokens, &away).unwrap();
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens"),
+            Some(json!({"claims": {}})),
+        )
+        .await;
+    std::fs::rename(&away, &tokens).unwrap();
+    assert_eq!(s, 503, "{v}");
+
+    let text = scrape(&app).await;
+    let errors = samples(&text, "hsm_rotator_hsm_errors_total");
+    assert!(!errors.is_empty(), "no HSM error counted");
+    for (labels, n) in &errors {
+        let code = labels.strip_prefix("code=").unwrap();
+        assert!(
+            code == "library" || code.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{labels}"
+        );
+        assert!(*n >= 1.0);
+    }
+    assert_eq!(
+        samples(&text, "hsm_rotator_http_requests_total")[&http("/apps/{id}/tokens", "POST", 503)],
+        1.0
+    );
+}
