@@ -60,6 +60,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Per-address limit on authentication failures.
     pub limiter: Arc<crate::api::AuthLimiter>,
+    /// What `GET /metrics` exposes.
+    pub metrics: prometheus::Registry,
 }
 
 impl AppState {
@@ -124,6 +126,7 @@ impl AppState {
             tokens,
             clock,
             limiter: Arc::default(),
+            metrics: crate::metrics::registry().context("Failed to set up metrics")?,
             settings: Arc::new(Settings {
                 public_url: cfg.public_url.clone(),
                 jwks_max_age: cfg.jwks_max_age,

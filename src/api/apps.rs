@@ -189,6 +189,7 @@ async fn create(
     require_root(&state, cred.as_deref()).await?;
     let row = new_app_row(req, String::new(), 0, 0)?;
     let created = state.keys.create_app(row).await?;
+    super::layers::record_app(&created.app.id);
     let mut body = wire::app(&created.app, &state.issuer(&host, &created.app.id));
     if let Value::Object(m) = &mut body {
         m.insert("access_token".into(), created.access_token.expose().into());
@@ -319,6 +320,7 @@ async fn rotate(
         .keys
         .rotate(&id, crate::keys::RotationKind::Manual)
         .await?;
+    super::layers::record_kid(&r.current.kid);
     Ok(Json(json!({
         "current": wire::key(&r.current),
         "next": wire::key(&r.next),

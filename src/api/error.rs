@@ -208,7 +208,7 @@ impl From<crate::jwt::service::TokenError> for ApiError {
             },
             T::InvalidRefresh => Self::bad_request("invalid_grant", e.to_string()),
             T::RefreshReused => Self::bad_request("refresh_token_reused", e.to_string()),
-            T::Ledger(m) => Self::Store(crate::store::StoreError::Corrupt(format!("ledger: {m}"))),
+            T::Ledger(m) => Self::Store(crate::store::StoreError::corrupt(format!("ledger: {m}"))),
             T::Store(e) => Self::Store(e),
             T::Hsm(e) => Self::Hsm(e),
         }

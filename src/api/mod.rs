@@ -14,6 +14,7 @@ mod audit;
 mod health;
 mod jwks;
 mod layers;
+mod metrics;
 mod tokens;
 pub mod wire;
 
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(audit::router())
+        .merge(metrics::router())
         .layer(from_fn(error::log_errors))
         .layer(from_fn(layers::request_context))
         .with_state(state)

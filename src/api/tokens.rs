@@ -99,6 +99,7 @@ async fn issue(
         .tokens
         .issue(&app, req.claims, &native_opts(&state, &host, &id, req.ttl))
         .await?;
+    super::layers::record_kid(&issued.kid);
     Ok((
         StatusCode::CREATED,
         super::no_store(),
@@ -122,6 +123,7 @@ async fn refresh(
             &native_opts(&state, &host, &id, None),
         )
         .await?;
+    super::layers::record_kid(&issued.kid);
     Ok((
         StatusCode::OK,
         super::no_store(),

@@ -77,8 +77,19 @@ pub(crate) fn recovery(err: &CkError) -> Recovery {
     }
 }
 
-/// The one CKR → [`HsmError`] mapping.
+/// Count a failed PKCS#11 call in `hsm_rotator_hsm_errors_total` by its CKR name. Called
+/// once per failure: by [`map`], and by the pool for the failures it recovers from (which
+/// are never mapped).
+pub(crate) fn count(err: &CkError) {
+    match rv(err) {
+        Some(rv) => crate::metrics::hsm_error(&format!("{rv:?}")),
+        None => crate::metrics::hsm_error("library"),
+    }
+}
+
+/// The one CKR → [`HsmError`] mapping (which counts the failure, see [`count`]).
 pub(crate) fn map(err: CkError) -> HsmError {
+    count(&err);
     match rv(&err) {
         Some(
             RvError::DeviceError

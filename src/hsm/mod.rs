@@ -101,12 +101,14 @@ impl Hsm {
         &self,
         f: impl FnOnce(&Core) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, HsmError> {
+        let asked = std::time::Instant::now();
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| HsmError::Worker)?;
+        crate::metrics::hsm_pool_wait(asked.elapsed().as_secs_f64());
         let core = self.core.clone();
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -143,9 +145,12 @@ impl Hsm {
     /// cannot be reached.
     pub async fn sign(&self, kid: Kid, alg: Algorithm, data: Vec<u8>) -> Result<Vec<u8>, HsmError> {
         self.blocking(move |core| {
-            core.run(Some(kid), |core, s| {
+            let started = std::time::Instant::now();
+            let sig = core.run(Some(kid), |core, s| {
                 sign::sign_in(core, s, &kid, alg, &data)
-            })
+            });
+            crate::metrics::hsm_sign(alg, started.elapsed().as_secs_f64());
+            sig
         })
         .await
     }
@@ -160,8 +165,12 @@ impl Hsm {
         alg: Algorithm,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        self.core
-            .run(Some(kid), |core, s| sign::sign_in(core, s, &kid, alg, data))
+        let started = std::time::Instant::now();
+        let sig = self
+            .core
+            .run(Some(kid), |core, s| sign::sign_in(core, s, &kid, alg, data));
+        crate::metrics::hsm_sign(alg, started.elapsed().as_secs_f64());
+        sig
     }
 
     /// Read `kid`'s public half.

@@ -238,6 +238,7 @@ impl Core {
                         return Err(map(e));
                     }
                     retried = true;
+                    super::error::count(&e);
                     warn!(error = %e, ?how, "PKCS#11 call failed; recovering and retrying once");
                     match how {
                         Recovery::Handle => {

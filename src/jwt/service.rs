@@ -459,7 +459,7 @@ impl TokenService {
     ) -> Result<Issued, TokenError> {
         let store = &self.inner.store;
         let claims: Map<String, Value> =
-            serde_json::from_str(&row.claims).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            serde_json::from_str(&row.claims).map_err(|e| StoreError::corrupt(e.to_string()))?;
         let issued = self
             .sign_pair(app, claims, app.token_ttl, Some(row.family.clone()), opts)
             .await?;
@@ -675,6 +675,7 @@ impl TokenService {
             for (jti, exp) in denied {
                 self.inner.registry.denied(jti, exp).await;
             }
+            crate::metrics::revocation("token");
             self.inner
                 .audit
                 .record(
@@ -698,6 +699,7 @@ impl TokenService {
         store.deny_jti(&mut tx, jti, &app.id, exp).await?;
         tx.commit().await?;
         self.inner.registry.denied(jti.to_owned(), exp).await;
+        crate::metrics::revocation("token");
         self.inner
             .audit
             .record(
@@ -733,6 +735,7 @@ impl TokenService {
             .registry
             .subject_logged_out(&app.id, &sub_hash, cutoff)
             .await;
+        crate::metrics::revocation("subject");
         self.inner
             .audit
             .record(
@@ -762,6 +765,7 @@ impl TokenService {
             .registry
             .patch_app(&app.id, |a| a.cutoff = Some(cutoff));
         self.inner.registry.app_changed(&app.id).await;
+        crate::metrics::revocation("app");
         self.inner
             .audit
             .record("app.flush", &app.id, "ok", serde_json::json!({}))
@@ -815,6 +819,7 @@ impl TokenService {
         for (j, e) in denied {
             self.inner.registry.denied(j, e).await;
         }
+        crate::metrics::revocation("token");
         self.inner
             .audit
             .record(
@@ -830,6 +835,6 @@ impl TokenService {
 
 impl From<sqlx::Error> for TokenError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Db(e))
+        Self::Store(StoreError::from(e))
     }
 }

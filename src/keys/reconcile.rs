@@ -36,6 +36,18 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
+    /// Add this pass's repairs to `hsm_rotator_reconciler_actions_total`.
+    fn count(&self) {
+        use crate::metrics::reconciler_actions as n;
+        n("pending_finished", self.pending_finished.len());
+        n("pending_undone", self.pending_undone.len());
+        n("orphan_destroyed", self.orphans_destroyed.len());
+        n("missing", self.missing.len());
+        n("replaced", self.replaced.len());
+        n("destroy_retried", self.destroys_retried.len());
+        n("certified", self.certified_apps.len());
+    }
+
     /// Number of actions (or, in a dry run, findings).
     pub fn actions(&self) -> usize {
         self.pending_finished.len()
@@ -197,6 +209,7 @@ pub async fn reconcile(
             "reconciler pass"
         );
         if !dry_run {
+            report.count();
             let details = serde_json::to_value(&report).unwrap_or_default();
             keys.audit().record("reconcile", "hsm", "ok", details).await;
         }

@@ -66,10 +66,10 @@ fn live_key(row: KeyRow) -> Result<LiveKey, StoreError> {
     let spki = row
         .spki
         .as_deref()
-        .ok_or_else(|| StoreError::Corrupt(format!("key {} has no public key", row.kid)))?;
-    let public = PublicKey::from_spki_der(spki).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        .ok_or_else(|| StoreError::corrupt(format!("key {} has no public key", row.kid)))?;
+    let public = PublicKey::from_spki_der(spki).map_err(|e| StoreError::corrupt(e.to_string()))?;
     let verifier =
-        Verifier::new(&public, row.algorithm).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Verifier::new(&public, row.algorithm).map_err(|e| StoreError::corrupt(e.to_string()))?;
     Ok(LiveKey {
         row,
         public,

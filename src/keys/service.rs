@@ -422,11 +422,12 @@ impl KeyService {
             tx.commit().await?;
             self.after_change(app_id).await;
             info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
-            let action = match kind {
-                RotationKind::Manual => "key.rotate",
-                RotationKind::Scheduled => "key.rotate_scheduled",
-                RotationKind::Repair => "key.rotate_repair",
+            let (action, metric) = match kind {
+                RotationKind::Manual => ("key.rotate", "graceful"),
+                RotationKind::Scheduled => ("key.rotate_scheduled", "scheduled"),
+                RotationKind::Repair => ("key.rotate_repair", "repair"),
             };
+            crate::metrics::rotation(metric);
             self.inner
                 .audit
                 .record(action, app_id, "ok", serde_json::json!({"current": outcome.0.to_string(), "next": outcome.1.to_string()}))
@@ -644,6 +645,7 @@ impl KeyService {
             self.after_change(app_id).await;
             self.destroy_objects(&[kid]).await;
             warn!(app_id, %kid, revoked_tokens, "key revoked");
+            crate::metrics::revocation("key");
             self.inner
                 .audit
                 .record(
@@ -737,6 +739,7 @@ impl KeyService {
                 revoked_tokens,
                 "emergency rotation"
             );
+            crate::metrics::rotation("emergency");
             self.inner
                 .audit
                 .record(
@@ -903,6 +906,6 @@ impl KeyService {
 
 impl From<sqlx::Error> for KeyError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Db(e))
+        Self::Store(StoreError::from(e))
     }
 }

@@ -86,7 +86,7 @@ fn app_from_row(r: &AnyRow) -> Result<AppRow, StoreError> {
         description: r.try_get("description")?,
         signing_alg: alg
             .parse()
-            .map_err(|_| StoreError::Corrupt(format!("app algorithm {alg:?}")))?,
+            .map_err(|_| StoreError::corrupt(format!("app algorithm {alg:?}")))?,
         rsa_bits: u32::try_from(r.try_get::<i64, _>("rsa_bits")?).unwrap_or(0),
         rotation_period: r.try_get("rotation_period")?,
         verification_ttl: r.try_get("verification_ttl")?,

@@ -112,6 +112,7 @@ impl Store {
             match ins {
                 Ok(_) => {
                     tx.commit().await?;
+                    crate::metrics::audit_appended();
                     return Ok(r);
                 }
                 Err(e) => {
@@ -121,7 +122,7 @@ impl Store {
                 }
             }
         }
-        Err(StoreError::Db(
+        Err(StoreError::from(
             last_err.unwrap_or(sqlx::Error::PoolTimedOut),
         ))
     }

@@ -1,4 +1,5 @@
-//! Store errors.
+//! Store errors. Each one is counted once, where it is made, in
+//! `hsm_rotator_store_errors_total` (by kind).
 
 /// A store operation failed. Every state change is one transaction, so a failure leaves
 /// nothing half-applied.
@@ -7,11 +8,33 @@
 pub enum StoreError {
     /// The database driver failed (connection lost, constraint, I/O).
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[source] sqlx::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] sqlx::migrate::MigrateError),
     /// A row held a value the service cannot interpret.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::metrics::store_error("db");
+        Self::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        crate::metrics::store_error("migrate");
+        Self::Migrate(e)
+    }
+}
+
+impl StoreError {
+    /// A row the service cannot interpret (counted like every store error).
+    pub(crate) fn corrupt(what: impl Into<String>) -> Self {
+        crate::metrics::store_error("corrupt");
+        Self::Corrupt(what.into())
+    }
 }

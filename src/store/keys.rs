@@ -62,13 +62,13 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRow, StoreError> {
     Ok(KeyRow {
         kid: kid
             .parse()
-            .map_err(|_| StoreError::Corrupt(format!("kid {kid:?}")))?,
+            .map_err(|_| StoreError::corrupt(format!("kid {kid:?}")))?,
         app_id: r.try_get("app_id")?,
         algorithm: alg
             .parse()
-            .map_err(|_| StoreError::Corrupt(format!("key algorithm {alg:?}")))?,
+            .map_err(|_| StoreError::corrupt(format!("key algorithm {alg:?}")))?,
         rsa_bits: u32::try_from(r.try_get::<i64, _>("rsa_bits")?).unwrap_or(0),
-        state: state.parse().map_err(StoreError::Corrupt)?,
+        state: state.parse().map_err(StoreError::corrupt)?,
         spki: r.try_get("spki")?,
         cert: r.try_get("cert")?,
         fingerprint: r.try_get("fingerprint")?,

@@ -64,7 +64,7 @@ impl Store {
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+                StoreError::corrupt(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
         let opts = AnyConnectOptions::from_str(url)?;

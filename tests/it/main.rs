@@ -12,6 +12,7 @@ mod compat;
 mod faults;
 mod hostile;
 mod hygiene;
+mod metrics;
 mod replicas;
 mod revocation;
 mod rotation;

@@ -164,6 +164,7 @@ async fn rotate(
         .rotate_with(&id, crate::keys::RotationKind::Manual, policy.as_ref())
         .await
         .map_err(ApiError::from)?;
+    crate::api::layers::record_kid(&r.current.kid);
     Ok((
         StatusCode::CREATED,
         Json(key_shape(&r.next, &app.subject_dn)?),

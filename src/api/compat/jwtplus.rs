@@ -526,6 +526,9 @@ async fn root_rotate_pki(
         .emergency_rotate(&app.id)
         .await
         .map_err(ApiError::from)?;
+    if let Some(k) = &r.current {
+        crate::api::layers::record_kid(&k.kid);
+    }
     let current = r.current.as_ref();
     Ok(Json(json!({
         "app_id": app.id,
@@ -687,6 +690,7 @@ async fn app_sign(
         .issue(&app, m, &opts(&state, &host, &app.id, meta))
         .await
         .map_err(ApiError::from)?;
+    crate::api::layers::record_kid(&issued.kid);
     Ok((
         crate::api::no_store(),
         Json(pair_body(&state, issued.kid, &issued)),
@@ -748,11 +752,14 @@ async fn app_renew(
         .refresh(&app, &rt, &opts(&state, &host, &app.id, meta))
         .await
     {
-        Ok(issued) => Ok((
-            crate::api::no_store(),
-            Json(pair_body(&state, issued.kid, &issued)),
-        )
-            .into_response()),
+        Ok(issued) => {
+            crate::api::layers::record_kid(&issued.kid);
+            Ok((
+                crate::api::no_store(),
+                Json(pair_body(&state, issued.kid, &issued)),
+            )
+                .into_response())
+        }
         Err(
             crate::jwt::service::TokenError::InvalidRefresh
             | crate::jwt::service::TokenError::RefreshReused,
