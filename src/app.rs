@@ -60,6 +60,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Per-address limit on authentication failures.
     pub limiter: Arc<crate::api::AuthLimiter>,
+    /// What this process's scheduler last did (replica id, leader, last tick).
+    pub scheduler: Arc<crate::keys::scheduler::SchedulerStatus>,
 }
 
 impl AppState {
@@ -124,6 +126,7 @@ impl AppState {
             tokens,
             clock,
             limiter: Arc::default(),
+            scheduler: Arc::default(),
             settings: Arc::new(Settings {
                 public_url: cfg.public_url.clone(),
                 jwks_max_age: cfg.jwks_max_age,
@@ -197,7 +200,8 @@ impl Application {
             state.keys.clone(),
             RECONCILE_EVERY,
             PENDING_GRACE,
-        );
+        )
+        .with_status(state.scheduler.clone());
         tokio::spawn(scheduler.run(Duration::from_secs(cfg.scheduler_interval)));
         let router = crate::api::router(state.clone());
         let listener = TcpListener::bind(&cfg.listen)

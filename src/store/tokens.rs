@@ -202,6 +202,67 @@ impl Store {
         Ok((tokens, subjects))
     }
 
+    /// Live (unexpired) tokens and distinct subjects of one app, per signing key:
+    /// `(kid, tokens, subjects)`, for the blast-radius preview (same counting as the
+    /// report of a revocation).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_tokens_by_kid(
+        &self,
+        app_id: &str,
+        now: i64,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens \
+             WHERE app_id = $1 AND exp > $2 GROUP BY kid",
+        )
+        .bind(app_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kid")?, r.try_get("n")?, r.try_get("s")?)))
+            .collect()
+    }
+
+    /// Live (unexpired) tokens and distinct subjects of one app, all keys together.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_tokens_of_app(
+        &self,
+        app_id: &str,
+        now: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens WHERE app_id = $1 AND exp > $2",
+        )
+        .bind(app_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((r.try_get("n")?, r.try_get("s")?))
+    }
+
+    /// Live (unexpired) tokens per app, for the app list.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_token_counts_per_app(
+        &self,
+        now: i64,
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let rows =
+            sqlx::query("SELECT app_id, COUNT(*) AS n FROM tokens WHERE exp > $1 GROUP BY app_id")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("app_id")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// Put `jti` on the deny-list until `exp`.
     ///
     /// # Errors
