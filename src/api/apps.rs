@@ -412,23 +412,24 @@ async fn revoke(
 ///
 /// Response 200:
 /// `{"app_id", "live_tokens", "subjects", "keys": [{"kid", "state", "live_tokens", "subjects"}]}`
-/// where the totals cover every key of the app (an emergency rotation) and `keys` lists
-/// the published keys (`next`, `current`, `previous`), each with the unexpired tokens it
-/// signed and their distinct subjects (a key revocation). Counting is the same as in the
-/// revocation's own report (`revoked_tokens`, `affected_subjects`). 401/403 without the
-/// root key, 404 for an unknown app.
+/// where the totals cover every key of the app (an emergency rotation or a flush) and
+/// `keys` lists the published keys (`next`, `current`, `previous`), each with the tokens
+/// it signed and their distinct subjects (a key revocation). Only tokens that still
+/// verify count: unexpired, not revoked one by one, issued after the app's cut-off, signed
+/// by a published key. 401/403 without the root key, 404 for an unknown app.
 async fn blast_radius(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
-    existing_app(&state, &id).await?;
+    let app = existing_app(&state, &id).await?;
     let now = state.clock.now();
-    let (live_tokens, subjects) = state.store.live_tokens_of_app(&id, now).await?;
+    let cutoff = app.cutoff.as_deref();
+    let (live_tokens, subjects) = state.store.live_tokens_of_app(&id, now, cutoff).await?;
     let per_kid: HashMap<String, (i64, i64)> = state
         .store
-        .live_tokens_by_kid(&id, now)
+        .live_tokens_by_kid(&id, now, cutoff)
         .await?
         .into_iter()
         .map(|(kid, n, s)| (kid, (n, s)))

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use serde::Deserialize;
@@ -56,9 +57,10 @@ fn nonempty(s: Option<String>) -> Option<String> {
 async fn page(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    Query(p): Query<Page>,
+    query: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
+    let Query(p) = query.map_err(|e| ApiError::bad_request("invalid_page", e.body_text()))?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || p.after < 0 || p.before < 0 {
         return Err(ApiError::bad_request(

@@ -4,6 +4,11 @@ use sqlx::Row as _;
 
 use super::{Store, StoreError, Tx, opt_i64};
 
+/// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
+const LIVE: &str = "t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
+    AND t.kid IN (SELECT k.kid FROM keys k WHERE k.app_id = $1 AND k.state IN ('next', 'current', 'previous')) \
+    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti)";
+
 /// One issued JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerRow {
@@ -202,9 +207,10 @@ impl Store {
         Ok((tokens, subjects))
     }
 
-    /// Live (unexpired) tokens and distinct subjects of one app, per signing key:
-    /// `(kid, tokens, subjects)`, for the blast-radius preview (same counting as the
-    /// report of a revocation).
+    /// Tokens of one app that still verify, per signing key: `(kid, tokens, subjects)`, for
+    /// the blast-radius preview. "Still verify" means unexpired, not on the deny-list,
+    /// issued at or after the app's cut-off `cutoff` (a ULID; tokens whose `jti` sorts
+    /// before it are rejected) and signed by a published key.
     ///
     /// # Errors
     /// Database failures.
@@ -212,21 +218,24 @@ impl Store {
         &self,
         app_id: &str,
         now: i64,
+        cutoff: Option<&str>,
     ) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens \
-             WHERE app_id = $1 AND exp > $2 GROUP BY kid",
-        )
-        .bind(app_id)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT t.kid, COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE {LIVE} GROUP BY t.kid"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app_id)
+            .bind(now)
+            .bind(cutoff.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("kid")?, r.try_get("n")?, r.try_get("s")?)))
             .collect()
     }
 
-    /// Live (unexpired) tokens and distinct subjects of one app, all keys together.
+    /// Tokens of one app that still verify (as in [`Self::live_tokens_by_kid`]) and their
+    /// distinct subjects, all keys together.
     ///
     /// # Errors
     /// Database failures.
@@ -234,14 +243,17 @@ impl Store {
         &self,
         app_id: &str,
         now: i64,
+        cutoff: Option<&str>,
     ) -> Result<(i64, i64), StoreError> {
-        let r = sqlx::query(
-            "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens WHERE app_id = $1 AND exp > $2",
-        )
-        .bind(app_id)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE {LIVE}"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app_id)
+            .bind(now)
+            .bind(cutoff.unwrap_or(""))
+            .fetch_one(&self.pool)
+            .await?;
         Ok((r.try_get("n")?, r.try_get("s")?))
     }
 

@@ -214,6 +214,15 @@ try {
   await page.goto(`${base}/console/#/apps/${appId}`);
   await page.locator('#timeline svg g.row').first().waitFor();
   await page.screenshot({ path: `${WORK}/phone-timeline.png`, fullPage: true });
+  // Emergency rotation shows the app's whole blast radius; Escape cancels, nothing changes.
+  const keysBefore = (await call(base, 'GET', `/apps/${appId}/keys`, rootKey)).json.keys;
+  await page.getByRole('button', { name: 'Emergency rotation' }).click();
+  await dialog.getByText(/live token/).waitFor();
+  await page.screenshot({ path: `${WORK}/phone-confirm.png` });
+  await page.keyboard.press('Escape');
+  await dialog.waitFor({ state: 'hidden' });
+  const keysAfter = (await call(base, 'GET', `/apps/${appId}/keys`, rootKey)).json.keys;
+  assert.deepEqual(keysAfter, keysBefore, 'a cancelled confirmation changes nothing');
   await page.setViewportSize({ width: 1280, height: 800 });
   await page.screenshot({ path: `${WORK}/desk-app.png`, fullPage: true });
 

@@ -8,6 +8,7 @@ mod common;
 mod apps;
 mod certs;
 mod compat;
+mod console;
 mod faults;
 mod hostile;
 mod hygiene;
