@@ -77,6 +77,7 @@ async function signIn(ev) {
   const input = $('root-key');
   const key = input.value.trim();
   $('signin-error').textContent = '';
+  $('signin-error').className = 'error';
   if (!key) return;
   setRootKey(key);
   try {
@@ -104,9 +105,14 @@ function signOut(msg) {
   state.healthTimer = null;
   $('apps-list').replaceChildren();
   $('audit-list').replaceChildren();
+  clearTimeout(toastTimer);
+  $('toast').className = 'toast';
   location.hash = '#/signin';
   route();
-  if (msg) $('signin-error').textContent = msg;
+  if (msg) {
+    $('signin-error').textContent = msg;
+    $('signin-error').className = 'note';
+  }
 }
 
 // ---------- health strip ----------

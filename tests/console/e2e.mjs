@@ -94,6 +94,8 @@ try {
 
   // Sign in (a wrong key first).
   await page.goto(`${base}/console`);
+  await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await page.screenshot({ path: `${WORK}/desk-signin.png` });
   await page.getByLabel('Root key').fill('rk_not-the-key');
   await page.getByLabel('Root key').press('Enter');
   await page.getByText('That is not the root key.').waitFor();
@@ -117,6 +119,7 @@ try {
   const secret = page.locator('#secret-value');
   await secret.waitFor();
   const accessToken = await secret.inputValue();
+  await page.screenshot({ path: `${WORK}/desk-secret.png` });
   assert.match(accessToken, /^pk_/);
   await page.getByRole('button', { name: 'I have stored it' }).click();
   const row = page.locator('.apps-table tbody tr', { hasText: 'Checkout' });
@@ -232,6 +235,8 @@ try {
   assert.equal(await page.evaluate(() => sessionStorage.getItem('hsm-rotator.root-key')), null);
   await page.goto(`${base}/console/#/apps`);
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: `${WORK}/phone-signin.png` });
   step('signed out');
 
   const foreign = requested.filter((u) => !u.startsWith(base));
