@@ -481,7 +481,7 @@ async function loadChain() {
     const v = await api('GET', '/audit/verify');
     el.className = `chain ${v.ok ? 'ok' : 'bad'}`;
     el.textContent = v.ok
-      ? `Chain intact: ${v.records} records, ${v.seals} HSM seals verified`
+      ? `Chain intact: ${v.records} record${v.records === 1 ? '' : 's'}, ${v.seals} HSM seal${v.seals === 1 ? '' : 's'} verified`
       : `Chain BROKEN at record ${v.broken.seq}: ${v.broken.what}`;
   } catch (e) {
     el.className = 'chain bad';

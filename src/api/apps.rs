@@ -183,14 +183,15 @@ struct AppStats {
 }
 
 impl AppStats {
-    async fn load(state: &AppState) -> Result<Self, ApiError> {
+    /// Figures for one app, or (`None`) every app.
+    async fn load(state: &AppState, app_id: Option<&str>) -> Result<Self, ApiError> {
         let mut keys: HashMap<String, Map<String, Value>> = HashMap::new();
-        for (app, st, n) in state.store.key_counts_per_app().await? {
+        for (app, st, n) in state.store.key_counts_per_app(app_id).await? {
             keys.entry(app).or_default().insert(st, n.into());
         }
         let live_tokens = state
             .store
-            .live_token_counts_per_app(state.clock.now())
+            .live_token_counts_per_app(app_id, state.clock.now())
             .await?;
         Ok(Self { keys, live_tokens })
     }
@@ -266,7 +267,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await?;
-    let stats = AppStats::load(&state).await?;
+    let stats = AppStats::load(&state, None).await?;
     Ok(Json(
         json!({"apps": apps.iter().map(|a| app_view(&state, &host, a, Some(&stats))).collect::<Vec<_>>()}),
     ))
@@ -280,7 +281,7 @@ async fn show(
 ) -> Result<Json<Value>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
-    let stats = AppStats::load(&state).await?;
+    let stats = AppStats::load(&state, Some(&id)).await?;
     Ok(Json(app_view(&state, &host, &app, Some(&stats))))
 }
 

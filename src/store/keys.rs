@@ -351,14 +351,19 @@ impl Store {
     }
 
     /// Keys per app and state (every state an app's key can be in, retired and revoked
-    /// too): `(app_id, state, count)`, for the app list.
+    /// too): `(app_id, state, count)`, for one app or (`None`) all of them.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn key_counts_per_app(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn key_counts_per_app(
+        &self,
+        app_id: Option<&str>,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT app_id, state, COUNT(*) AS n FROM keys WHERE app_id IS NOT NULL GROUP BY app_id, state",
+            "SELECT app_id, state, COUNT(*) AS n FROM keys \
+             WHERE app_id IS NOT NULL AND ($1 = '' OR app_id = $1) GROUP BY app_id, state",
         )
+        .bind(app_id.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -257,19 +257,22 @@ impl Store {
         Ok((r.try_get("n")?, r.try_get("s")?))
     }
 
-    /// Live (unexpired) tokens per app, for the app list.
+    /// Unexpired tokens per app, for the app list: one app or (`None`) all of them.
     ///
     /// # Errors
     /// Database failures.
     pub async fn live_token_counts_per_app(
         &self,
+        app_id: Option<&str>,
         now: i64,
     ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
-        let rows =
-            sqlx::query("SELECT app_id, COUNT(*) AS n FROM tokens WHERE exp > $1 GROUP BY app_id")
-                .bind(now)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT app_id, COUNT(*) AS n FROM tokens WHERE exp > $1 AND ($2 = '' OR app_id = $2) GROUP BY app_id",
+        )
+        .bind(now)
+        .bind(app_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("app_id")?, r.try_get("n")?)))
             .collect()

@@ -206,6 +206,7 @@ try {
   const rec = page.locator('#audit-list li', { hasText: oldCurrent });
   await rec.waitFor();
   assert.ok((await rec.textContent()).includes('root'));
+  await page.screenshot({ path: `${WORK}/desk-audit.png` });
   step('audit entry seen');
 
   // Phone width, for a look (not committed).
