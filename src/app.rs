@@ -62,6 +62,8 @@ pub struct AppState {
     pub limiter: Arc<crate::api::AuthLimiter>,
     /// What `GET /metrics` exposes.
     pub metrics: prometheus::Registry,
+    /// What this process's scheduler last did (replica id, leader, last tick).
+    pub scheduler: Arc<crate::keys::scheduler::SchedulerStatus>,
 }
 
 impl AppState {
@@ -127,6 +129,7 @@ impl AppState {
             clock,
             limiter: Arc::default(),
             metrics: crate::metrics::registry().context("Failed to set up metrics")?,
+            scheduler: Arc::default(),
             settings: Arc::new(Settings {
                 public_url: cfg.public_url.clone(),
                 jwks_max_age: cfg.jwks_max_age,
@@ -200,7 +203,8 @@ impl Application {
             state.keys.clone(),
             RECONCILE_EVERY,
             PENDING_GRACE,
-        );
+        )
+        .with_status(state.scheduler.clone());
         tokio::spawn(scheduler.run(Duration::from_secs(cfg.scheduler_interval)));
         let router = crate::api::router(state.clone());
         let listener = TcpListener::bind(&cfg.listen)

@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
 use ulid::Ulid;
 
 use super::auth::{existing_app, require_root, require_root_or_app};
@@ -15,6 +17,7 @@ use super::extract::{ApiJson, Credential, HostHeader};
 use super::{ApiError, wire};
 use crate::alg::Algorithm;
 use crate::app::AppState;
+use crate::clock::rfc3339;
 use crate::keys::policy::{self, Policy};
 use crate::keys::{KeyState, Kid};
 use crate::store::{AppPolicy, AppRow};
@@ -172,10 +175,70 @@ fn key_summary(state: &AppState, app_id: &str) -> Value {
     })
 }
 
-fn app_view(state: &AppState, host: &HostHeader, a: &AppRow) -> Value {
+/// Per-app figures for the list and show views: keys per state and live tokens.
+#[derive(Debug, Default)]
+struct AppStats {
+    keys: HashMap<String, Map<String, Value>>,
+    live_tokens: HashMap<String, i64>,
+}
+
+impl AppStats {
+    /// Figures for one app, or (`None`) every app.
+    async fn load(state: &AppState, app_id: Option<&str>) -> Result<Self, ApiError> {
+        let mut keys: HashMap<String, Map<String, Value>> = HashMap::new();
+        for (app, st, n) in state.store.key_counts_per_app(app_id).await? {
+            keys.entry(app).or_default().insert(st, n.into());
+        }
+        let live_tokens = state
+            .store
+            .live_token_counts_per_app(app_id, state.clock.now())
+            .await?;
+        Ok(Self { keys, live_tokens })
+    }
+}
+
+/// Key states shown in `key_counts` (always all five, zero when none).
+const COUNTED_STATES: [KeyState; 5] = [
+    KeyState::Next,
+    KeyState::Current,
+    KeyState::Previous,
+    KeyState::Retired,
+    KeyState::Revoked,
+];
+
+fn app_view(state: &AppState, host: &HostHeader, a: &AppRow, stats: Option<&AppStats>) -> Value {
     let mut v = wire::app(a, &state.issuer(host, &a.id));
     if let Value::Object(m) = &mut v {
         m.insert("key_summary".into(), key_summary(state, &a.id));
+        if let Some(stats) = stats {
+            let counts = stats.keys.get(&a.id);
+            let key_counts: Map<String, Value> = COUNTED_STATES
+                .iter()
+                .map(|s| {
+                    let n = counts
+                        .and_then(|c| c.get(s.as_str()))
+                        .cloned()
+                        .unwrap_or_else(|| 0.into());
+                    (s.as_str().to_owned(), n)
+                })
+                .collect();
+            m.insert("key_counts".into(), key_counts.into());
+            let activated = state
+                .registry
+                .current(&a.id)
+                .and_then(|k| k.row.activated_at);
+            m.insert("last_rotation_at".into(), activated.map(rfc3339).into());
+            m.insert(
+                "next_rotation_at".into(),
+                activated
+                    .map(|t| rfc3339(t.saturating_add(a.rotation_period)))
+                    .into(),
+            );
+            m.insert(
+                "live_tokens".into(),
+                stats.live_tokens.get(&a.id).copied().unwrap_or(0).into(),
+            );
+        }
     }
     v
 }
@@ -205,8 +268,9 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await?;
+    let stats = AppStats::load(&state, None).await?;
     Ok(Json(
-        json!({"apps": apps.iter().map(|a| app_view(&state, &host, a)).collect::<Vec<_>>()}),
+        json!({"apps": apps.iter().map(|a| app_view(&state, &host, a, Some(&stats))).collect::<Vec<_>>()}),
     ))
 }
 
@@ -218,7 +282,8 @@ async fn show(
 ) -> Result<Json<Value>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
-    Ok(Json(app_view(&state, &host, &app)))
+    let stats = AppStats::load(&state, Some(&id)).await?;
+    Ok(Json(app_view(&state, &host, &app, Some(&stats))))
 }
 
 async fn patch(
@@ -280,7 +345,7 @@ async fn patch(
             },
         )
         .await?;
-    Ok(Json(app_view(&state, &host, &updated)))
+    Ok(Json(app_view(&state, &host, &updated, None)))
 }
 
 async fn delete(
@@ -345,11 +410,59 @@ async fn revoke(
     })))
 }
 
+/// `GET /apps/{id}/blast-radius` (root): what revoking a key or an emergency rotation
+/// would cut off, read from the token ledger before acting.
+///
+/// Response 200:
+/// `{"app_id", "live_tokens", "subjects", "keys": [{"kid", "state", "live_tokens", "subjects"}]}`
+/// where the totals cover every key of the app (an emergency rotation or a flush) and
+/// `keys` lists the published keys (`next`, `current`, `previous`), each with the tokens
+/// it signed and their distinct subjects (a key revocation). Only tokens that still
+/// verify count: unexpired, not revoked one by one, issued after the app's cut-off, signed
+/// by a published key. 401/403 without the root key, 404 for an unknown app.
+async fn blast_radius(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_root(&state, cred.as_deref()).await?;
+    let app = existing_app(&state, &id).await?;
+    let now = state.clock.now();
+    let cutoff = app.cutoff.as_deref();
+    let (live_tokens, subjects) = state.store.live_tokens_of_app(&id, now, cutoff).await?;
+    let per_kid: HashMap<String, (i64, i64)> = state
+        .store
+        .live_tokens_by_kid(&id, now, cutoff)
+        .await?
+        .into_iter()
+        .map(|(kid, n, s)| (kid, (n, s)))
+        .collect();
+    let keys: Vec<Value> = state
+        .store
+        .app_keys(&id)
+        .await?
+        .iter()
+        .filter(|k| k.state.published())
+        .map(|k| {
+            let kid = k.kid.to_string();
+            let (n, s) = per_kid.get(&kid).copied().unwrap_or((0, 0));
+            json!({"kid": kid, "state": k.state.as_str(), "live_tokens": n, "subjects": s})
+        })
+        .collect();
+    Ok(Json(json!({
+        "app_id": id,
+        "live_tokens": live_tokens,
+        "subjects": subjects,
+        "keys": keys,
+    })))
+}
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/apps", post(create).get(list))
         .route("/apps/{id}", get(show).patch(patch).delete(delete))
         .route("/apps/{id}/keys", get(keys))
+        .route("/apps/{id}/blast-radius", get(blast_radius))
         .route("/apps/{id}/keys/rotate", post(rotate))
         .route("/apps/{id}/keys/{kid}/revoke", post(revoke))
 }

@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use super::ApiError;
+use super::auth::require_root;
+use super::extract::Credential;
 use crate::app::AppState;
 
 /// `GET /healthz`: 200 while the process lives.
@@ -61,8 +64,31 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /status` (root): which replica answered and what its scheduler last did, for the
+/// console's health strip (HSM, store, spares and pool come from `/readyz`).
+///
+/// Response 200: `{"replica_id": ULID, "scheduler": {"leader": bool, "last_tick_at":
+/// RFC 3339 | null}}`. `replica_id` is made at process start; `leader` says whether this
+/// replica held the scheduler lease at its last tick (with SQLite always, once a tick ran;
+/// with PostgreSQL exactly one replica at a time).
+async fn status(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_root(&state, cred.as_deref()).await?;
+    let s = &state.scheduler;
+    Ok(Json(json!({
+        "replica_id": s.replica_id(),
+        "scheduler": {
+            "leader": s.leader(),
+            "last_tick_at": s.last_tick_at().map(crate::clock::rfc3339),
+        },
+    })))
+}
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
 }

@@ -11,6 +11,7 @@ pub mod extract_host {
     pub use super::extract::HostHeader;
 }
 mod audit;
+mod console;
 mod health;
 mod jwks;
 mod layers;
@@ -52,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(jwks::router())
         .merge(compat::router())
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -3,6 +3,8 @@
 //! and deny-list rows, refills the spare pool, and every few ticks runs the reconciler.
 //! Time comes from the injected clock, so tests drive ticks without sleeping.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -30,12 +32,54 @@ pub struct TickReport {
     pub reconcile: Option<ReconcileReport>,
 }
 
+/// What this process's scheduler last did, for the status endpoint and the console's
+/// health strip. Shared between the scheduler task and the HTTP handlers.
+#[derive(Debug)]
+pub struct SchedulerStatus {
+    replica_id: String,
+    last_tick_at: AtomicI64,
+    leader: AtomicBool,
+}
+
+impl Default for SchedulerStatus {
+    fn default() -> Self {
+        Self {
+            replica_id: ulid::Ulid::new().to_string(),
+            last_tick_at: AtomicI64::new(0),
+            leader: AtomicBool::new(false),
+        }
+    }
+}
+
+impl SchedulerStatus {
+    /// This process's replica id (a ULID made at start-up).
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// When the last tick ran (seconds since the epoch), if one ran yet.
+    pub fn last_tick_at(&self) -> Option<i64> {
+        Some(self.last_tick_at.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Whether this replica held the scheduler lease at its last tick.
+    pub fn leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, at: i64, leader: bool) {
+        self.last_tick_at.store(at, Ordering::Relaxed);
+        self.leader.store(leader, Ordering::Relaxed);
+    }
+}
+
 /// The scheduler.
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     keys: KeyService,
     reconcile_every: u64,
     min_pending_age: i64,
+    status: Arc<SchedulerStatus>,
 }
 
 impl Scheduler {
@@ -45,7 +89,15 @@ impl Scheduler {
             keys,
             reconcile_every: reconcile_every.max(1),
             min_pending_age,
+            status: Arc::default(),
         }
+    }
+
+    /// Report each tick into `status` (shared with the HTTP handlers).
+    #[must_use]
+    pub fn with_status(mut self, status: Arc<SchedulerStatus>) -> Self {
+        self.status = status;
+        self
     }
 
     /// One tick (number `n`, for the reconcile cadence).
@@ -55,9 +107,11 @@ impl Scheduler {
     pub async fn tick(&self, n: u64) -> Result<TickReport, KeyError> {
         let mut report = TickReport::default();
         let Some(lease) = self.keys.store().scheduler_lease().await? else {
+            self.status.record(self.keys.clock_now(), false);
             return Ok(report);
         };
         report.leader = true;
+        self.status.record(self.keys.clock_now(), true);
         let result =
             crate::audit::scope("scheduler", "", self.tick_as_leader(n, &mut report)).await;
         lease.release().await;

@@ -31,6 +31,17 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// What [`Store::audit_search`] matches; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// An app id: records about the app or any of its keys.
+    pub app: Option<String>,
+    /// Exact actor (`root`, `app:<id>`, `scheduler`, ...).
+    pub actor: Option<String>,
+    /// Exact action (`key.revoke`, `app.create`, ...).
+    pub action: Option<String>,
+}
+
 /// The hash of a record given its predecessor's hash: SHA-256 (hex) of the JSON array of
 /// every field, so no two different records serialise alike.
 pub fn record_hash(r: &AuditRow) -> String {
@@ -138,6 +149,62 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Records matching a filter, at most `limit`: newest first with `seq < cursor` when
+    /// `desc` (no bound when `cursor` is 0), else oldest first with `seq > cursor`. `app`
+    /// matches records whose target is the app or one of its keys; `actor` and `action`
+    /// match exactly.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn audit_search(
+        &self,
+        f: &AuditFilter,
+        desc: bool,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let before = if desc { cursor } else { 0 };
+        let after = if desc { 0 } else { cursor };
+        let mut sql = format!("SELECT {COLS} FROM audit_log WHERE seq > $1");
+        let mut n = 1;
+        let mut param = || {
+            n += 1;
+            format!("${n}")
+        };
+        if before > 0 {
+            sql += &format!(" AND seq < {}", param());
+        }
+        if f.app.is_some() {
+            let (a, b) = (param(), param());
+            sql += &format!(
+                " AND (target = {a} OR target IN (SELECT kid FROM keys WHERE app_id = {b}))"
+            );
+        }
+        if f.actor.is_some() {
+            sql += &format!(" AND actor = {}", param());
+        }
+        if f.action.is_some() {
+            sql += &format!(" AND action = {}", param());
+        }
+        let order = if desc { "DESC" } else { "ASC" };
+        sql += &format!(" ORDER BY seq {order} LIMIT {}", param());
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after);
+        if before > 0 {
+            q = q.bind(before);
+        }
+        if let Some(a) = &f.app {
+            q = q.bind(a.clone()).bind(a.clone());
+        }
+        if let Some(a) = &f.actor {
+            q = q.bind(a.clone());
+        }
+        if let Some(a) = &f.action {
+            q = q.bind(a.clone());
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(row).collect()
     }
 

@@ -350,6 +350,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Keys per app and state (every state an app's key can be in, retired and revoked
+    /// too): `(app_id, state, count)`, for one app or (`None`) all of them.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn key_counts_per_app(
+        &self,
+        app_id: Option<&str>,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app_id, state, COUNT(*) AS n FROM keys \
+             WHERE app_id IS NOT NULL AND ($1 = '' OR app_id = $1) GROUP BY app_id, state",
+        )
+        .bind(app_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("app_id")?, r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// The distinct key specs apps use for new keys.
     ///
     /// # Errors

@@ -4,6 +4,11 @@ use sqlx::Row as _;
 
 use super::{Store, StoreError, Tx, opt_i64};
 
+/// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
+const LIVE: &str = "t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
+    AND t.kid IN (SELECT k.kid FROM keys k WHERE k.app_id = $1 AND k.state IN ('next', 'current', 'previous')) \
+    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti)";
+
 /// One issued JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerRow {
@@ -200,6 +205,77 @@ impl Store {
             subjects += r.try_get::<i64, _>("s")?;
         }
         Ok((tokens, subjects))
+    }
+
+    /// Tokens of one app that still verify, per signing key: `(kid, tokens, subjects)`, for
+    /// the blast-radius preview. "Still verify" means unexpired, not on the deny-list,
+    /// issued at or after the app's cut-off `cutoff` (a ULID; tokens whose `jti` sorts
+    /// before it are rejected) and signed by a published key.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_tokens_by_kid(
+        &self,
+        app_id: &str,
+        now: i64,
+        cutoff: Option<&str>,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT t.kid, COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE {LIVE} GROUP BY t.kid"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app_id)
+            .bind(now)
+            .bind(cutoff.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kid")?, r.try_get("n")?, r.try_get("s")?)))
+            .collect()
+    }
+
+    /// Tokens of one app that still verify (as in [`Self::live_tokens_by_kid`]) and their
+    /// distinct subjects, all keys together.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_tokens_of_app(
+        &self,
+        app_id: &str,
+        now: i64,
+        cutoff: Option<&str>,
+    ) -> Result<(i64, i64), StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE {LIVE}"
+        );
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(app_id)
+            .bind(now)
+            .bind(cutoff.unwrap_or(""))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((r.try_get("n")?, r.try_get("s")?))
+    }
+
+    /// Unexpired tokens per app, for the app list: one app or (`None`) all of them.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn live_token_counts_per_app(
+        &self,
+        app_id: Option<&str>,
+        now: i64,
+    ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app_id, COUNT(*) AS n FROM tokens WHERE exp > $1 AND ($2 = '' OR app_id = $2) GROUP BY app_id",
+        )
+        .bind(now)
+        .bind(app_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("app_id")?, r.try_get("n")?)))
+            .collect()
     }
 
     /// Put `jti` on the deny-list until `exp`.

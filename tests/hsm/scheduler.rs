@@ -71,12 +71,16 @@ fn scheduled_rotation_and_retirement_follow_the_clock() {
             .find(|k| k.state == KeyState::Current)
             .unwrap()
             .kid;
-        let sched = Scheduler::new(state.keys.clone(), 1, 0);
+        let sched = Scheduler::new(state.keys.clone(), 1, 0).with_status(state.scheduler.clone());
+        assert!(!state.scheduler.leader() && state.scheduler.last_tick_at().is_none());
 
         // Not due yet.
         clock.advance(3_599);
         let r = sched.tick(1).await.unwrap();
         assert!(r.leader && r.rotated.is_empty(), "{r:?}");
+        // The status the console's health strip reads (GET /status) follows the tick.
+        assert!(state.scheduler.leader());
+        assert_eq!(state.scheduler.last_tick_at(), Some(t0 + 3_599));
 
         // Due: rotated at the period, exactly.
         clock.advance(1);

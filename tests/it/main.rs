@@ -9,6 +9,7 @@ mod apps;
 mod certs;
 mod clients;
 mod compat;
+mod console;
 mod faults;
 mod hostile;
 mod hygiene;
