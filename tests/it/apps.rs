@@ -1,5 +1,6 @@
 //! Apps: CRUD, auth, validation, and "a failed request changes nothing".
 
+use hsm_rotator::alg::Algorithm;
 use serde_json::{Value, json};
 
 use crate::both_engines;
@@ -158,8 +159,13 @@ async fn snapshot(app: &TestApp, id: &str) -> Value {
 }
 
 async fn bad_input_changes_nothing(app: &TestApp) {
+    let alg = app.token.prefer(
+        "bad_input_changes_nothing",
+        Algorithm::EdDSA,
+        Algorithm::ES256,
+    );
     let (id, pk, _) = app
-        .create_app(json!({"name": "Stable", "signing_alg": "EdDSA"}))
+        .create_app(json!({"name": "Stable", "signing_alg": alg.as_str()}))
         .await;
     let before = snapshot(app, &id).await;
     let cases: Vec<(&str, String, Option<Value>, u16)> = vec![
