@@ -99,9 +99,19 @@ impl Mechanisms {
     }
 
     /// Whether the token can sign with `alg` (keys that already exist).
-    pub(crate) fn signs(&self, alg: Algorithm) -> bool {
+    pub(crate) fn check_sign(&self, alg: Algorithm) -> Result<(), Unsupported> {
         let [_, sign] = needs(alg);
-        self.info(sign).is_some_and(|i| i.sign)
+        match self.info(sign) {
+            Some(i) if i.sign => Ok(()),
+            Some(_) => Err(Unsupported {
+                alg,
+                reason: format!("its {sign} cannot be used for signing"),
+            }),
+            None => Err(Unsupported {
+                alg,
+                reason: format!("it has no {sign} (signing)"),
+            }),
+        }
     }
 
     /// Whether the token can generate and sign with keys of `spec`.
@@ -180,7 +190,7 @@ mod tests {
         );
         let rs = m.check(KeySpec::new(Algorithm::RS256, 2048)).unwrap_err();
         assert!(rs.reason.contains("CKM_SHA256_RSA_PKCS"), "{rs}");
-        assert!(m.signs(Algorithm::ES384) && !m.signs(Algorithm::EdDSA));
+        assert!(m.check_sign(Algorithm::ES384).is_ok() && m.check_sign(Algorithm::EdDSA).is_err());
         assert_eq!(m.missing().len(), 8);
     }
 }

@@ -144,8 +144,9 @@ impl Hsm {
     ///
     /// # Errors
     /// [`HsmError::KeyNotFound`] if the key is gone; [`HsmError::Unavailable`] if the token
-    /// cannot be reached.
+    /// cannot be reached; [`HsmError::Algorithm`] if the token cannot sign with `alg`.
     pub async fn sign(&self, kid: Kid, alg: Algorithm, data: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+        self.core.mechanisms().check_sign(alg)?;
         self.blocking(move |core| {
             core.run(Some(kid), |core, s| {
                 sign::sign_in(core, s, &kid, alg, &data)
@@ -265,7 +266,7 @@ impl Hsm {
 
     /// Whether the token can sign with `alg` (keys that already exist).
     pub fn signs(&self, alg: Algorithm) -> bool {
-        self.core.mechanisms().signs(alg)
+        self.core.mechanisms().check_sign(alg).is_ok()
     }
 
     /// Reload the handle cache from the token in one listing pass.

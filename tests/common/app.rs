@@ -163,7 +163,7 @@ impl TestApp {
             .with_root(&self.root_key)
     }
 
-    fn with_root(mut self, root: &str) -> Self {
+    pub fn with_root(mut self, root: &str) -> Self {
         self.root_key = root.to_owned();
         self
     }
