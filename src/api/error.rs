@@ -190,7 +190,7 @@ impl From<crate::keys::KeyError> for ApiError {
                 message: e.to_string(),
             },
             K::Store(e) => Self::Store(e),
-            K::Hsm(e) => Self::Hsm(e),
+            K::Hsm(e) => e.into(),
             other => Self::Internal(Box::new(other)),
         }
     }
@@ -210,7 +210,7 @@ impl From<crate::jwt::service::TokenError> for ApiError {
             T::RefreshReused => Self::bad_request("refresh_token_reused", e.to_string()),
             T::Ledger(m) => Self::Store(crate::store::StoreError::corrupt(format!("ledger: {m}"))),
             T::Store(e) => Self::Store(e),
-            T::Hsm(e) => Self::Hsm(e),
+            T::Hsm(e) => e.into(),
         }
     }
 }
@@ -223,7 +223,11 @@ impl From<crate::keys::policy::PolicyError> for ApiError {
 
 impl From<HsmError> for ApiError {
     fn from(e: HsmError) -> Self {
-        Self::Hsm(e)
+        match e {
+            // The request asks for something this token cannot do: the client's to change.
+            HsmError::Algorithm(u) => Self::unprocessable("unsupported_algorithm", u.to_string()),
+            e => Self::Hsm(e),
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub enum HsmError {
     /// The token lacks a mechanism or function we need.
     #[error("HSM does not support this operation: {0}")]
     Unsupported(#[source] CkError),
+    /// The token lacks what an algorithm needs (asked at start-up; see [`super::Unsupported`]).
+    /// A request for it is refused (422), not retried.
+    #[error(transparent)]
+    Algorithm(#[from] super::Unsupported),
     /// Configuration problem: module cannot be loaded, token label unknown, no PIN.
     #[error("HSM configuration: {0}")]
     Config(String),
@@ -129,6 +133,7 @@ impl HsmError {
         let ck = match self {
             Self::Unavailable(e) | Self::Login(e) | Self::Unsupported(e) | Self::Internal(e) => e,
             Self::KeyNotFound(_) => return "key_not_found".into(),
+            Self::Algorithm(_) => return "unsupported_algorithm".into(),
             Self::Config(_) => return "config".into(),
             Self::Malformed(_) => return "malformed".into(),
             Self::Worker => return "worker".into(),

@@ -9,6 +9,7 @@
 
 mod error;
 mod keygen;
+mod mechanisms;
 mod object;
 mod pool;
 mod sign;
@@ -21,6 +22,7 @@ use tokio::sync::Semaphore;
 use tracing::instrument;
 
 pub use error::HsmError;
+pub use mechanisms::Unsupported;
 pub use object::{PrivateKeyFlags, TokenObject};
 
 use crate::alg::{Algorithm, KeySpec};
@@ -128,9 +130,11 @@ impl Hsm {
     /// Generate a key pair for `spec` under `kid`; returns its public half.
     ///
     /// # Errors
-    /// Token failures; [`HsmError::Unsupported`] if the token lacks the mechanism.
+    /// Token failures; [`HsmError::Algorithm`] if the token lacks a mechanism or key size
+    /// `spec` needs (nothing is sent to the token then).
     #[instrument(skip(self), fields(kid = %kid, spec = %spec))]
     pub async fn generate(&self, kid: Kid, spec: KeySpec) -> Result<PublicKey, HsmError> {
+        self.check(spec)?;
         self.blocking(move |core| {
             core.run(None, |core, s| keygen::generate_in(core, s, &kid, spec))
         })
@@ -142,8 +146,9 @@ impl Hsm {
     ///
     /// # Errors
     /// [`HsmError::KeyNotFound`] if the key is gone; [`HsmError::Unavailable`] if the token
-    /// cannot be reached.
+    /// cannot be reached; [`HsmError::Algorithm`] if the token cannot sign with `alg`.
     pub async fn sign(&self, kid: Kid, alg: Algorithm, data: Vec<u8>) -> Result<Vec<u8>, HsmError> {
+        self.core.mechanisms().check_sign(alg)?;
         self.blocking(move |core| {
             let started = std::time::Instant::now();
             let sig = core.run(Some(kid), |core, s| {
@@ -248,13 +253,29 @@ impl Hsm {
         .await
     }
 
-    /// Re-initialise the module because a key that must exist was not found (rate-limited;
-    /// returns whether it ran). Callers retry their operation once after it.
+    /// Re-initialise the module because `kid`, a key that must exist, was not found
+    /// (rate-limited, backing off while it does not help; returns whether it ran). Callers
+    /// retry their operation once after it.
     ///
     /// # Errors
     /// [`HsmError::Unavailable`] while the token is still unreachable.
-    pub async fn recover(&self) -> Result<bool, HsmError> {
-        self.blocking(|core| core.force_reinitialise()).await
+    pub async fn recover(&self, kid: Kid) -> Result<bool, HsmError> {
+        self.blocking(move |core| core.force_reinitialise(&kid))
+            .await
+    }
+
+    /// Whether the token can generate and sign with keys of `spec`, from the mechanism list
+    /// it gave at start-up.
+    ///
+    /// # Errors
+    /// [`Unsupported`], naming the algorithm and what the token lacks.
+    pub fn check(&self, spec: KeySpec) -> Result<(), Unsupported> {
+        self.core.mechanisms().check(spec)
+    }
+
+    /// Whether the token can sign with `alg` (keys that already exist).
+    pub fn signs(&self, alg: Algorithm) -> bool {
+        self.core.mechanisms().check_sign(alg).is_ok()
     }
 
     /// Reload the handle cache from the token in one listing pass.

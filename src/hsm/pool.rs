@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use super::HsmConfig;
 use super::error::{HsmError, Recovery, map, recovery};
+use super::mechanisms::Mechanisms;
 use crate::keys::Kid;
 
 /// Both halves of a key pair, as handles valid in the current module generation.
@@ -70,6 +71,10 @@ pub(crate) struct Core {
     generation: AtomicU64,
     last_init_attempt: Mutex<Option<Instant>>,
     last_forced: Mutex<Option<Instant>>,
+    /// Wait before the next forced re-initialisation may run (doubles while they do not help).
+    forced_interval: Mutex<Duration>,
+    /// The token's mechanisms, asked once at connect.
+    mechanisms: Mechanisms,
 }
 
 /// A checked-out session and the generation it belongs to.
@@ -94,6 +99,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Minimum time between two forced re-initialisations.
 const FORCED_REINIT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Longest wait between forced re-initialisations that keep not helping.
+const FORCED_REINIT_MAX: Duration = Duration::from_secs(300);
+
 /// Minimum time between two attempts to bring an unreachable module back.
 const REINIT_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -106,7 +114,7 @@ impl Core {
                 cfg.module.display()
             ))
         })?;
-        let core = Self {
+        let mut core = Self {
             cfg,
             ctx: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
@@ -114,8 +122,14 @@ impl Core {
             generation: AtomicU64::new(0),
             last_init_attempt: Mutex::new(None),
             last_forced: Mutex::new(None),
+            forced_interval: Mutex::new(FORCED_REINIT_INTERVAL),
+            mechanisms: Mechanisms::default(),
         };
         let ctx = core.open_ctx(pkcs11, 1)?;
+        core.mechanisms = Mechanisms::query(&ctx.pkcs11, ctx.slot).map_err(map)?;
+        for m in core.mechanisms.missing() {
+            warn!(alg = %m.alg, reason = %m.reason, "algorithm unavailable on this token; apps cannot use it");
+        }
         core.generation.store(1, Ordering::SeqCst);
         *lock(&core.ctx) = Some(ctx);
         core.reload_cache()?;
@@ -330,20 +344,40 @@ impl Core {
         self.reload_cache()
     }
 
-    /// Re-initialise the module although no call reported a lost module: a key the store
-    /// says exists was not found, which on SoftHSM means its token directory went away and
-    /// came back (the module rescans only at `C_Initialize`). At most once per
-    /// [`FORCED_REINIT_INTERVAL`]; returns whether it ran.
-    pub(crate) fn force_reinitialise(&self) -> Result<bool, HsmError> {
+    /// Re-initialise the module although no call reported a lost module: `kid`, a key the
+    /// store says exists, was not found. Some modules (SoftHSM2) rescan their storage only at
+    /// `C_Initialize`, so a token directory that went away and came back looks empty until
+    /// then; others (kryoptic, on a shared database) see changes live, and for them this
+    /// cannot help. Which kind the module is shows in the result: while re-initialising does
+    /// not bring the key back, the wait before the next forced one doubles (from
+    /// [`FORCED_REINIT_INTERVAL`] up to [`FORCED_REINIT_MAX`]), so a module where it is useless
+    /// is not torn down over and over; once it helps, the wait is short again. Returns whether
+    /// it ran.
+    pub(crate) fn force_reinitialise(&self, kid: &Kid) -> Result<bool, HsmError> {
         {
             let mut last = lock(&self.last_forced);
-            if last.is_some_and(|t| t.elapsed() < FORCED_REINIT_INTERVAL) {
+            let interval = *lock(&self.forced_interval);
+            if last.is_some_and(|t| t.elapsed() < interval) {
                 return Ok(false);
             }
             *last = Some(Instant::now());
         }
-        warn!("a key the store knows is missing from the token; re-initialising the module");
+        warn!(%kid, "a key the store knows is missing from the token; re-initialising the module");
         self.reinitialise(self.current_generation())?;
+        let found = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(kid);
+        let mut interval = lock(&self.forced_interval);
+        *interval = if found {
+            FORCED_REINIT_INTERVAL
+        } else {
+            (*interval * 2).min(FORCED_REINIT_MAX)
+        };
+        if !found {
+            info!(%kid, wait_s = interval.as_secs(), "re-initialising did not bring the key back; waiting longer before the next try");
+        }
         Ok(true)
     }
 
@@ -417,6 +451,11 @@ impl Core {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
+    }
+
+    /// The token's mechanisms, as asked at connect.
+    pub(crate) fn mechanisms(&self) -> &Mechanisms {
+        &self.mechanisms
     }
 
     /// The token label this core was configured with.

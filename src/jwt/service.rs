@@ -222,7 +222,7 @@ impl TokenService {
             .await
         {
             // The store says this key exists: the token may have been away and come back.
-            Err(HsmError::KeyNotFound(_)) if self.inner.hsm.recover().await.unwrap_or(false) => {
+            Err(HsmError::KeyNotFound(k)) if self.inner.hsm.recover(k).await.unwrap_or(false) => {
                 self.inner
                     .hsm
                     .sign(key.row.kid, alg, input.clone().into_bytes())
@@ -528,13 +528,14 @@ impl TokenService {
     /// # Errors
     /// The HSM failure that prevents signing.
     pub async fn probe(&self) -> Result<bool, HsmError> {
-        let Some(key) = self
-            .inner
-            .registry
-            .apps()
-            .iter()
-            .find_map(|a| self.inner.registry.current(&a.id))
-        else {
+        let Some(key) = self.inner.registry.apps().iter().find_map(|a| {
+            // An app whose algorithm the token cannot sign with (a store moved to
+            // another token) would keep the service unready for nothing.
+            self.inner
+                .registry
+                .current(&a.id)
+                .filter(|k| self.inner.hsm.signs(k.row.algorithm))
+        }) else {
             return Ok(false);
         };
         match self
@@ -543,7 +544,7 @@ impl TokenService {
             .sign(key.row.kid, key.row.algorithm, b"readyz".to_vec())
             .await
         {
-            Err(HsmError::KeyNotFound(_)) if self.inner.hsm.recover().await.unwrap_or(false) => {
+            Err(HsmError::KeyNotFound(k)) if self.inner.hsm.recover(k).await.unwrap_or(false) => {
                 self.inner
                     .hsm
                     .sign(key.row.kid, key.row.algorithm, b"readyz".to_vec())

@@ -283,6 +283,8 @@ impl KeyService {
     #[instrument(skip(self, app), fields(name = %app.name))]
     pub async fn create_app(&self, mut app: AppRow) -> Result<CreatedApp, KeyError> {
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
+        // Refused before anything is written: the token cannot make these keys.
+        self.inner.hsm.check(spec).map_err(HsmError::from)?;
         let token = Secret::generate(ACCESS_PREFIX);
         app.access_token_sha256 = token.digest();
         for _ in 0..ATTEMPTS {
@@ -339,8 +341,18 @@ impl KeyService {
     /// Replace an app's policy.
     ///
     /// # Errors
-    /// [`KeyError::AppNotFound`]; store failures.
+    /// [`KeyError::AppNotFound`]; [`HsmError::Algorithm`] when the key spec changes to one
+    /// the token cannot make; store failures.
     pub async fn update_app(&self, app_id: &str, policy: &AppPolicy) -> Result<AppRow, KeyError> {
+        let spec = KeySpec::new(policy.signing_alg, policy.rsa_bits);
+        let unchanged = self
+            .inner
+            .registry
+            .app(app_id)
+            .is_some_and(|a| KeySpec::new(a.signing_alg, a.rsa_bits) == spec);
+        if !unchanged {
+            self.inner.hsm.check(spec).map_err(HsmError::from)?;
+        }
         let mut tx = self.inner.store.begin().await?;
         if !self
             .inner

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Kid;
 use crate::alg::{Algorithm, KeySpec};
@@ -71,8 +71,10 @@ impl SparePool {
     /// Make one spare of `spec`: row first, then the HSM object, then the public key.
     ///
     /// # Errors
-    /// Store or HSM failures (a failed generation leaves no row and no object).
+    /// Store or HSM failures (a failed generation leaves no row and no object);
+    /// [`crate::hsm::HsmError::Algorithm`] when the token cannot make `spec` at all.
     pub async fn generate(&self, spec: KeySpec) -> Result<Kid, KeyError> {
+        self.hsm.check(spec).map_err(crate::hsm::HsmError::from)?;
         let kid = Kid::generate();
         self.store
             .insert_pending_key(kid, spec, self.clock.now())
@@ -146,6 +148,12 @@ impl SparePool {
         let counts = self.store.spare_counts().await?;
         let mut made = 0;
         for spec in specs {
+            // An app's algorithm the token lacks (logged at start-up, refused on change):
+            // asking again on every refill would fail the same way every time.
+            if self.hsm.check(spec).is_err() {
+                debug!(%spec, "no spares: the token cannot make these keys");
+                continue;
+            }
             let have = counts
                 .iter()
                 .find(|(s, _)| *s == spec)

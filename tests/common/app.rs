@@ -1,5 +1,6 @@
-//! `TestApp`: the real binary as a child process, on a free port, with its own SoftHSM2
-//! token and its own database (a SQLite file, or a fresh PostgreSQL database).
+//! `TestApp`: the real binary as a child process, on a free port, with its own PKCS#11
+//! token (on the module `HSM_ROTATOR_TEST_MODULE` names, see [`super::token`]) and its own
+//! database (a SQLite file, or a fresh PostgreSQL database).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -9,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use super::softhsm::SoftHsm;
+use super::token::TestToken;
 
 /// Which store engine a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +21,7 @@ pub enum Engine {
 
 /// A running service.
 pub struct TestApp {
-    pub token: std::sync::Arc<SoftHsm>,
+    pub token: std::sync::Arc<TestToken>,
     pub base: String,
     pub root_key: String,
     pub client: reqwest::Client,
@@ -61,7 +62,11 @@ impl TestApp {
 
     /// Start with extra `HSM_ROTATOR_*` environment.
     pub async fn spawn_with(test_name: &str, engine: Engine, env: &[(&str, &str)]) -> Self {
-        let token = SoftHsm::new(test_name);
+        Self::spawn_on(TestToken::new(test_name), engine, env).await
+    }
+
+    /// Start on a token the test prepared (e.g. [`TestToken::with_denied`]).
+    pub async fn spawn_on(token: TestToken, engine: Engine, env: &[(&str, &str)]) -> Self {
         let database_url = match engine {
             Engine::Sqlite => format!("sqlite://{}/store.db?mode=rwc", token.path().display()),
             Engine::Postgres => fresh_postgres_db().await,
@@ -74,7 +79,7 @@ impl TestApp {
 
     /// Start a (second) process on an existing token and database.
     pub async fn start(
-        token: std::sync::Arc<SoftHsm>,
+        token: std::sync::Arc<TestToken>,
         database_url: String,
         env: &[(&str, &str)],
     ) -> Self {
@@ -84,7 +89,8 @@ impl TestApp {
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .env("SOFTHSM2_CONF", &token.conf)
+            .envs(token.env())
+            .env("HSM_ROTATOR_PKCS11_MODULE", token.module.path())
             .env("HSM_ROTATOR_PIN", &token.pin)
             .env("HSM_ROTATOR_TOKEN_LABEL", &token.label)
             .env("HSM_ROTATOR_DATA_DIR", token.path().join("data"))
@@ -157,13 +163,13 @@ impl TestApp {
             .with_root(&self.root_key)
     }
 
-    fn with_root(mut self, root: &str) -> Self {
+    pub fn with_root(mut self, root: &str) -> Self {
         self.root_key = root.to_owned();
         self
     }
 
     /// Stop the process (SIGKILL) and hand back its token.
-    pub async fn kill(mut self) -> std::sync::Arc<SoftHsm> {
+    pub async fn kill(mut self) -> std::sync::Arc<TestToken> {
         let _ = self.child.kill().await;
         self.token
     }

@@ -4,7 +4,10 @@
 
 pub mod app;
 pub mod proxy;
-pub mod softhsm;
+pub mod token;
+/// The fixture's module under its older name.
+#[allow(unused_imports)]
+pub use token as softhsm;
 
 /// Define `$name` twice: once on SQLite, once on PostgreSQL.
 #[macro_export]

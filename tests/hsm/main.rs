@@ -1,12 +1,14 @@
-//! In-process tests of the HSM core against a real SoftHSM2 token.
+//! In-process tests of the HSM core against a real token: SoftHSM2, or the module
+//! `HSM_ROTATOR_TEST_MODULE` names (see `tests/common/token.rs`).
 //!
-//! Each test points `SOFTHSM2_CONF` at its own token before the module is initialised,
-//! which is sound only with one test per process: run them with `cargo nextest`.
+//! Each test points the module's configuration variable at its own token before the module
+//! is initialised, which is sound only with one test per process: run them with
+//! `cargo nextest`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
-#[path = "../common/softhsm.rs"]
-mod softhsm;
+#[path = "../common/token.rs"]
+mod token;
 
 mod recovery;
 mod scheduler;
@@ -15,37 +17,44 @@ mod signing;
 use std::sync::Arc;
 
 use hsm_rotator::hsm::{Hsm, HsmConfig};
-use softhsm::SoftHsm;
+use token::TestToken;
 
 /// A token, a runtime and a connected [`Hsm`] for one test.
 pub struct Fixture {
-    pub token: SoftHsm,
+    pub token: TestToken,
     pub rt: tokio::runtime::Runtime,
     pub hsm: Hsm,
 }
 
 /// Set up the test's own token and connect to it with a pool of `sessions`.
 pub fn fixture(test_name: &str, sessions: usize) -> Fixture {
-    let token = SoftHsm::new(test_name);
-    // SAFETY: called before the runtime (and so any other thread) exists; nextest runs
-    // one test per process, so nothing else reads the environment concurrently.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("SOFTHSM2_CONF", &token.conf);
-    }
+    let token = TestToken::new(test_name);
+    point_module_at(&token);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let cfg = HsmConfig {
-        module: softhsm::MODULE.into(),
+        module: token.module.path(),
         token_label: token.label.clone(),
         pin: token.pin.clone().into(),
         sessions,
     };
     let hsm = rt.block_on(Hsm::connect(cfg)).unwrap();
     Fixture { token, rt, hsm }
+}
+
+/// Make `token` the one the module finds when it is initialised in this process.
+pub fn point_module_at(token: &TestToken) {
+    for (var, value) in token.env() {
+        // SAFETY: called before the runtime (and so any other thread) exists; nextest runs
+        // one test per process, so nothing else reads the environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(var, value);
+        }
+    }
 }
 
 /// Verify a JWS-encoded signature with software nobody here wrote: jsonwebtoken

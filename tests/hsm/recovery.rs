@@ -6,7 +6,7 @@ use hsm_rotator::alg::{Algorithm, KeySpec};
 use hsm_rotator::hsm::HsmError;
 use hsm_rotator::keys::Kid;
 
-use super::{fixture, softhsm, verify_independently};
+use super::{fixture, verify_independently};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -91,8 +91,8 @@ fn key_created_by_another_process_is_found_on_cache_miss() {
     });
 }
 
-fn second_context() -> Pkcs11 {
-    let p = Pkcs11::new(softhsm::MODULE).unwrap();
+fn second_context(module: &std::path::Path) -> Pkcs11 {
+    let p = Pkcs11::new(module).unwrap();
     match p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         Ok(())
         | Err(cryptoki::error::Error::Pkcs11(
@@ -120,7 +120,7 @@ fn sessions_logged_out_underneath_the_pool_are_recovered() {
             .unwrap();
         // C_Logout on any session logs the whole application out: every pooled session
         // and the anchor lose their login, and SoftHSM's private handles die with it.
-        let other = second_context();
+        let other = second_context(&f.token.module.path());
         let slot = other.get_slots_with_token().unwrap()[0];
         let s = other.open_rw_session(slot).unwrap();
         s.logout().unwrap();
@@ -139,25 +139,24 @@ fn sessions_logged_out_underneath_the_pool_are_recovered() {
 #[test]
 fn module_finalised_underneath_is_initialised_again() {
     let f = fixture("finalised_underneath", 2);
+    let algs = f.token.supported(
+        "finalised_underneath",
+        &[Algorithm::ES256, Algorithm::EdDSA],
+    );
     f.rt.block_on(async {
-        let kid = Kid::generate();
-        let pk = f
-            .hsm
-            .generate(kid, KeySpec::new(Algorithm::EdDSA, 0))
-            .await
-            .unwrap();
-        f.hsm
-            .sign(kid, Algorithm::EdDSA, MSG.to_vec())
-            .await
-            .unwrap();
+        let mut keys = Vec::new();
+        for &alg in &algs {
+            let kid = Kid::generate();
+            let pk = f.hsm.generate(kid, KeySpec::new(alg, 0)).await.unwrap();
+            f.hsm.sign(kid, alg, MSG.to_vec()).await.unwrap();
+            keys.push((kid, alg, pk));
+        }
         // C_Finalize kills every session of the process at once.
-        second_context().finalize().unwrap();
-        let sig = f
-            .hsm
-            .sign(kid, Algorithm::EdDSA, MSG.to_vec())
-            .await
-            .unwrap();
-        assert!(verify_independently(&pk, Algorithm::EdDSA, MSG, &sig));
+        second_context(&f.token.module.path()).finalize().unwrap();
+        for (kid, alg, pk) in keys {
+            let sig = f.hsm.sign(kid, alg, MSG.to_vec()).await.unwrap();
+            assert!(verify_independently(&pk, alg, MSG, &sig), "{alg}");
+        }
         f.hsm.ready().await.unwrap();
     });
 }

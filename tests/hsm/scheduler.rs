@@ -11,7 +11,8 @@ use hsm_rotator::keys::scheduler::Scheduler;
 use hsm_rotator::keys::{KeyError, KeyState, RotationKind};
 use hsm_rotator::store::AppRow;
 
-use super::softhsm::SoftHsm;
+use super::point_module_at;
+use super::token::TestToken;
 
 fn app_row(name: &str) -> AppRow {
     AppRow {
@@ -37,15 +38,13 @@ fn app_row(name: &str) -> AppRow {
 
 #[test]
 fn scheduled_rotation_and_retirement_follow_the_clock() {
-    let token = SoftHsm::new("scheduler_clock");
-    // SAFETY: set before the runtime and the module exist; one test per process (nextest).
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("SOFTHSM2_CONF", &token.conf);
-    }
+    let token = TestToken::new("scheduler_clock");
+    point_module_at(&token);
+    let module = token.module.path().display().to_string();
     let db = format!("sqlite://{}/s.db?mode=rwc", token.path().display());
     let cfg = Config::load_with(None, |k| match k {
         "HSM_ROTATOR_PIN" => Some(token.pin.clone()),
+        "HSM_ROTATOR_PKCS11_MODULE" => Some(module.clone()),
         "HSM_ROTATOR_TOKEN_LABEL" => Some(token.label.clone()),
         "HSM_ROTATOR_DATABASE_URL" => Some(db.clone()),
         "HSM_ROTATOR_JWKS_MAX_AGE" => Some("60".into()),

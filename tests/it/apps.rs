@@ -1,9 +1,11 @@
 //! Apps: CRUD, auth, validation, and "a failed request changes nothing".
 
+use hsm_rotator::alg::Algorithm;
 use serde_json::{Value, json};
 
 use crate::both_engines;
-use crate::common::app::{TestApp, kids_in};
+use crate::common::app::{Engine, TestApp, kids_in};
+use crate::common::token::TestToken;
 
 async fn crud(app: &TestApp) {
     let (id, pk, body) = app
@@ -158,8 +160,13 @@ async fn snapshot(app: &TestApp, id: &str) -> Value {
 }
 
 async fn bad_input_changes_nothing(app: &TestApp) {
+    let alg = app.token.prefer(
+        "bad_input_changes_nothing",
+        Algorithm::EdDSA,
+        Algorithm::ES256,
+    );
     let (id, pk, _) = app
-        .create_app(json!({"name": "Stable", "signing_alg": "EdDSA"}))
+        .create_app(json!({"name": "Stable", "signing_alg": alg.as_str()}))
         .await;
     let before = snapshot(app, &id).await;
     let cases: Vec<(&str, String, Option<Value>, u16)> = vec![
@@ -296,3 +303,119 @@ async fn bad_input_changes_nothing(app: &TestApp) {
     );
 }
 both_engines!(failed_requests_change_nothing, bad_input_changes_nothing);
+
+/// What PS256 needs besides what PS384 and the other RSA algorithms need too.
+const PS256_SIGN: &str = "CKM_SHA256_RSA_PKCS_PSS";
+
+/// An algorithm the token lacks (its module configured to leave out PS256's signing
+/// mechanism, as a token without it would) is refused with a 422 naming it, decided from
+/// the token's mechanism list; nothing is written; the other algorithms keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_the_token_lacks_is_refused_with_a_clear_error() {
+    let token = TestToken::with_denied("alg_lacking", &[PS256_SIGN]);
+    assert!(
+        token.lacks(Algorithm::PS256).is_some(),
+        "the module ignored its mechanism deny list"
+    );
+    assert_eq!(token.lacks(Algorithm::PS384), None);
+    let app = TestApp::spawn_on(token, Engine::Sqlite, &[]).await;
+
+    let (s, v) = app
+        .root(
+            "POST",
+            "/apps",
+            Some(json!({"name": "Pss", "signing_alg": "PS256"})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"], "unsupported_algorithm", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("PS256") && message.contains(PS256_SIGN),
+        "{message}"
+    );
+    let (s, apps) = app.root("GET", "/apps", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(apps["apps"].as_array().map(Vec::len), Some(0), "{apps}");
+
+    // An app on an algorithm the token has; its policy cannot move to the one it lacks.
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Es", "signing_alg": "ES256"}))
+        .await;
+    let (s, v) = app
+        .root(
+            "PATCH",
+            &format!("/apps/{id}"),
+            Some(json!({"signing_alg": "PS256", "rsa_bits": 2048})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"], "unsupported_algorithm", "{v}");
+    let (_, shown) = app.root("GET", &format!("/apps/{id}"), None).await;
+    assert_eq!(shown["signing_alg"], "ES256", "{shown}");
+    let t = app.issue(&id, &pk, json!({"sub": "s"})).await;
+    assert!(app.active(&id, &pk, t["token"].as_str().unwrap()).await);
+    let (_, _, created) = app
+        .create_app(json!({"name": "Pss384", "signing_alg": "PS384"}))
+        .await;
+    assert_eq!(created["signing_alg"], "PS384");
+
+    let (s, ready) = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, 200, "{ready}");
+    assert!(ready["spares"].get("PS256/2048").is_none(), "{ready}");
+}
+
+/// A store made on a token that had PS256, started on one that lost it: the service starts
+/// and is ready, makes no PS256 spares (instead of failing on them at every refill), and
+/// answers 422 naming the algorithm for the app that uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_algorithm_the_token_lost_gets_a_clear_error_and_the_rest_runs() {
+    let app = TestApp::spawn("alg_lost", Engine::Sqlite).await;
+    let root = app.root_key.clone();
+    let db = app.database_url.clone();
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Pss", "signing_alg": "PS256"}))
+        .await;
+    let token = app.kill().await;
+    token.deny(&[PS256_SIGN]);
+    assert!(token.lacks(Algorithm::PS256).is_some());
+    let app = TestApp::start(token, db, &[]).await.with_root(&root);
+
+    // Ready: the readiness probe does not pick a key the token cannot sign with.
+    let (s, ready) = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, 200, "{ready}");
+    for (method, path, body) in [
+        ("POST", format!("/apps/{id}/keys/rotate"), None),
+        (
+            "POST",
+            format!("/apps/{id}/tokens"),
+            Some(json!({"claims": {}})),
+        ),
+    ] {
+        let (s, v) = if path.ends_with("/tokens") {
+            app.bearer(&pk, method, &path, body).await
+        } else {
+            app.root(method, &path, body).await
+        };
+        assert_eq!(s, 422, "{method} {path}: {v}");
+        assert_eq!(v["error"], "unsupported_algorithm", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("PS256"), "{v}");
+    }
+    // A working algorithm still works, and its creation wakes the spare refill.
+    let (es, es_pk, _) = app
+        .create_app(json!({"name": "Es", "signing_alg": "ES256"}))
+        .await;
+    let t = app.issue(&es, &es_pk, json!({"sub": "s"})).await;
+    assert!(app.active(&es, &es_pk, t["token"].as_str().unwrap()).await);
+    let (s, ready) = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, 200, "{ready}");
+    let log = app.stderr();
+    assert!(
+        log.contains("algorithm unavailable on this token") && log.contains("PS256"),
+        "the start-up log names what the token lacks"
+    );
+    assert!(
+        !log.contains("spare refill failed"),
+        "the refill tried the lost algorithm:\n{log}"
+    );
+}

@@ -31,6 +31,9 @@ async fn every_algorithm_gets_a_certificate_openssl_accepts() {
     for alg in [
         "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
     ] {
+        if !app.token.can("certs_openssl", alg.parse().unwrap()) {
+            continue;
+        }
         let (id, pk, _) = app
             .create_app(json!({"name": format!("Cert {alg}"), "signing_alg": alg}))
             .await;

@@ -51,11 +51,12 @@ async fn secrets_never_appear_in_logs_at_trace_level() {
 
 #[tokio::test]
 async fn a_wrong_pin_fails_clearly_without_printing_it() {
-    let token = crate::common::softhsm::SoftHsm::new("wrong_pin");
+    let token = crate::common::token::TestToken::new("wrong_pin");
     let wrong = "WrongPin-93af1c";
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsm-rotator"))
         .args(["check-hsm"])
-        .env("SOFTHSM2_CONF", &token.conf)
+        .envs(token.env())
+        .env("HSM_ROTATOR_PKCS11_MODULE", token.module.path())
         .env("HSM_ROTATOR_PIN", wrong)
         .env("HSM_ROTATOR_TOKEN_LABEL", &token.label)
         .env("RUST_LOG", "trace")

@@ -255,7 +255,7 @@ async fn replicas_recover_and_converge_after_the_database_comes_back() {
     let (creds, hostport) = head.rsplit_once('@').unwrap();
     let proxy = Proxy::start(hostport.to_owned()).await;
     let via = format!("{creds}@127.0.0.1:{}/{db}", proxy.port);
-    let token = std::sync::Arc::new(crate::common::softhsm::SoftHsm::new("replicas_db"));
+    let token = std::sync::Arc::new(crate::common::token::TestToken::new("replicas_db"));
     let a = TestApp::start(token, via, LB).await;
     let b = a.replica(LB).await;
     let (id, pk, _) = a
