@@ -15,8 +15,8 @@ use super::extract::{ApiJson, Credential, HostHeader};
 use super::{ApiError, wire};
 use crate::alg::Algorithm;
 use crate::app::AppState;
+use crate::keys::Kid;
 use crate::keys::policy::{self, Policy};
-use crate::keys::{KeyState, Kid};
 use crate::store::{AppPolicy, AppRow};
 
 /// `POST /apps` body.
@@ -159,17 +159,7 @@ fn dn_escape(v: &str) -> String {
 
 /// Key summary shown with an app.
 fn key_summary(state: &AppState, app_id: &str) -> Value {
-    let live = state.registry.published(app_id);
-    let kid_of = |s: KeyState| {
-        live.iter()
-            .find(|k| k.row.state == s)
-            .map(|k| k.row.kid.to_string())
-    };
-    json!({
-        "current": kid_of(KeyState::Current),
-        "next": kid_of(KeyState::Next),
-        "previous": live.iter().filter(|k| k.row.state == KeyState::Previous).map(|k| k.row.kid.to_string()).collect::<Vec<_>>(),
-    })
+    wire::key_summary(state.registry.published(app_id).iter().map(|k| &k.row))
 }
 
 fn app_view(state: &AppState, host: &HostHeader, a: &AppRow) -> Value {

@@ -7,6 +7,7 @@ mod common;
 
 mod apps;
 mod certs;
+mod cli;
 mod compat;
 mod faults;
 mod hostile;
