@@ -369,6 +369,38 @@ mod tests {
         );
     }
 
+    /// `config/example.toml` documents every key (active or as a commented example), and
+    /// the file, with every commented example switched on, is a valid configuration.
+    #[test]
+    fn example_file_documents_every_key() {
+        let text = include_str!("../config/example.toml");
+        let mut enabled = String::new();
+        for line in text.lines() {
+            let body = line.strip_prefix("# ").unwrap_or(line);
+            let is_key = KEYS
+                .iter()
+                .any(|(k, _)| body.starts_with(&format!("{k} = ")));
+            if is_key {
+                enabled.push_str(body);
+                enabled.push('\n');
+            }
+        }
+        let table: toml::Table = enabled.parse().expect("example keys parse");
+        for (key, _) in KEYS {
+            assert!(
+                table.contains_key(*key),
+                "config/example.toml does not document {key}"
+            );
+        }
+        assert_eq!(table.len(), KEYS.len(), "every example line is a known key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("example.toml");
+        std::fs::write(&p, text).expect("write");
+        Config::load_with(Some(&p), |_| None).expect("the example file as shipped");
+        std::fs::write(&p, &enabled).expect("write");
+        Config::load_with(Some(&p), |_| None).expect("every example switched on");
+    }
+
     #[test]
     fn passwords_are_redacted_from_urls() {
         assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");

@@ -306,9 +306,16 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             let store = crate::store::Store::connect(&cfg.database_url())
                 .await
                 .context("Failed to open the store")?;
-            match crate::app::init_root_key(&store, None).await? {
-                Some(root) => announce_root_key(&root)?,
-                None => println!("already initialised; rotate the root key with POST /root/rotate"),
+            let root = crate::app::init_root_key(&store, None).await?;
+            match (root, out.json) {
+                (Some(root), true) => {
+                    out.json(&serde_json::json!({"initialised": true, "root_key": root.expose()}))?;
+                }
+                (Some(root), false) => announce_root_key(&root)?,
+                (None, true) => out.json(&serde_json::json!({"initialised": false}))?,
+                (None, false) => {
+                    println!("already initialised; rotate the root key with POST /root/rotate");
+                }
             }
             Ok(())
         }
