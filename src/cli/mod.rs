@@ -49,6 +49,10 @@ pub struct Cli {
     /// Credentials come from HSM_ROTATOR_ROOT_KEY / HSM_ROTATOR_ACCESS_TOKEN.
     #[arg(long, global = true, env = "HSM_ROTATOR_URL", value_name = "URL")]
     pub url: Option<String>,
+    /// With an https --url: trust only the CA certificates in this PEM file (a private CA),
+    /// instead of the system's trust store.
+    #[arg(long, global = true, env = "HSM_ROTATOR_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Print machine-readable JSON on stdout (the API's shapes where there is one).
     #[arg(long, global = true)]
     pub json: bool,
@@ -241,7 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(url) = cli.url.as_deref() {
         init_quiet_logs(cli.log_format.as_deref(), None);
-        let remote = Remote::new(url)?;
+        let remote = Remote::new(url, cli.ca_cert.as_deref())?;
         return match cli.command {
             Command::App { command } => {
                 apps::app(apps::Target::Remote(remote), command, &out).await

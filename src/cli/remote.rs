@@ -47,17 +47,31 @@ fn env_secret(name: &str) -> Option<Zeroizing<String>> {
 }
 
 impl Remote {
-    /// A client of the server at `url` (`http://` or `https://`).
+    /// A client of the server at `url` (`http://` or `https://`). With `ca_cert`, an https
+    /// server must present a certificate issued by one of the CAs in that PEM file; without
+    /// it, by one the system trusts.
     ///
     /// # Errors
-    /// A malformed URL; the TLS stack cannot start.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    /// A malformed URL; an unreadable CA file; the TLS stack cannot start.
+    pub fn new(url: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let parsed = reqwest::Url::parse(url)
             .with_context(|| format!("--url {url:?} is not a URL (http://HOST:PORT)"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             anyhow::bail!("--url must start with http:// or https://");
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).with_context(|| {
+                format!("Failed to read the CA certificates in {}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|_| anyhow::anyhow!("{} holds no PEM certificate", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("{} holds no PEM certificate", path.display());
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let client = builder
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("hsm-rotator-cli/", env!("CARGO_PKG_VERSION")))

@@ -370,6 +370,18 @@ async fn url_mode_drives_a_running_server_and_direct_writes_are_refused_meanwhil
     assert!(read.ok, "{}", read.all());
     assert_eq!(read.json()["keys"].as_array().unwrap().len(), 2);
     runs.push(read);
+    // Nor may a second server start on the same SQLite file.
+    let second = cli(&direct, &["serve", "--listen", "127.0.0.1:0"], None).await;
+    assert!(
+        !second.ok,
+        "a second server on one SQLite store must refuse to start"
+    );
+    assert!(
+        second.stderr.contains("SQLite serves one process"),
+        "{}",
+        second.all()
+    );
+    runs.push(second);
 
     let keys = cli(
         &app_env,
@@ -596,4 +608,102 @@ async fn config_check_passes_on_a_good_config_and_names_each_problem() {
     runs.push(bad_file);
 
     assert_clean(&runs, &[("PIN", &token.pin)]);
+}
+
+/// `openssl` with `args`, which must succeed.
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_mode_over_https_trusts_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=cli test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&ca, d);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+    openssl(&csr, d);
+    std::fs::write(
+        d.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+        d,
+    );
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let server = TestApp::spawn_with(
+        "cli_https",
+        Engine::Sqlite,
+        &[
+            ("HSM_ROTATOR_TLS_CERT", cert.to_str().unwrap()),
+            ("HSM_ROTATOR_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let env = vec![("HSM_ROTATOR_ROOT_KEY".to_owned(), server.root_key.clone())];
+    let ca_pem = d.join("ca.pem");
+    let trusted = cli(
+        &env,
+        &[
+            "--url",
+            &server.base,
+            "--ca-cert",
+            ca_pem.to_str().unwrap(),
+            "app",
+            "list",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(trusted.ok, "{}", trusted.all());
+    assert_eq!(trusted.json(), serde_json::json!({"apps": []}));
+    // The system does not trust this CA: the server is refused, in a sentence.
+    let untrusted = cli(&env, &["--url", &server.base, "app", "list"], None).await;
+    assert!(!untrusted.ok);
+    assert!(
+        untrusted.stderr.contains("cannot reach the server"),
+        "{}",
+        untrusted.all()
+    );
+    assert_clean(&[trusted, untrusted], &[("root key", &server.root_key)]);
 }
