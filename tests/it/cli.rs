@@ -370,6 +370,25 @@ async fn url_mode_drives_a_running_server_and_direct_writes_are_refused_meanwhil
     assert!(read.ok, "{}", read.all());
     assert_eq!(read.json()["keys"].as_array().unwrap().len(), 2);
     runs.push(read);
+    // Verifying directly works too, once the CLI knows the issuer the server advertises.
+    let guess = cli(&direct, &["token", "verify", &id], Some(&jwt)).await;
+    assert!(
+        !guess.ok,
+        "the default issuer is http://<listen>, not the server's"
+    );
+    assert!(guess.stderr.contains("public_url"), "{}", guess.all());
+    runs.push(guess);
+    let mut with_public = direct.clone();
+    with_public.push(("HSM_ROTATOR_PUBLIC_URL".to_owned(), url.clone()));
+    let direct_verify = cli(
+        &with_public,
+        &["token", "verify", &id, "--json"],
+        Some(&jwt),
+    )
+    .await;
+    assert!(direct_verify.ok, "{}", direct_verify.all());
+    assert_eq!(direct_verify.json()["sub"], "bob");
+    runs.push(direct_verify);
     // Nor may a second server start on the same SQLite file.
     let second = cli(&direct, &["serve", "--listen", "127.0.0.1:0"], None).await;
     assert!(
