@@ -346,19 +346,25 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
         }
         Command::Reconcile { dry_run } => {
             let d = Direct::open(cfg, !dry_run).await?;
-            let spinner = output::spinner("reconciling the store and the HSM");
+            let pb = output::bar(1, "reconcile");
+            let progress = |phase: &str, done: usize, total: usize| {
+                pb.set_message(phase.to_owned());
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            };
             // A server may be running next to us (PostgreSQL) and generating spares right
             // now: leave young pending keys alone (the server's start-up pass handles a
             // crash's).
-            let report = crate::keys::reconcile::reconcile(
+            let report = crate::keys::reconcile::reconcile_with_progress(
                 &d.state().keys,
                 &d.state().hsm,
                 dry_run,
                 crate::app::PENDING_GRACE,
+                &progress,
             )
             .await
             .context("Reconciliation failed");
-            spinner.finish_and_clear();
+            pb.finish_and_clear();
             d.close().await;
             let report = report?;
             if out.json {

@@ -1,12 +1,10 @@
 //! What the CLI prints: JSON on stdout for scripts, short lines for people, and progress
 //! on stderr only when stderr is a terminal (so pipes and logs stay clean).
 
-use std::io::{IsTerminal as _, Write as _};
-use std::time::Duration;
-
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
+use std::io::{IsTerminal as _, Write as _};
 
 /// Output mode of one invocation.
 #[derive(Debug, Clone, Copy)]
@@ -46,17 +44,6 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message(what.to_owned());
-    pb
-}
-
-/// A spinner on stderr for work of unknown length (hidden when not a terminal).
-pub(crate) fn spinner(what: &str) -> ProgressBar {
-    let pb = ProgressBar::with_draw_target(None, target());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
-        pb.set_style(style);
-    }
-    pb.set_message(what.to_owned());
-    pb.enable_steady_tick(Duration::from_millis(120));
     pb
 }
 

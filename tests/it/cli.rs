@@ -234,6 +234,23 @@ async fn direct_mode_creates_rotates_issues_verifies_and_revokes() {
     assert!(bad.stderr.contains("key not found"), "{}", bad.all());
     runs.push(bad);
 
+    for args in [
+        &["reconcile", "--dry-run", "--json"][..],
+        &["reconcile", "--json"],
+    ] {
+        let rec = cli(&env, args, None).await;
+        assert!(rec.ok, "{}", rec.all());
+        let report = rec.json();
+        assert_eq!(report["dry_run"], args.contains(&"--dry-run"));
+        assert_eq!(
+            report["orphans_destroyed"],
+            serde_json::json!([]),
+            "{report}"
+        );
+        assert_eq!(report["missing"], serde_json::json!([]), "{report}");
+        runs.push(rec);
+    }
+
     let audit = cli(&env, &["audit", "verify"], None).await;
     assert!(
         audit.ok && audit.stdout.contains("intact"),
