@@ -168,6 +168,8 @@ pub struct Application {
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     router: Router,
     state: AppState,
+    /// On SQLite, this process's exclusive hold on the store (see [`crate::store::lock`]).
+    store_lock: Option<crate::store::StoreLock>,
 }
 
 impl Application {
@@ -176,6 +178,13 @@ impl Application {
     /// # Errors
     /// Any start-up failure, with context.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        // SQLite serves one process: a second server, or a CLI command writing directly,
+        // would change keys behind this one's in-memory registry.
+        let store_lock = crate::store::StoreLock::try_acquire(&cfg.database_url()).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}. SQLite serves one process at a time: stop the other one (or use PostgreSQL for several replicas)"
+            )
+        })?;
         let state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
         if let Some(root) = init_root_key(&state.store, Some(&state.registry)).await? {
             crate::cli::announce_root_key(&root)?;
@@ -216,6 +225,7 @@ impl Application {
             tls,
             router,
             state,
+            store_lock,
         })
     }
 
@@ -242,6 +252,7 @@ impl Application {
             tls,
             router,
             state,
+            store_lock,
         } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -280,6 +291,7 @@ impl Application {
             () = deadline => tracing::warn!("requests still in flight after the shutdown grace period; exiting"),
         }
         state.hsm.close().await;
+        drop(store_lock);
         tracing::info!("stopped");
         Ok(())
     }

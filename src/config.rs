@@ -369,6 +369,84 @@ mod tests {
         );
     }
 
+    /// `config/example.toml` documents every key (active or as a commented example), and
+    /// the file, with every commented example switched on, is a valid configuration.
+    #[test]
+    fn example_file_documents_every_key() {
+        let text = include_str!("../config/example.toml");
+        let mut enabled = String::new();
+        for line in text.lines() {
+            let body = line.strip_prefix("# ").unwrap_or(line);
+            let is_key = KEYS
+                .iter()
+                .any(|(k, _)| body.starts_with(&format!("{k} = ")));
+            if is_key {
+                enabled.push_str(body);
+                enabled.push('\n');
+            }
+        }
+        let table: toml::Table = enabled.parse().expect("example keys parse");
+        for (key, _) in KEYS {
+            assert!(
+                table.contains_key(*key),
+                "config/example.toml does not document {key}"
+            );
+        }
+        assert_eq!(table.len(), KEYS.len(), "every example line is a known key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("example.toml");
+        std::fs::write(&p, text).expect("write");
+        Config::load_with(Some(&p), |_| None).expect("the example file as shipped");
+        std::fs::write(&p, &enabled).expect("write");
+        Config::load_with(Some(&p), |_| None).expect("every example switched on");
+    }
+
+    /// Every documented key is read from its `HSM_ROTATOR_<KEY>` variable, and an override
+    /// of each one lands in the configuration (the example test shows they are all fields).
+    #[test]
+    fn every_key_has_an_environment_override() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let samples = |k: &str| -> Option<String> {
+            asked.borrow_mut().push(k.to_owned());
+            Some(
+                match k {
+                    "HSM_ROTATOR_PUBLIC_URL" => "https://keys.example.com",
+                    "HSM_ROTATOR_DATABASE_URL" => "postgres://u@h/db",
+                    "HSM_ROTATOR_LOG_FORMAT" => "json",
+                    "HSM_ROTATOR_SESSIONS" | "HSM_ROTATOR_SPARE_KEYS" => "7",
+                    "HSM_ROTATOR_JWKS_MAX_AGE" | "HSM_ROTATOR_SCHEDULER_INTERVAL" => "9",
+                    other => other,
+                }
+                .to_owned(),
+            )
+        };
+        let cfg = Config::load_with(None, samples).expect("every override at once");
+        let expected: Vec<String> = KEYS
+            .iter()
+            .map(|(k, _)| format!("HSM_ROTATOR_{}", k.to_ascii_uppercase()))
+            .collect();
+        assert_eq!(*asked.borrow(), expected);
+        assert_eq!(cfg.listen, "HSM_ROTATOR_LISTEN");
+        assert_eq!(cfg.token_label, "HSM_ROTATOR_TOKEN_LABEL");
+        assert_eq!(
+            cfg.pkcs11_module,
+            PathBuf::from("HSM_ROTATOR_PKCS11_MODULE")
+        );
+        assert_eq!(cfg.pin_file, Some(PathBuf::from("HSM_ROTATOR_PIN_FILE")));
+        assert_eq!(cfg.data_dir, PathBuf::from("HSM_ROTATOR_DATA_DIR"));
+        assert_eq!(cfg.database_url.as_deref(), Some("postgres://u@h/db"));
+        assert_eq!(cfg.public_url.as_deref(), Some("https://keys.example.com"));
+        assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
+        assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
+        assert_eq!(
+            (cfg.log_format.as_str(), cfg.log_level.as_str()),
+            ("json", "HSM_ROTATOR_LOG_LEVEL")
+        );
+        assert_eq!(cfg.tls_cert, Some(PathBuf::from("HSM_ROTATOR_TLS_CERT")));
+        assert_eq!(cfg.tls_key, Some(PathBuf::from("HSM_ROTATOR_TLS_KEY")));
+        assert_eq!(cfg.pin().expect("pin").expose_secret(), "HSM_ROTATOR_PIN");
+    }
+
     #[test]
     fn passwords_are_redacted_from_urls() {
         assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");

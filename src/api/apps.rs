@@ -162,17 +162,7 @@ fn dn_escape(v: &str) -> String {
 
 /// Key summary shown with an app.
 fn key_summary(state: &AppState, app_id: &str) -> Value {
-    let live = state.registry.published(app_id);
-    let kid_of = |s: KeyState| {
-        live.iter()
-            .find(|k| k.row.state == s)
-            .map(|k| k.row.kid.to_string())
-    };
-    json!({
-        "current": kid_of(KeyState::Current),
-        "next": kid_of(KeyState::Next),
-        "previous": live.iter().filter(|k| k.row.state == KeyState::Previous).map(|k| k.row.kid.to_string()).collect::<Vec<_>>(),
-    })
+    wire::key_summary(state.registry.published(app_id).iter().map(|k| &k.row))
 }
 
 /// Per-app figures for the list and show views: keys per state and live tokens.

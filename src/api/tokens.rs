@@ -56,20 +56,7 @@ pub(super) struct SubQuery {
 }
 
 pub(crate) fn issued_body(i: &Issued) -> Value {
-    let mut m = json!({
-        "token": i.token,
-        "token_type": "Bearer",
-        "kid": i.kid.to_string(),
-        "expires_at": rfc3339(i.exp),
-    });
-    if let (Some(rt), Value::Object(m)) = (&i.refresh_token, &mut m) {
-        m.insert("refresh_token".into(), rt.expose().into());
-        m.insert(
-            "refresh_expires_at".into(),
-            i.refresh_exp.map(rfc3339).into(),
-        );
-    }
-    m
+    wire::issued(i)
 }
 
 fn native_opts(

@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 use sha1::{Digest as _, Sha1};
 
 use crate::clock::rfc3339;
+use crate::jwt::Issued;
+use crate::keys::KeyState;
 use crate::store::AppRow;
 use crate::store::KeyRow;
 
@@ -69,6 +71,44 @@ pub fn key(k: &KeyRow) -> Value {
         "fingerprint": fingerprint,
         "thumbprint": thumbprint,
     })
+}
+
+/// The key summary shown with an app: `current` and `next` kids, `previous` newest first.
+pub fn key_summary<'a>(keys: impl IntoIterator<Item = &'a KeyRow>) -> Value {
+    let (mut current, mut next, mut previous) = (None, None, Vec::new());
+    for k in keys {
+        match k.state {
+            KeyState::Current => current = Some(k.kid.to_string()),
+            KeyState::Next => next = Some(k.kid.to_string()),
+            KeyState::Previous => previous.push(k.kid),
+            _ => {}
+        }
+    }
+    previous.sort_unstable_by(|a, b| b.cmp(a));
+    json!({
+        "current": current,
+        "next": next,
+        "previous": previous.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// The answer to an issuance or a refresh: `{token, token_type, kid, expires_at,
+/// refresh_token?, refresh_expires_at?}`.
+pub fn issued(i: &Issued) -> Value {
+    let mut m = json!({
+        "token": i.token,
+        "token_type": "Bearer",
+        "kid": i.kid.to_string(),
+        "expires_at": rfc3339(i.exp),
+    });
+    if let (Some(rt), Value::Object(m)) = (&i.refresh_token, &mut m) {
+        m.insert("refresh_token".into(), rt.expose().into());
+        m.insert(
+            "refresh_expires_at".into(),
+            i.refresh_exp.map(rfc3339).into(),
+        );
+    }
+    m
 }
 
 /// `{"status": ...}`-style small replies.

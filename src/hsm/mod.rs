@@ -7,6 +7,7 @@
 //! filled in one listing pass at start, kept current on generate and destroy, and dropped
 //! when sessions are reopened, so the signing path never searches the token.
 
+pub mod diagnose;
 mod error;
 mod keygen;
 mod mechanisms;

@@ -71,6 +71,24 @@ pub async fn reconcile(
     dry_run: bool,
     min_pending_age: i64,
 ) -> Result<ReconcileReport, KeyError> {
+    reconcile_with_progress(keys, hsm, dry_run, min_pending_age, &|_, _, _| {}).await
+}
+
+/// Reports how far a pass is: `(phase, items done, items in the phase)`.
+pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+
+/// [`reconcile`], calling `progress` as it goes (the CLI draws a bar from it).
+///
+/// # Errors
+/// As [`reconcile`].
+pub async fn reconcile_with_progress(
+    keys: &KeyService,
+    hsm: &Hsm,
+    dry_run: bool,
+    min_pending_age: i64,
+    progress: Progress<'_>,
+) -> Result<ReconcileReport, KeyError> {
+    progress("listing the token", 0, 1);
     let store = keys.store();
     let now = keys.clock_now();
     let mut report = ReconcileReport {
@@ -96,7 +114,10 @@ pub async fn reconcile(
     }
 
     // 1. Pending rows.
-    for row in store.keys_in_state(KeyState::Pending).await? {
+    let pending = store.keys_in_state(KeyState::Pending).await?;
+    let total = pending.len();
+    for (i, row) in pending.into_iter().enumerate() {
+        progress("pending keys", i, total);
         if now - row.created_at < min_pending_age {
             continue;
         }
@@ -136,7 +157,9 @@ pub async fn reconcile(
     }
 
     // 3. Rows whose objects are missing.
-    for row in rows_with_objects {
+    let total = rows_with_objects.len();
+    for (i, row) in rows_with_objects.into_iter().enumerate() {
+        progress("checking keys against the token", i, total);
         if objects.get(&row.kid) == Some(&(true, true)) {
             continue;
         }
@@ -176,7 +199,10 @@ pub async fn reconcile(
     }
 
     // 4. Destroys that failed earlier.
-    for row in store.undestroyed_dead_keys().await? {
+    let dead = store.undestroyed_dead_keys().await?;
+    let total = dead.len();
+    for (i, row) in dead.into_iter().enumerate() {
+        progress("retrying destroys", i, total);
         report.destroys_retried.push(row.kid.to_string());
         if !dry_run {
             hsm.destroy(row.kid).await?;
@@ -194,7 +220,9 @@ pub async fn reconcile(
         .collect();
     apps.sort();
     apps.dedup();
-    for app in apps {
+    let total = apps.len();
+    for (i, app) in apps.into_iter().enumerate() {
+        progress("certificates", i, total);
         if !dry_run && keys.certify(&app).await {
             keys.registry().app_changed(&app).await;
         }

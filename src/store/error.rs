@@ -12,6 +12,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The store does not exist (yet).
+    #[error("{0}")]
+    Missing(String),
     /// A row held a value the service cannot interpret.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -9,6 +9,7 @@ mod apps;
 pub mod audit;
 mod error;
 mod keys;
+pub mod lock;
 mod notify;
 mod tokens;
 
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, Executor as _, Transaction};
 pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
 pub use keys::{KeyRow, Lease};
+pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use tokens::{LedgerRow, RefreshRow, SessionRow};
 
@@ -193,6 +195,110 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+/// What `config check` found about a store's schema, read without changing anything.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SchemaStatus {
+    /// Migrations this binary carries.
+    pub known: usize,
+    /// Of those, applied in the store.
+    pub applied: usize,
+    /// Known but not applied yet (`init` or the first `serve` applies them).
+    pub pending: Vec<String>,
+    /// Applied in the store but unknown to this binary (a newer version wrote it).
+    pub unknown: Vec<i64>,
+    /// Applied, but with a checksum other than this binary's (edited migration files).
+    pub modified: Vec<i64>,
+    /// Signing algorithms the store's apps use (the token must offer them).
+    pub algorithms: Vec<String>,
+}
+
+impl SchemaStatus {
+    /// Whether the schema is exactly what this binary expects.
+    pub fn is_current(&self) -> bool {
+        self.pending.is_empty() && self.unknown.is_empty() && self.modified.is_empty()
+    }
+}
+
+impl Store {
+    /// Open the store at `url` without creating or migrating anything, and compare its
+    /// applied migrations with this binary's.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if a SQLite file does not exist; connection failures.
+    pub async fn inspect(url: &str) -> Result<SchemaStatus, StoreError> {
+        use sqlx::Row as _;
+        sqlx::any::install_default_drivers();
+        let (migrator, url) = if url.starts_with("sqlite:") {
+            let Some(path) = sqlite_path(url) else {
+                return Err(StoreError::Missing(
+                    "an in-memory SQLite store holds nothing to check".into(),
+                ));
+            };
+            if !std::path::Path::new(&path).exists() {
+                return Err(StoreError::Missing(format!(
+                    "the SQLite file {path} does not exist yet; run `hsm-rotator init`"
+                )));
+            }
+            (&MIGRATE_SQLITE, format!("sqlite://{path}?mode=ro"))
+        } else {
+            (&MIGRATE_POSTGRES, url.to_owned())
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(AnyConnectOptions::from_str(&url)?)
+            .await?;
+        let rows = match sqlx::query(
+            "SELECT version, checksum FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
+        )
+        .fetch_all(&pool)
+        .await
+        {
+            Ok(rows) => rows,
+            // No migrations table: a fresh, empty database.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut applied = std::collections::HashMap::new();
+        for r in rows {
+            let v: i64 = r.try_get("version")?;
+            let sum: Vec<u8> = r.try_get("checksum")?;
+            applied.insert(v, sum);
+        }
+        let mut algorithms = Vec::new();
+        if !applied.is_empty() {
+            for r in sqlx::query("SELECT DISTINCT signing_alg FROM apps ORDER BY signing_alg")
+                .fetch_all(&pool)
+                .await?
+            {
+                algorithms.push(r.try_get::<String, _>("signing_alg")?);
+            }
+        }
+        pool.close().await;
+        let mut status = SchemaStatus {
+            algorithms,
+            ..SchemaStatus::default()
+        };
+        for m in migrator.iter() {
+            status.known += 1;
+            match applied.remove(&m.version) {
+                Some(sum) => {
+                    status.applied += 1;
+                    if sum.as_slice() != m.checksum.as_ref() {
+                        status.modified.push(m.version);
+                    }
+                }
+                None => status
+                    .pending
+                    .push(format!("{} {}", m.version, m.description)),
+            }
+        }
+        status.unknown = applied.into_keys().collect();
+        status.unknown.sort_unstable();
+        Ok(status)
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 mod apps;
 mod certs;
+mod cli;
 mod clients;
 mod compat;
 mod console;

@@ -1,0 +1,352 @@
+//! `app create|list|show` and `keys list|rotate|revoke`, in direct or `--url` mode. Both
+//! modes produce the native API's JSON shapes; human output is read from them.
+
+use anyhow::Context as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::output::{self, Output, s};
+use super::remote::Cred;
+use super::{AppCommand, CreateArgs, Direct, KeysCommand, Remote};
+use crate::api::wire;
+use crate::keys::{KeyError, Kid, RotationKind};
+
+/// Where a command goes.
+#[derive(Debug)]
+pub(crate) enum Target<'a> {
+    /// The store and the HSM, in this process.
+    Direct(&'a Direct),
+    /// A running server.
+    Remote(Remote),
+}
+
+/// A lifecycle error in the operator's words.
+fn key_error(e: KeyError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// An app id as the API would check it (a ULID).
+pub(super) fn app_path(id: &str) -> anyhow::Result<String> {
+    ulid::Ulid::from_string(id)
+        .map_err(|_| anyhow::anyhow!("{id:?} is not an app id (a 26-character ULID)"))?;
+    Ok(format!("/apps/{id}"))
+}
+
+fn app_view(d: &Direct, app: &crate::store::AppRow, keys: &[crate::store::KeyRow]) -> Value {
+    let mut v = wire::app(app, &d.issuer(&app.id));
+    if let Value::Object(m) = &mut v {
+        m.insert("key_summary".into(), wire::key_summary(keys));
+    }
+    v
+}
+
+/// The `POST /apps` body of `args` (name suffixed for `--count`).
+fn create_body(args: &CreateArgs, name: &str) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), name.into());
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.into(), v);
+        }
+    };
+    put("signing_alg", args.signing_alg.clone().map(Value::from));
+    put("rsa_bits", args.rsa_bits.map(Value::from));
+    put("rotation_period", args.rotation_period.map(Value::from));
+    put("verification_ttl", args.verification_ttl.map(Value::from));
+    put("token_ttl", args.token_ttl.map(Value::from));
+    put("refresh_ttl", args.refresh_ttl.map(Value::from));
+    put("subject_dn", args.subject_dn.clone().map(Value::from));
+    Value::Object(m)
+}
+
+async fn create_one(t: &Target<'_>, body: Value) -> anyhow::Result<Value> {
+    match t {
+        Target::Remote(r) => r.call(Method::POST, "/apps", Cred::Root, Some(&body)).await,
+        Target::Direct(d) => {
+            // The same request type and validation as `POST /apps`.
+            let req: crate::api::apps::CreateApp = serde_json::from_value(body)?;
+            let row = crate::api::apps::new_app_row(req, String::new(), 0, 0)
+                .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
+            let created = d.state().keys.create_app(row).await.map_err(key_error)?;
+            let mut v = wire::app(&created.app, &d.issuer(&created.app.id));
+            if let Value::Object(m) = &mut v {
+                m.insert("access_token".into(), created.access_token.expose().into());
+                m.insert("keys".into(), created.keys.iter().map(wire::key).collect());
+            }
+            Ok(v)
+        }
+    }
+}
+
+fn print_created(v: &Value) {
+    let kid = |state: &str| {
+        v["keys"]
+            .as_array()
+            .and_then(|ks| ks.iter().find(|k| k["state"] == state))
+            .map_or("-", |k| s(k, "kid"))
+            .to_owned()
+    };
+    println!(
+        "created app {} ({}, {})\n  access token (shown once, store it now): {}\n  current key {}, next key {}",
+        s(v, "id"),
+        s(v, "name"),
+        s(v, "signing_alg"),
+        s(v, "access_token"),
+        kid("current"),
+        kid("next"),
+    );
+}
+
+fn print_app_line(a: &Value) {
+    println!(
+        "{}  {:<8} {:<24} current {}",
+        s(a, "id"),
+        s(a, "signing_alg"),
+        s(a, "name"),
+        s(&a["key_summary"], "current"),
+    );
+}
+
+fn print_app(a: &Value) {
+    for k in [
+        "id",
+        "name",
+        "signing_alg",
+        "rsa_bits",
+        "rotation_period",
+        "verification_ttl",
+        "token_ttl",
+        "refresh_ttl",
+        "subject_dn",
+        "issuer",
+        "created_at",
+        "updated_at",
+        "cutoff_at",
+    ] {
+        let v = match &a[k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!("{k:<17} {v}");
+    }
+    let ks = &a["key_summary"];
+    println!("{:<17} {}", "current key", s(ks, "current"));
+    println!("{:<17} {}", "next key", s(ks, "next"));
+    let prev: Vec<&str> = ks["previous"]
+        .as_array()
+        .map(|p| p.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "{:<17} {}",
+        "previous keys",
+        if prev.is_empty() {
+            "-".into()
+        } else {
+            prev.join(" ")
+        }
+    );
+}
+
+/// `hsm-rotator app ...`.
+pub(crate) async fn app(t: Target<'_>, cmd: AppCommand, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        AppCommand::Create(args) => {
+            let count = args.count;
+            if count == 1 {
+                let v = create_one(&t, create_body(&args, &args.name)).await?;
+                return if out.json {
+                    out.json(&v)
+                } else {
+                    print_created(&v);
+                    Ok(())
+                };
+            }
+            let pb = output::bar(u64::from(count), "creating apps");
+            let mut all = Vec::with_capacity(count as usize);
+            for i in 1..=count {
+                let name = format!("{}-{i}", args.name);
+                let v = match create_one(&t, create_body(&args, &name)).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        pb.abandon();
+                        // The apps made so far exist: say so, and show them, before failing.
+                        if out.json {
+                            out.json(&json!({"apps": all}))?;
+                        }
+                        return Err(e.context(format!(
+                            "app {i} of {count} failed; {} were created",
+                            i - 1
+                        )));
+                    }
+                };
+                if !out.json {
+                    pb.suspend(|| print_created(&v));
+                }
+                all.push(v);
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            if out.json {
+                out.json(&json!({"apps": all}))
+            } else {
+                Ok(())
+            }
+        }
+        AppCommand::List => {
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::GET, "/apps", Cred::Root, None).await?,
+                Target::Direct(d) => {
+                    let store = &d.state().store;
+                    let mut apps = Vec::new();
+                    for a in store.apps().await.context("Failed to read the apps")? {
+                        let keys = store.app_keys(&a.id).await?;
+                        apps.push(app_view(d, &a, &keys));
+                    }
+                    json!({"apps": apps})
+                }
+            };
+            if out.json {
+                return out.json(&v);
+            }
+            let apps = v["apps"].as_array().cloned().unwrap_or_default();
+            if apps.is_empty() {
+                println!("no apps");
+            }
+            for a in &apps {
+                print_app_line(a);
+            }
+            Ok(())
+        }
+        AppCommand::Show { id } => {
+            let path = app_path(&id)?;
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::GET, &path, Cred::Root, None).await?,
+                Target::Direct(d) => {
+                    let store = &d.state().store;
+                    let a = store
+                        .app(&id)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("app {id} not found"))?;
+                    let keys = store.app_keys(&id).await?;
+                    app_view(d, &a, &keys)
+                }
+            };
+            if out.json {
+                out.json(&v)
+            } else {
+                print_app(&v);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn print_key_line(k: &Value) {
+    println!(
+        "{}  {:<8} {:<6} created {}  {}",
+        s(k, "kid"),
+        s(k, "state"),
+        s(k, "algorithm"),
+        s(k, "created_at"),
+        match s(k, "state") {
+            "revoked" => format!("revoked {}", s(k, "revoked_at")),
+            "retired" => format!("retired {}", s(k, "retired_at")),
+            "current" => format!("signing since {}", s(k, "activated_at")),
+            "previous" => format!("stopped signing {}", s(k, "deactivated_at")),
+            _ => String::new(),
+        }
+    );
+}
+
+/// `hsm-rotator keys ...`.
+pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyhow::Result<()> {
+    let v = match cmd {
+        KeysCommand::List { app } => {
+            let path = format!("{}/keys", app_path(&app)?);
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::GET, &path, Cred::RootOrApp, None).await?,
+                Target::Direct(d) => {
+                    let store = &d.state().store;
+                    if store.app(&app).await?.is_none() {
+                        anyhow::bail!("app {app} not found");
+                    }
+                    let keys = store.app_keys(&app).await?;
+                    json!({"keys": keys.iter().map(wire::key).collect::<Vec<_>>()})
+                }
+            };
+            if !out.json {
+                for k in v["keys"].as_array().cloned().unwrap_or_default() {
+                    print_key_line(&k);
+                }
+                return Ok(());
+            }
+            v
+        }
+        KeysCommand::Rotate { app } => {
+            let path = format!("{}/keys/rotate", app_path(&app)?);
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::POST, &path, Cred::RootOrApp, None).await?,
+                Target::Direct(d) => {
+                    let r = d
+                        .state()
+                        .keys
+                        .rotate(&app, RotationKind::Manual)
+                        .await
+                        .map_err(key_error)?;
+                    json!({
+                        "current": wire::key(&r.current),
+                        "next": wire::key(&r.next),
+                        "previous": r.previous.iter().map(wire::key).collect::<Vec<_>>(),
+                    })
+                }
+            };
+            if !out.json {
+                println!(
+                    "rotated app {app}: current key {}, next key {}, {} previous key(s) still verifying",
+                    s(&v["current"], "kid"),
+                    s(&v["next"], "kid"),
+                    v["previous"].as_array().map_or(0, Vec::len)
+                );
+                return Ok(());
+            }
+            v
+        }
+        KeysCommand::Revoke { app, kid } => {
+            let parsed: Kid = kid
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{kid:?} is not a key id (a 26-character ULID)"))?;
+            let path = format!("{}/keys/{kid}/revoke", app_path(&app)?);
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::POST, &path, Cred::RootOrApp, None).await?,
+                Target::Direct(d) => {
+                    let r = d
+                        .state()
+                        .keys
+                        .revoke_key(&app, parsed)
+                        .await
+                        .map_err(key_error)?;
+                    json!({
+                        "revoked": r.revoked.first().map(wire::key),
+                        "current": r.current.as_ref().map(wire::key),
+                        "next": r.next.as_ref().map(wire::key),
+                        "revoked_tokens": r.revoked_tokens,
+                        "affected_subjects": r.affected_subjects,
+                    })
+                }
+            };
+            if !out.json {
+                println!(
+                    "revoked key {kid} of app {app}: {} live token(s) of {} subject(s) are now rejected; current key {}, next key {}",
+                    v["revoked_tokens"],
+                    v["affected_subjects"],
+                    s(&v["current"], "kid"),
+                    s(&v["next"], "kid"),
+                );
+                return Ok(());
+            }
+            v
+        }
+    };
+    out.json(&v)
+}

@@ -1,0 +1,71 @@
+//! Direct mode: the CLI opens the store and the HSM itself, through the same
+//! [`AppState::connect`] and services as the server, so there is one implementation of
+//! every operation.
+
+use std::sync::Arc;
+
+use crate::app::AppState;
+use crate::config::Config;
+use crate::store::{LockError, StoreLock};
+
+/// The store and the HSM, opened in this process.
+pub struct Direct {
+    state: AppState,
+    base: String,
+    _lock: Option<StoreLock>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct").field("base", &self.base).finish()
+    }
+}
+
+impl Direct {
+    /// Open the store and the HSM. A command that changes apps or keys passes `write`:
+    /// on SQLite it then takes the store lock first, and is refused while a server runs
+    /// (the server could not see the change; see [`crate::store::lock`]).
+    ///
+    /// # Errors
+    /// The lock is held; the store or the HSM cannot be opened.
+    pub async fn open(cfg: &Config, write: bool) -> anyhow::Result<Self> {
+        let lock = if write {
+            match StoreLock::try_acquire(&cfg.database_url()) {
+                Ok(l) => l,
+                Err(e @ LockError::Held(_)) => anyhow::bail!(
+                    "{e}. A running server would not see a change written here; send it through the server instead: add --url http://HOST:PORT and set HSM_ROTATOR_ROOT_KEY"
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let state = AppState::connect(cfg, Arc::new(crate::clock::SystemClock)).await?;
+        // The issuer a server would advertise: `public_url`, else the listen address (set
+        // public_url when tokens issued here must verify at a server behind a proxy).
+        let base = cfg.public_url.as_deref().map_or_else(
+            || format!("http://{}", cfg.listen),
+            |u| u.trim_end_matches('/').to_owned(),
+        );
+        Ok(Self {
+            state,
+            base,
+            _lock: lock,
+        })
+    }
+
+    /// The services.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// An app's issuer (`<base>/apps/<id>`), as the server computes it.
+    pub fn issuer(&self, app_id: &str) -> String {
+        format!("{}/apps/{app_id}", self.base)
+    }
+
+    /// Log out of the token.
+    pub async fn close(&self) {
+        self.state.hsm.close().await;
+    }
+}

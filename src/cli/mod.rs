@@ -1,0 +1,464 @@
+//! Command line (SPEC §7): `serve`, `init`, `app`, `keys`, `token`, `audit verify`,
+//! `reconcile` and `config check`.
+//!
+//! The operator commands (`app`, `keys`, `token`) work in two modes. By default they open
+//! the store and the HSM themselves, through the same [`AppState`] and services as the
+//! server; with `--url` they call a running server instead, with credentials from the
+//! environment (`HSM_ROTATOR_ROOT_KEY`, `HSM_ROTATOR_ACCESS_TOKEN`), never from argv where
+//! `ps` would show them. Both modes produce the API's JSON shapes: `--json` prints them,
+//! otherwise they are turned into short human lines. A failure exits non-zero with one
+//! plain sentence on stderr.
+//!
+//! With SQLite, a direct-mode change would not reach a running server's in-memory view,
+//! so lifecycle changes take the store's lock ([`crate::store::StoreLock`]) and are
+//! refused while a server holds it, naming `--url` as the way through.
+//!
+//! Files: [`apps`] (app and keys), [`tokens`] (token), [`check`] (config check),
+//! [`remote`] (the HTTP client), [`direct`] (the in-process mode).
+
+mod apps;
+mod check;
+mod direct;
+mod output;
+mod remote;
+mod tokens;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::Config;
+
+pub use direct::Direct;
+pub use remote::{ACCESS_TOKEN_ENV, ROOT_KEY_ENV, Remote};
+
+/// hsm-rotator: JWT signing keys kept in a PKCS#11 HSM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); every key can be overridden by HSM_ROTATOR_<KEY>.
+    #[arg(long, global = true, env = "HSM_ROTATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: human or json (overrides the config file).
+    #[arg(long, global = true, value_parser = ["human", "json"])]
+    pub log_format: Option<String>,
+    /// Talk to the server at this base URL instead of opening the store and the HSM.
+    /// Credentials come from HSM_ROTATOR_ROOT_KEY / HSM_ROTATOR_ACCESS_TOKEN.
+    #[arg(long, global = true, env = "HSM_ROTATOR_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// With an https --url: trust only the CA certificates in this PEM file (a private CA),
+    /// instead of the system's trust store.
+    #[arg(long, global = true, env = "HSM_ROTATOR_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout (the API's shapes where there is one).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Address to listen on (overrides `listen`); port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create the store and print the root key once (if it has none yet).
+    Init,
+    /// Apps: create, list, show.
+    App {
+        /// What to do.
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// An app's signing keys: list, rotate, revoke.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// An app's tokens: issue, verify.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The audit log.
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Make the store and the HSM agree once, and print what was found and done.
+    Reconcile {
+        /// Only report; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The configuration.
+    Config {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Check that the HSM token can be opened and list our objects in it (see also
+    /// `config check`).
+    CheckHsm,
+}
+
+/// `hsm-rotator app ...`.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an app (or `--count` apps); its access token is printed once.
+    Create(CreateArgs),
+    /// List apps with their policy and key summary.
+    List,
+    /// Show one app.
+    Show {
+        /// App id.
+        id: String,
+    },
+}
+
+/// `app create` options; absent ones take the server's defaults.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Display name (with `--count N`, apps are named NAME-1 .. NAME-N).
+    #[arg(long)]
+    pub name: String,
+    /// Signing algorithm: RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA.
+    #[arg(long = "alg", value_name = "ALG")]
+    pub signing_alg: Option<String>,
+    /// RSA modulus bits: 2048, 3072 or 4096.
+    #[arg(long)]
+    pub rsa_bits: Option<u32>,
+    /// Seconds between scheduled rotations.
+    #[arg(long)]
+    pub rotation_period: Option<i64>,
+    /// Seconds a key keeps verifying after it stopped signing.
+    #[arg(long)]
+    pub verification_ttl: Option<i64>,
+    /// Longest token lifetime, seconds.
+    #[arg(long)]
+    pub token_ttl: Option<i64>,
+    /// Refresh-token lifetime, seconds (0: none).
+    #[arg(long)]
+    pub refresh_ttl: Option<i64>,
+    /// Certificate subject (default CN=<name>).
+    #[arg(long)]
+    pub subject_dn: Option<String>,
+    /// How many apps to create.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub count: u32,
+}
+
+/// `hsm-rotator keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Every key of an app with its state and timestamps.
+    List {
+        /// App id.
+        app: String,
+    },
+    /// Graceful rotation: next becomes current, current becomes previous.
+    Rotate {
+        /// App id.
+        app: String,
+    },
+    /// Revoke one key: every token it signed is rejected, its HSM objects destroyed.
+    Revoke {
+        /// App id.
+        app: String,
+        /// Key id.
+        kid: String,
+    },
+}
+
+/// `hsm-rotator token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a JWT signed by the app's current key; prints the token.
+    Issue {
+        /// App id.
+        app: String,
+        /// The `sub` claim.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Other claims, as a JSON object (`iss iat nbf exp jti` are set by the service).
+        #[arg(long, value_name = "JSON")]
+        claims: Option<String>,
+        /// Lifetime in seconds (at most the app's token_ttl).
+        #[arg(long)]
+        ttl: Option<i64>,
+    },
+    /// Verify a JWT of the app (read from stdin, or --token-file); exits 1 if inactive.
+    Verify {
+        /// App id.
+        app: String,
+        /// File holding the token (`-`: stdin, the default).
+        #[arg(long, value_name = "FILE", default_value = "-")]
+        token_file: String,
+    },
+}
+
+/// `hsm-rotator audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and the HSM seals; name the first broken record.
+    Verify,
+}
+
+/// `hsm-rotator config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration, then check the PKCS#11 module, token, PIN, mechanisms
+    /// and store; print each check and exit non-zero if any failed.
+    Check,
+}
+
+/// Load the configuration named on the command line.
+fn load_config(cli_config: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(cli_config)?)
+}
+
+/// Run the parsed command line.
+///
+/// # Errors
+/// Any failure, with context for the operator.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = output::Output::new(cli.json);
+    // `config check` reports a broken file as one of its checks; everything else needs a
+    // valid configuration first (`--url` commands only for logging).
+    if let Command::Config {
+        command: ConfigCommand::Check,
+    } = cli.command
+    {
+        init_quiet_logs(cli.log_format.as_deref(), None);
+        return check::run(cli.config.as_deref(), &out).await;
+    }
+    if let Some(url) = cli.url.as_deref() {
+        init_quiet_logs(cli.log_format.as_deref(), None);
+        let remote = Remote::new(url, cli.ca_cert.as_deref())?;
+        return match cli.command {
+            Command::App { command } => {
+                apps::app(apps::Target::Remote(remote), command, &out).await
+            }
+            Command::Keys { command } => {
+                apps::keys(apps::Target::Remote(remote), command, &out).await
+            }
+            Command::Token { command } => {
+                tokens::run(apps::Target::Remote(remote), command, &out).await
+            }
+            _ => anyhow::bail!(
+                "this command works on the store and the HSM directly; run it without --url"
+            ),
+        };
+    }
+    let mut cfg = load_config(cli.config.as_deref())?;
+    if let Some(f) = &cli.log_format {
+        cfg.log_format.clone_from(f);
+    }
+    match cli.command {
+        Command::Serve { listen } => {
+            crate::telemetry::init(&cfg.log_format, &cfg.log_level);
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            serve(&cfg).await
+        }
+        other => {
+            init_quiet_logs(Some(&cfg.log_format), Some(&cfg.log_level));
+            operate(&cfg, other, &out).await
+        }
+    }
+}
+
+/// Logs of one-shot commands: errors only unless `RUST_LOG` or a non-default `log_level`
+/// asks for more (their output is what they print, not the service's chatter).
+fn init_quiet_logs(format: Option<&str>, level: Option<&str>) {
+    // cryptoki logs every mechanism of the token it has no name for, at error level.
+    let level = match level {
+        Some(l) if l != "info" => l,
+        _ => "error,cryptoki::mechanism=off",
+    };
+    crate::telemetry::init(format.unwrap_or("human"), level);
+}
+
+async fn serve(cfg: &Config) -> anyhow::Result<()> {
+    let app = Application::build(cfg).await?;
+    let addr = app.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {}://{addr}", app.scheme()).context("Failed to write to stdout")?;
+    out.flush().context("Failed to flush stdout")?;
+    drop(out);
+    tracing::info!(%addr, "serving");
+    app.run_until_stopped().await
+}
+
+/// The commands that open the store (and the HSM) in this process.
+async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { .. } | Command::Config { .. } => Ok(()),
+        Command::Init => {
+            let store = crate::store::Store::connect(&cfg.database_url())
+                .await
+                .context("Failed to open the store")?;
+            let root = crate::app::init_root_key(&store, None).await?;
+            match (root, out.json) {
+                (Some(root), true) => {
+                    out.json(&serde_json::json!({"initialised": true, "root_key": root.expose()}))?;
+                }
+                (Some(root), false) => announce_root_key(&root)?,
+                (None, true) => out.json(&serde_json::json!({"initialised": false}))?,
+                (None, false) => {
+                    println!("already initialised; rotate the root key with POST /root/rotate");
+                }
+            }
+            Ok(())
+        }
+        Command::App { command } => {
+            let write = matches!(command, AppCommand::Create(_));
+            let d = Direct::open(cfg, write).await?;
+            let r = apps::app(apps::Target::Direct(&d), command, out).await;
+            d.close().await;
+            r
+        }
+        Command::Keys { command } => {
+            let write = !matches!(command, KeysCommand::List { .. });
+            let d = Direct::open(cfg, write).await?;
+            let r = apps::keys(apps::Target::Direct(&d), command, out).await;
+            d.close().await;
+            r
+        }
+        Command::Token { command } => {
+            // Issuing writes only the token ledger, which no server caches: no lock needed.
+            let d = Direct::open(cfg, false).await?;
+            let r = tokens::run(apps::Target::Direct(&d), command, out).await;
+            d.close().await;
+            r
+        }
+        Command::Reconcile { dry_run } => {
+            let d = Direct::open(cfg, !dry_run).await?;
+            let pb = output::bar(1, "reconcile");
+            let progress = |phase: &str, done: usize, total: usize| {
+                pb.set_message(phase.to_owned());
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            };
+            // A server may be running next to us (PostgreSQL) and generating spares right
+            // now: leave young pending keys alone (the server's start-up pass handles a
+            // crash's).
+            let report = crate::keys::reconcile::reconcile_with_progress(
+                &d.state().keys,
+                &d.state().hsm,
+                dry_run,
+                crate::app::PENDING_GRACE,
+                &progress,
+            )
+            .await
+            .context("Reconciliation failed");
+            pb.finish_and_clear();
+            d.close().await;
+            let report = report?;
+            if out.json {
+                out.json(&serde_json::to_value(&report)?)
+            } else {
+                print_reconcile(&report);
+                Ok(())
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let store = crate::store::Store::connect(&cfg.database_url())
+                .await
+                .context("Failed to open the store")?;
+            let v = crate::audit::verify(&store)
+                .await
+                .context("Failed to read the audit log")?;
+            if out.json {
+                out.json(&serde_json::to_value(&v)?)?;
+            } else if let Some((seq, what)) = &v.broken {
+                println!("audit log BROKEN at record {seq}: {what}");
+            } else {
+                println!(
+                    "audit log intact: {} records, {} seals verified",
+                    v.records, v.seals
+                );
+            }
+            if v.broken.is_some() {
+                anyhow::bail!("the audit log does not verify");
+            }
+            Ok(())
+        }
+        Command::CheckHsm => {
+            let hsm = crate::hsm::Hsm::connect(cfg.hsm()?)
+                .await
+                .context("Failed to open the HSM token")?;
+            hsm.ready().await.context("HSM session is not usable")?;
+            let objects = hsm.list().await.context("Failed to list token objects")?;
+            println!(
+                "token {:?}: ok, {} hsm-rotator objects ({} key pairs cached)",
+                cfg.token_label,
+                objects.len(),
+                hsm.cached_keys()
+            );
+            hsm.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// Print the new root key on stdout, once, as `root key: rk_...`.
+///
+/// # Errors
+/// If stdout cannot be written.
+pub fn announce_root_key(root: &crate::auth::Secret) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "root key: {}", root.expose()).context("Failed to write to stdout")?;
+    writeln!(out, "(shown once: store it now; only its SHA-256 is kept)")
+        .context("Failed to write to stdout")?;
+    out.flush().context("Failed to flush stdout")?;
+    Ok(())
+}
+
+fn print_reconcile(r: &crate::keys::reconcile::ReconcileReport) {
+    let verb = if r.dry_run { "would" } else { "did" };
+    println!(
+        "reconcile ({}): {} finding(s)",
+        if r.dry_run { "dry run" } else { "applied" },
+        r.actions()
+    );
+    let show = |what: &str, items: &[String]| {
+        if !items.is_empty() {
+            println!("  {what} ({}): {}", items.len(), items.join(" "));
+        }
+    };
+    show(
+        &format!("pending keys finished ({verb} mark spare)"),
+        &r.pending_finished,
+    );
+    show(
+        &format!("pending keys undone ({verb} delete)"),
+        &r.pending_undone,
+    );
+    show(
+        &format!("orphan objects ({verb} destroy)"),
+        &r.orphans_destroyed,
+    );
+    let missing: Vec<String> = r.missing.iter().map(|(k, s)| format!("{k}({s})")).collect();
+    show("rows whose HSM objects are missing", &missing);
+    show("current/next keys replaced", &r.replaced);
+    show(
+        &format!("destroys retried ({verb} destroy)"),
+        &r.destroys_retried,
+    );
+    show("apps given certificates", &r.certified_apps);
+}

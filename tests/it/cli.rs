@@ -1,0 +1,745 @@
+//! The command line, run as the real binary: direct mode on a fresh token and SQLite
+//! store, `--url` mode against a running server, the SQLite one-writer rule between them,
+//! and `config check` on good and broken configurations. No secret other than the access
+//! token `app create` shows once may appear in anything the CLI prints.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt as _;
+use tokio::process::Command;
+
+use crate::common::app::{Engine, TestApp};
+use crate::common::softhsm::SoftHsm;
+
+/// One run of the CLI.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}): {}\n{}", self.stdout, self.stderr)
+        })
+    }
+
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Environment of a direct-mode run on `token` with the store at `db`.
+fn direct_env(token: &SoftHsm, db: &str) -> Vec<(String, String)> {
+    [
+        ("SOFTHSM2_CONF", token.conf.display().to_string()),
+        ("HSM_ROTATOR_PIN", token.pin.clone()),
+        ("HSM_ROTATOR_TOKEN_LABEL", token.label.clone()),
+        (
+            "HSM_ROTATOR_DATA_DIR",
+            token.path().join("data").display().to_string(),
+        ),
+        ("HSM_ROTATOR_DATABASE_URL", db.to_owned()),
+        ("HSM_ROTATOR_SESSIONS", "2".into()),
+        ("HSM_ROTATOR_SPARE_KEYS", "1".into()),
+        ("HSM_ROTATOR_JWKS_MAX_AGE", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Run `hsm-rotator args` with exactly `env` (plus PATH), feeding `stdin`.
+async fn cli(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn hsm-rotator");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).await.expect("write stdin");
+    }
+    drop(input);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await
+    .expect("the CLI finished within 120 s")
+    .expect("wait for the CLI");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn kid_in(keys: &Value, state: &str) -> String {
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == state)
+        .unwrap_or_else(|| panic!("no {state} key in {keys}"))["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Everything printed must be free of `secrets`.
+fn assert_clean(runs: &[Run], secrets: &[(&str, &str)]) {
+    for r in runs {
+        for (what, s) in secrets {
+            assert!(!r.all().contains(s), "{what} was printed: {}", r.all());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_creates_rotates_issues_verifies_and_revokes() {
+    let token = SoftHsm::new("cli_direct");
+    let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
+    let env = direct_env(&token, &db);
+    let mut runs = Vec::new();
+
+    let init = cli(&env, &["init"], None).await;
+    assert!(init.ok, "{}", init.all());
+    let root = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("root key: "))
+        .expect("init printed the root key")
+        .to_owned();
+
+    let created = cli(
+        &env,
+        &[
+            "app", "create", "--name", "Billing", "--alg", "ES256", "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(created.ok, "{}", created.all());
+    let app = created.json();
+    let id = app["id"].as_str().unwrap().to_owned();
+    let pk = app["access_token"].as_str().unwrap().to_owned();
+    assert!(pk.starts_with("pk_") && pk.len() == 46, "{app}");
+    assert_eq!(app["signing_alg"], "ES256");
+    let first_next = kid_in(&app["keys"], "next");
+
+    let list = cli(&env, &["app", "list", "--json"], None).await;
+    assert!(list.ok, "{}", list.all());
+    let listed = list.json();
+    assert_eq!(listed["apps"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["apps"][0]["id"], id.as_str());
+    assert!(listed["apps"][0].get("access_token").is_none());
+    runs.push(list);
+
+    let show = cli(&env, &["app", "show", &id], None).await;
+    assert!(show.ok && show.stdout.contains("Billing"), "{}", show.all());
+    runs.push(show);
+
+    let rotated = cli(&env, &["keys", "rotate", &id, "--json"], None).await;
+    assert!(rotated.ok, "{}", rotated.all());
+    let r = rotated.json();
+    assert_eq!(
+        r["current"]["kid"],
+        first_next.as_str(),
+        "next became current"
+    );
+    assert_eq!(r["previous"].as_array().unwrap().len(), 1);
+    runs.push(rotated);
+
+    let keys = cli(&env, &["keys", "list", &id, "--json"], None).await;
+    assert!(keys.ok, "{}", keys.all());
+    assert_eq!(keys.json()["keys"].as_array().unwrap().len(), 3);
+    runs.push(keys);
+
+    let issued = cli(
+        &env,
+        &[
+            "token",
+            "issue",
+            &id,
+            "--sub",
+            "alice",
+            "--claims",
+            r#"{"aud":"api"}"#,
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(issued.ok, "{}", issued.all());
+    let t = issued.json();
+    assert_eq!(t["kid"], first_next.as_str(), "signed by the current key");
+    let jwt = t["token"].as_str().unwrap().to_owned();
+    runs.push(issued);
+
+    let verified = cli(&env, &["token", "verify", &id, "--json"], Some(&jwt)).await;
+    assert!(verified.ok, "{}", verified.all());
+    let claims = verified.json();
+    assert_eq!(claims["active"], true);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], "api");
+    runs.push(verified);
+
+    let revoked = cli(&env, &["keys", "revoke", &id, &first_next], None).await;
+    assert!(revoked.ok, "{}", revoked.all());
+    assert!(
+        revoked.stdout.contains("1 live token(s)"),
+        "{}",
+        revoked.all()
+    );
+    runs.push(revoked);
+
+    let after = cli(&env, &["token", "verify", &id, "--json"], Some(&jwt)).await;
+    assert!(!after.ok, "a token of a revoked key must not verify");
+    assert_eq!(after.json(), serde_json::json!({"active": false}));
+    assert!(after.stderr.contains("not active"), "{}", after.all());
+    runs.push(after);
+
+    let human = cli(&env, &["token", "verify", &id], Some(&jwt)).await;
+    assert!(!human.ok);
+    assert!(human.stderr.contains("revoked"), "{}", human.all());
+    runs.push(human);
+
+    // The revoked key's objects left the token; its row stays, marked revoked.
+    let keys = cli(&env, &["keys", "list", &id, "--json"], None).await;
+    let states: Vec<String> = keys.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == first_next.as_str())
+        .map(|k| k["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["revoked"]);
+    assert!(!token.labels().iter().any(|l| l.contains(&first_next)));
+    runs.push(keys);
+
+    let bad = cli(
+        &env,
+        &["keys", "revoke", &id, "01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+        None,
+    )
+    .await;
+    assert!(!bad.ok);
+    assert!(bad.stderr.contains("key not found"), "{}", bad.all());
+    runs.push(bad);
+
+    for args in [
+        &["reconcile", "--dry-run", "--json"][..],
+        &["reconcile", "--json"],
+    ] {
+        let rec = cli(&env, args, None).await;
+        assert!(rec.ok, "{}", rec.all());
+        let report = rec.json();
+        assert_eq!(report["dry_run"], args.contains(&"--dry-run"));
+        assert_eq!(
+            report["orphans_destroyed"],
+            serde_json::json!([]),
+            "{report}"
+        );
+        assert_eq!(report["missing"], serde_json::json!([]), "{report}");
+        runs.push(rec);
+    }
+
+    let audit = cli(&env, &["audit", "verify"], None).await;
+    assert!(
+        audit.ok && audit.stdout.contains("intact"),
+        "{}",
+        audit.all()
+    );
+    runs.push(audit);
+
+    assert_clean(
+        &runs,
+        &[
+            ("PIN", &token.pin),
+            ("root key", &root),
+            ("access token", &pk),
+        ],
+    );
+    assert_clean(&[created], &[("PIN", &token.pin), ("root key", &root)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_apps_in_one_command() {
+    let token = SoftHsm::new("cli_count");
+    let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
+    let env = direct_env(&token, &db);
+    let out = cli(
+        &env,
+        &[
+            "app", "create", "--name", "bulk", "--alg", "EdDSA", "--count", "3", "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(out.ok, "{}", out.all());
+    let names: Vec<String> = out.json()["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["bulk-1", "bulk-2", "bulk-3"]);
+    let list = cli(&env, &["app", "list", "--json"], None).await;
+    assert_eq!(list.json()["apps"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_mode_drives_a_running_server_and_direct_writes_are_refused_meanwhile() {
+    let server = TestApp::spawn("cli_url", Engine::Sqlite).await;
+    let url = server.base.clone();
+    let root_env = vec![("HSM_ROTATOR_ROOT_KEY".to_owned(), server.root_key.clone())];
+    let mut runs = Vec::new();
+
+    let no_cred = cli(&[], &["--url", &url, "app", "list"], None).await;
+    assert!(!no_cred.ok);
+    assert!(
+        no_cred.stderr.contains("HSM_ROTATOR_ROOT_KEY"),
+        "{}",
+        no_cred.all()
+    );
+    runs.push(no_cred);
+
+    let created = cli(
+        &root_env,
+        &[
+            "--url", &url, "app", "create", "--name", "Remote", "--alg", "ES384", "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(created.ok, "{}", created.all());
+    let app = created.json();
+    let id = app["id"].as_str().unwrap().to_owned();
+    let pk = app["access_token"].as_str().unwrap().to_owned();
+    let current = kid_in(&app["keys"], "current");
+
+    let list = cli(&root_env, &["--url", &url, "app", "list", "--json"], None).await;
+    assert!(list.ok, "{}", list.all());
+    assert_eq!(list.json()["apps"][0]["id"], id.as_str());
+    runs.push(list);
+
+    let show = cli(
+        &root_env,
+        &["--url", &url, "app", "show", &id, "--json"],
+        None,
+    )
+    .await;
+    assert!(show.ok, "{}", show.all());
+    assert_eq!(show.json()["key_summary"]["current"], current.as_str());
+    runs.push(show);
+
+    let app_env = vec![("HSM_ROTATOR_ACCESS_TOKEN".to_owned(), pk.clone())];
+    let issued = cli(
+        &app_env,
+        &["--url", &url, "token", "issue", &id, "--sub", "bob"],
+        None,
+    )
+    .await;
+    assert!(issued.ok, "{}", issued.all());
+    let jwt = issued.stdout.trim().to_owned();
+    assert_eq!(
+        jwt.split('.').count(),
+        3,
+        "stdout is the bare JWT: {}",
+        issued.stdout
+    );
+    runs.push(issued);
+
+    let verified = cli(
+        &app_env,
+        &["--url", &url, "token", "verify", &id],
+        Some(&jwt),
+    )
+    .await;
+    assert!(verified.ok, "{}", verified.all());
+    assert!(
+        verified.stdout.contains("active: sub bob"),
+        "{}",
+        verified.all()
+    );
+    runs.push(verified);
+
+    // With SQLite the server keeps its own view of keys: a direct write would not reach
+    // it, so it is refused and the operator is pointed at --url.
+    let direct = direct_env(&server.token, &server.database_url);
+    let refused = cli(&direct, &["keys", "revoke", &id, &current], None).await;
+    assert!(
+        !refused.ok,
+        "a direct write next to a running SQLite server must fail"
+    );
+    assert!(refused.stderr.contains("--url"), "{}", refused.all());
+    assert!(server.active(&id, &pk, &jwt).await, "nothing was revoked");
+    runs.push(refused);
+    // Reading directly is fine.
+    let read = cli(&direct, &["keys", "list", &id, "--json"], None).await;
+    assert!(read.ok, "{}", read.all());
+    assert_eq!(read.json()["keys"].as_array().unwrap().len(), 2);
+    runs.push(read);
+    // Verifying directly works too, once the CLI knows the issuer the server advertises.
+    let guess = cli(&direct, &["token", "verify", &id], Some(&jwt)).await;
+    assert!(
+        !guess.ok,
+        "the default issuer is http://<listen>, not the server's"
+    );
+    assert!(guess.stderr.contains("public_url"), "{}", guess.all());
+    runs.push(guess);
+    let mut with_public = direct.clone();
+    with_public.push(("HSM_ROTATOR_PUBLIC_URL".to_owned(), url.clone()));
+    let direct_verify = cli(
+        &with_public,
+        &["token", "verify", &id, "--json"],
+        Some(&jwt),
+    )
+    .await;
+    assert!(direct_verify.ok, "{}", direct_verify.all());
+    assert_eq!(direct_verify.json()["sub"], "bob");
+    runs.push(direct_verify);
+    // Nor may a second server start on the same SQLite file.
+    let second = cli(&direct, &["serve", "--listen", "127.0.0.1:0"], None).await;
+    assert!(
+        !second.ok,
+        "a second server on one SQLite store must refuse to start"
+    );
+    assert!(
+        second.stderr.contains("SQLite serves one process"),
+        "{}",
+        second.all()
+    );
+    runs.push(second);
+
+    let keys = cli(
+        &app_env,
+        &["--url", &url, "keys", "list", &id, "--json"],
+        None,
+    )
+    .await;
+    assert!(keys.ok, "{}", keys.all());
+    assert_eq!(
+        keys.json(),
+        serde_json::json!({"keys": server.keys(&id).await})
+    );
+    runs.push(keys);
+
+    let rotated = cli(
+        &root_env,
+        &["--url", &url, "keys", "rotate", &id, "--json"],
+        None,
+    )
+    .await;
+    assert!(rotated.ok, "{}", rotated.all());
+    assert_eq!(rotated.json()["previous"][0]["kid"], current.as_str());
+    runs.push(rotated);
+
+    let revoked = cli(
+        &root_env,
+        &["--url", &url, "keys", "revoke", &id, &current, "--json"],
+        None,
+    )
+    .await;
+    assert!(revoked.ok, "{}", revoked.all());
+    assert_eq!(revoked.json()["revoked"]["state"], "revoked");
+    runs.push(revoked);
+
+    let after = cli(
+        &app_env,
+        &["--url", &url, "token", "verify", &id, "--json"],
+        Some(&jwt),
+    )
+    .await;
+    assert!(!after.ok, "a token of a revoked key must not verify");
+    assert_eq!(after.json(), serde_json::json!({"active": false}));
+    assert!(!server.active(&id, &pk, &jwt).await);
+    runs.push(after);
+
+    let refused = cli(&app_env, &["--url", &url, "app", "list"], None).await;
+    assert!(!refused.ok, "an access token is not the root key");
+    assert!(
+        refused.stderr.contains("HSM_ROTATOR_ROOT_KEY"),
+        "{}",
+        refused.all()
+    );
+
+    assert_clean(
+        &runs,
+        &[
+            ("PIN", &server.token.pin),
+            ("root key", &server.root_key),
+            ("access token", &pk),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_reach_a_running_postgres_server() {
+    let server = TestApp::spawn("cli_pg", Engine::Postgres).await;
+    let (id, pk, body) = server
+        .create_app(serde_json::json!({"name": "Pg", "signing_alg": "ES256"}))
+        .await;
+    let current = kid_in(&body["keys"], "current");
+    let jwt = server
+        .issue(&id, &pk, serde_json::json!({"sub": "carol"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(server.active(&id, &pk, &jwt).await);
+    // PostgreSQL publishes every change: a revocation written by the CLI reaches the
+    // server's view (within a second; introspection is polled, bounded).
+    let env = direct_env(&server.token, &server.database_url);
+    let revoked = cli(&env, &["keys", "revoke", &id, &current], None).await;
+    assert!(revoked.ok, "{}", revoked.all());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.active(&id, &pk, &jwt).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server still accepts a token of a key revoked directly"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_passes_on_a_good_config_and_names_each_problem() {
+    let token = SoftHsm::new("cli_check");
+    let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
+    let env = direct_env(&token, &db);
+    let mut runs = Vec::new();
+
+    let fresh = cli(&env, &["config", "check"], None).await;
+    assert!(!fresh.ok, "an uninitialised store is reported");
+    assert!(fresh.stdout.contains("hsm-rotator init"), "{}", fresh.all());
+    runs.push(fresh);
+
+    assert!(cli(&env, &["init"], None).await.ok);
+    let good = cli(&env, &["config", "check", "--json"], None).await;
+    assert!(good.ok, "{}", good.all());
+    let report = good.json();
+    assert_eq!(report["ok"], true);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|c| assert_eq!(c["status"], "ok", "{c}"))
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "config",
+            "pin",
+            "pkcs11 module",
+            "token",
+            "login",
+            "mechanisms",
+            "store"
+        ]
+    );
+    runs.push(good);
+
+    let with = |k: &str, v: &str| {
+        let mut e = env.clone();
+        e.retain(|(n, _)| n != k);
+        e.push((k.to_owned(), v.to_owned()));
+        e
+    };
+    let failed = |run: &Run, name: &str| -> String {
+        let report = run.json();
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {report}"))
+            .clone();
+        assert_eq!(check["status"], "FAILED", "{report}");
+        assert!(!run.ok, "a failed check exits non-zero");
+        check["detail"].as_str().unwrap().to_owned()
+    };
+
+    let wrong_pin = "WrongPin-5e1d7c";
+    let bad_pin = cli(
+        &with("HSM_ROTATOR_PIN", wrong_pin),
+        &["config", "check", "--json"],
+        None,
+    )
+    .await;
+    assert!(
+        failed(&bad_pin, "login").contains("refused the PIN"),
+        "{}",
+        bad_pin.all()
+    );
+    assert!(
+        !bad_pin.all().contains(wrong_pin),
+        "the wrong PIN was printed"
+    );
+    runs.push(bad_pin);
+
+    let bad_label = cli(
+        &with("HSM_ROTATOR_TOKEN_LABEL", "no-such-token"),
+        &["config", "check", "--json"],
+        None,
+    )
+    .await;
+    let why = failed(&bad_label, "token");
+    assert!(
+        why.contains("no-such-token") && why.contains(&token.label),
+        "{why}"
+    );
+    runs.push(bad_label);
+
+    let bad_module = cli(
+        &with("HSM_ROTATOR_PKCS11_MODULE", "/nonexistent/libpkcs11.so"),
+        &["config", "check"],
+        None,
+    )
+    .await;
+    assert!(!bad_module.ok);
+    assert!(
+        bad_module
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("pkcs11 module")
+                && l.contains("FAILED")
+                && l.contains("/nonexistent/libpkcs11.so does not exist")),
+        "{}",
+        bad_module.all()
+    );
+    runs.push(bad_module);
+
+    let file = token.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8080\"\ntoken_lable = \"typo\"\n",
+    )
+    .unwrap();
+    let bad_file = cli(
+        &env,
+        &[
+            "config",
+            "check",
+            "--json",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        failed(&bad_file, "config").contains("token_lable"),
+        "{}",
+        bad_file.all()
+    );
+    runs.push(bad_file);
+
+    assert_clean(&runs, &[("PIN", &token.pin)]);
+}
+
+/// `openssl` with `args`, which must succeed.
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_mode_over_https_trusts_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=cli test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&ca, d);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "key.pem", "-out", "leaf.csr"]);
+    openssl(&csr, d);
+    std::fs::write(
+        d.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+        d,
+    );
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    let server = TestApp::spawn_with(
+        "cli_https",
+        Engine::Sqlite,
+        &[
+            ("HSM_ROTATOR_TLS_CERT", cert.to_str().unwrap()),
+            ("HSM_ROTATOR_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let env = vec![("HSM_ROTATOR_ROOT_KEY".to_owned(), server.root_key.clone())];
+    let ca_pem = d.join("ca.pem");
+    let trusted = cli(
+        &env,
+        &[
+            "--url",
+            &server.base,
+            "--ca-cert",
+            ca_pem.to_str().unwrap(),
+            "app",
+            "list",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(trusted.ok, "{}", trusted.all());
+    assert_eq!(trusted.json(), serde_json::json!({"apps": []}));
+    // The system does not trust this CA: the server is refused, in a sentence.
+    let untrusted = cli(&env, &["--url", &server.base, "app", "list"], None).await;
+    assert!(!untrusted.ok);
+    assert!(
+        untrusted.stderr.contains("cannot reach the server"),
+        "{}",
+        untrusted.all()
+    );
+    assert_clean(&[trusted, untrusted], &[("root key", &server.root_key)]);
+}
