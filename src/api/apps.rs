@@ -1,18 +1,20 @@
 //! Native app and key routes: `/apps`, `/apps/{id}`, `/apps/{id}/keys...`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::ApiError;
 use super::auth::{existing_app, require_root, require_root_or_app};
 use super::extract::{ApiJson, Credential, HostHeader};
-use super::{ApiError, wire};
+use super::openapi::{AppId, NativeErrors, TAG_APPS, TAG_KEYS};
+use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
 use crate::alg::Algorithm;
 use crate::app::AppState;
 use crate::keys::policy::{self, Policy};
@@ -20,7 +22,7 @@ use crate::keys::{KeyState, Kid};
 use crate::store::{AppPolicy, AppRow};
 
 /// `POST /apps` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateApp {
     /// Display name.
@@ -49,16 +51,24 @@ pub(crate) struct CreateApp {
 }
 
 /// `PATCH /apps/{id}` body: only the fields given change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PatchApp {
+pub(crate) struct PatchApp {
+    /// Display name.
     name: Option<String>,
+    /// Algorithm of future keys.
     signing_alg: Option<String>,
+    /// RSA modulus bits of future keys.
     rsa_bits: Option<u32>,
+    /// Seconds between scheduled rotations.
     rotation_period: Option<i64>,
+    /// Seconds a key verifies after it stopped signing.
     verification_ttl: Option<i64>,
+    /// Longest access-token lifetime.
     token_ttl: Option<i64>,
+    /// Refresh-token lifetime (0: none).
     refresh_ttl: Option<i64>,
+    /// Certificate subject of future keys.
     subject_dn: Option<String>,
 }
 
@@ -158,28 +168,39 @@ fn dn_escape(v: &str) -> String {
 }
 
 /// Key summary shown with an app.
-fn key_summary(state: &AppState, app_id: &str) -> Value {
+fn key_summary(state: &AppState, app_id: &str) -> wire::KeySummary {
     let live = state.registry.published(app_id);
     let kid_of = |s: KeyState| {
         live.iter()
             .find(|k| k.row.state == s)
             .map(|k| k.row.kid.to_string())
     };
-    json!({
-        "current": kid_of(KeyState::Current),
-        "next": kid_of(KeyState::Next),
-        "previous": live.iter().filter(|k| k.row.state == KeyState::Previous).map(|k| k.row.kid.to_string()).collect::<Vec<_>>(),
-    })
-}
-
-fn app_view(state: &AppState, host: &HostHeader, a: &AppRow) -> Value {
-    let mut v = wire::app(a, &state.issuer(host, &a.id));
-    if let Value::Object(m) = &mut v {
-        m.insert("key_summary".into(), key_summary(state, &a.id));
+    wire::KeySummary {
+        current: kid_of(KeyState::Current),
+        next: kid_of(KeyState::Next),
+        previous: live
+            .iter()
+            .filter(|k| k.row.state == KeyState::Previous)
+            .map(|k| k.row.kid.to_string())
+            .collect(),
     }
-    v
 }
 
+fn app_view(state: &AppState, host: &HostHeader, a: &AppRow) -> AppView {
+    AppView {
+        app: wire::App::new(a, &state.issuer(host, &a.id)),
+        key_summary: key_summary(state, &a.id),
+    }
+}
+
+/// Create an app with its first `current` and `next` keys.
+#[utoipa::path(post, path = "/apps", tag = TAG_APPS,
+    request_body = CreateApp,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses(
+        (status = 201, description = "The app, its access token (shown this once) and its first keys", body = CreatedApp),
+        NativeErrors,
+    ))]
 async fn create(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -189,44 +210,59 @@ async fn create(
     require_root(&state, cred.as_deref()).await?;
     let row = new_app_row(req, String::new(), 0, 0)?;
     let created = state.keys.create_app(row).await?;
-    let mut body = wire::app(&created.app, &state.issuer(&host, &created.app.id));
-    if let Value::Object(m) = &mut body {
-        m.insert("access_token".into(), created.access_token.expose().into());
-        m.insert("keys".into(), created.keys.iter().map(wire::key).collect());
-    }
+    let body = CreatedApp {
+        app: wire::App::new(&created.app, &state.issuer(&host, &created.app.id)),
+        access_token: created.access_token.expose().to_owned(),
+        keys: created.keys.iter().map(wire::Key::new).collect(),
+    };
     Ok((StatusCode::CREATED, super::no_store(), Json(body)))
 }
 
+/// List every app with its policy and key summary.
+#[utoipa::path(get, path = "/apps", tag = TAG_APPS,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Every app", body = AppList), NativeErrors))]
 async fn list(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppList>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await?;
-    Ok(Json(
-        json!({"apps": apps.iter().map(|a| app_view(&state, &host, a)).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(AppList {
+        apps: apps.iter().map(|a| app_view(&state, &host, a)).collect(),
+    }))
 }
 
+/// One app with its policy and key summary.
+#[utoipa::path(get, path = "/apps/{id}", tag = TAG_APPS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The app", body = AppView), NativeErrors))]
 async fn show(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppView>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     Ok(Json(app_view(&state, &host, &app)))
 }
 
+/// Change an app's policy; only the fields given change (algorithm and bits apply to future keys).
+#[utoipa::path(patch, path = "/apps/{id}", tag = TAG_APPS,
+    params(AppId),
+    request_body = PatchApp,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The app after the change", body = AppView), NativeErrors))]
 async fn patch(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchApp>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppView>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     if let Some(n) = &req.name {
@@ -282,74 +318,95 @@ async fn patch(
     Ok(Json(app_view(&state, &host, &updated)))
 }
 
+/// Delete an app: every key revoked and destroyed in the HSM, every token rejected.
+#[utoipa::path(delete, path = "/apps/{id}", tag = TAG_APPS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Deleted", body = Deleted), NativeErrors))]
 async fn delete(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     existing_app(&state, &id).await?;
     let revoked = state.keys.delete_app(&id).await?;
-    Ok(Json(json!({
-        "id": id,
-        "deleted": true,
-        "revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Deleted {
+        id,
+        deleted: true,
+        revoked_kids: revoked.iter().map(ToString::to_string).collect(),
+    }))
 }
 
+/// Every key of an app with its state and timestamps (retired and revoked too).
+#[utoipa::path(get, path = "/apps/{id}/keys", tag = TAG_KEYS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The app's keys", body = KeyList), NativeErrors))]
 async fn keys(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyList>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let keys = state.store.app_keys(&id).await?;
-    Ok(Json(
-        json!({"keys": keys.iter().map(wire::key).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(KeyList {
+        keys: keys.iter().map(wire::Key::new).collect(),
+    }))
 }
 
+/// Graceful rotation: `next` becomes `current`, a new `next` is published.
+#[utoipa::path(post, path = "/apps/{id}/keys/rotate", tag = TAG_KEYS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The keys after the rotation", body = Rotation), NativeErrors))]
 async fn rotate(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rotation>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let r = state
         .keys
         .rotate(&id, crate::keys::RotationKind::Manual)
         .await?;
-    Ok(Json(json!({
-        "current": wire::key(&r.current),
-        "next": wire::key(&r.next),
-        "previous": r.previous.iter().map(wire::key).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Rotation {
+        current: wire::Key::new(&r.current),
+        next: wire::Key::new(&r.next),
+        previous: r.previous.iter().map(wire::Key::new).collect(),
+    }))
 }
 
+/// Revoke one key: its tokens are rejected and its HSM object destroyed; revoking the
+/// current key first promotes `next`.
+#[utoipa::path(post, path = "/apps/{id}/keys/{kid}/revoke", tag = TAG_KEYS,
+    params(AppId, ("kid" = String, Path, description = "Key id")),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The revocation and the keys after it", body = wire::Revocation), NativeErrors))]
 async fn revoke(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path((id, kid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Revocation>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let kid: Kid = kid.parse().map_err(|_| ApiError::NotFound("key"))?;
     let r = state.keys.revoke_key(&id, kid).await?;
-    Ok(Json(json!({
-        "revoked": r.revoked.first().map(wire::key),
-        "current": r.current.as_ref().map(wire::key),
-        "next": r.next.as_ref().map(wire::key),
-        "revoked_tokens": r.revoked_tokens,
-        "affected_subjects": r.affected_subjects,
-    })))
+    Ok(Json(wire::Revocation {
+        revoked: r.revoked.first().map(wire::Key::new),
+        current: r.current.as_ref().map(wire::Key::new),
+        next: r.next.as_ref().map(wire::Key::new),
+        revoked_tokens: r.revoked_tokens,
+        affected_subjects: r.affected_subjects,
+    }))
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/apps", post(create).get(list))
-        .route("/apps/{id}", get(show).patch(patch).delete(delete))
-        .route("/apps/{id}/keys", get(keys))
-        .route("/apps/{id}/keys/rotate", post(rotate))
-        .route("/apps/{id}/keys/{kid}/revoke", post(revoke))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, patch, delete))
+        .routes(routes!(keys))
+        .routes(routes!(rotate))
+        .routes(routes!(revoke))
 }
 
 #[cfg(test)]

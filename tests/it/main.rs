@@ -11,6 +11,7 @@ mod compat;
 mod faults;
 mod hostile;
 mod hygiene;
+mod openapi;
 mod replicas;
 mod revocation;
 mod rotation;
