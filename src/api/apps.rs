@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::ApiError;
 use super::auth::{existing_app, require_root, require_root_or_app};
 use super::extract::{ApiJson, Credential, HostHeader};
-use super::openapi::{AppId, NativeErrors, TAG_APPS, TAG_KEYS};
+use super::openapi::{AlgorithmName, AppId, NativeErrors, TAG_APPS, TAG_KEYS};
 use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
 use crate::alg::Algorithm;
 use crate::app::AppState;
@@ -25,28 +25,37 @@ use crate::store::{AppPolicy, AppRow};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateApp {
-    /// Display name.
+    /// Display name (1 to 100 characters, no control characters).
+    #[schema(min_length = 1, max_length = 100)]
     pub(crate) name: String,
     /// Algorithm of the app's keys (default RS256).
     #[serde(default)]
+    #[schema(value_type = Option<AlgorithmName>)]
     pub(crate) signing_alg: Option<String>,
-    /// RSA modulus bits (default 2048).
+    /// RSA modulus bits: 2048 (default), 3072 or 4096.
     #[serde(default)]
+    #[schema(minimum = 2048, maximum = 4096, multiple_of = 1024)]
     pub(crate) rsa_bits: Option<u32>,
     /// Seconds between scheduled rotations (default 30 days).
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     pub(crate) rotation_period: Option<i64>,
-    /// Seconds a key verifies after it stopped signing (default token_ttl + 300).
+    /// Seconds a key verifies after it stopped signing (default token_ttl + 300; at least
+    /// token_ttl).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 63_072_000)]
     pub(crate) verification_ttl: Option<i64>,
     /// Longest access-token lifetime (default 3600).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_536_000)]
     pub(crate) token_ttl: Option<i64>,
     /// Refresh-token lifetime (default 0: no refresh tokens).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31_536_000)]
     pub(crate) refresh_ttl: Option<i64>,
-    /// Certificate subject (default `CN=<name>`).
+    /// Certificate subject, an RFC 4514 DN (default `CN=<name>`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 132, example = "CN=example")]
     pub(crate) subject_dn: Option<String>,
 }
 
@@ -54,21 +63,29 @@ pub(crate) struct CreateApp {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatchApp {
-    /// Display name.
+    /// Display name (1 to 100 characters).
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
     /// Algorithm of future keys.
+    #[schema(value_type = Option<AlgorithmName>)]
     signing_alg: Option<String>,
-    /// RSA modulus bits of future keys.
+    /// RSA modulus bits of future keys: 2048, 3072 or 4096.
+    #[schema(minimum = 2048, maximum = 4096, multiple_of = 1024)]
     rsa_bits: Option<u32>,
     /// Seconds between scheduled rotations.
+    #[schema(minimum = 60, maximum = 31_536_000)]
     rotation_period: Option<i64>,
-    /// Seconds a key verifies after it stopped signing.
+    /// Seconds a key verifies after it stopped signing (at least token_ttl).
+    #[schema(minimum = 1, maximum = 63_072_000)]
     verification_ttl: Option<i64>,
     /// Longest access-token lifetime.
+    #[schema(minimum = 1, maximum = 31_536_000)]
     token_ttl: Option<i64>,
     /// Refresh-token lifetime (0: none).
+    #[schema(minimum = 0, maximum = 31_536_000)]
     refresh_ttl: Option<i64>,
-    /// Certificate subject of future keys.
+    /// Certificate subject of future keys, an RFC 4514 DN.
+    #[schema(min_length = 1, max_length = 132, example = "CN=example")]
     subject_dn: Option<String>,
 }
 

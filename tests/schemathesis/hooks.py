@@ -8,8 +8,11 @@ picked up from the responses that rotate them.
 """
 
 import os
+import sys
 
 import schemathesis
+
+DEBUG = os.environ.get("ST_DEBUG") == "1"
 
 STATE = {
     "root": os.environ["ST_ROOT_KEY"],
@@ -17,9 +20,11 @@ STATE = {
     "app": os.environ["ST_APP_ID"],
 }
 
-# Operations that delete the app keep their generated (random) id: they answer 404 and the
-# run keeps its app.
+# Operations that delete an app never get the run's app (Schemathesis reuses ids it saw in
+# responses, so it is swapped for one that does not exist): they answer 404 or delete an
+# app the run itself created, and the run keeps its app.
 DESTRUCTIVE = {("DELETE", "/apps/{id}"), ("DELETE", "/root/{app_id}")}
+ABSENT_APP = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
 # Native routes that take only the app's access token.
 APP_ONLY = (
@@ -52,19 +57,29 @@ def before_call(context, case, kwargs):
     case.headers = dict(case.headers or {})
     if auth is not None:
         case.headers["Authorization"] = auth
-    if case.path_parameters and (method, path) not in DESTRUCTIVE:
+    if case.path_parameters:
         params = dict(case.path_parameters)
         for name in ("id", "app_id"):
-            if name in params:
+            if name not in params:
+                continue
+            if (method, path) not in DESTRUCTIVE:
                 params[name] = STATE["app"]
+            elif params[name] == STATE["app"]:
+                params[name] = ABSENT_APP
         case.path_parameters = params
 
 
 @schemathesis.hook
 def after_call(context, case, response):
+    path = case.operation.path
+    if DEBUG:
+        print(
+            f"[hooks] {case.operation.method.upper()} {path} {case.path_parameters} -> "
+            f"{response.status_code} {response.text[:120]}",
+            file=sys.stderr,
+        )
     if response.status_code != 200:
         return
-    path = case.operation.path
     try:
         body = response.json()
     except ValueError:
