@@ -1,20 +1,22 @@
 //! Native app and key routes: `/apps`, `/apps/{id}`, `/apps/{id}/keys...`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde::Deserialize;
 use std::collections::HashMap;
 
-use serde_json::{Map, Value, json};
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::ApiError;
 use super::auth::{existing_app, require_root, require_root_or_app};
 use super::extract::{ApiJson, Credential, HostHeader};
-use super::{ApiError, wire};
+use super::openapi::{AlgorithmName, AppId, NativeErrors, TAG_APPS, TAG_KEYS};
+use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
 use crate::alg::Algorithm;
 use crate::app::AppState;
 use crate::clock::rfc3339;
@@ -23,45 +25,70 @@ use crate::keys::{KeyState, Kid};
 use crate::store::{AppPolicy, AppRow};
 
 /// `POST /apps` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateApp {
-    /// Display name.
+    /// Display name (1 to 100 characters, no control characters).
+    #[schema(min_length = 1, max_length = 100)]
     pub(crate) name: String,
     /// Algorithm of the app's keys (default RS256).
     #[serde(default)]
+    #[schema(value_type = Option<AlgorithmName>)]
     pub(crate) signing_alg: Option<String>,
-    /// RSA modulus bits (default 2048).
+    /// RSA modulus bits: 2048 (default), 3072 or 4096.
     #[serde(default)]
+    #[schema(minimum = 2048, maximum = 4096, multiple_of = 1024)]
     pub(crate) rsa_bits: Option<u32>,
     /// Seconds between scheduled rotations (default 30 days).
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     pub(crate) rotation_period: Option<i64>,
-    /// Seconds a key verifies after it stopped signing (default token_ttl + 300).
+    /// Seconds a key verifies after it stopped signing (default token_ttl + 300; at least
+    /// token_ttl).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 63_072_000)]
     pub(crate) verification_ttl: Option<i64>,
     /// Longest access-token lifetime (default 3600).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31_536_000)]
     pub(crate) token_ttl: Option<i64>,
     /// Refresh-token lifetime (default 0: no refresh tokens).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 31_536_000)]
     pub(crate) refresh_ttl: Option<i64>,
-    /// Certificate subject (default `CN=<name>`).
+    /// Certificate subject, an RFC 4514 DN (default `CN=<name>`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 132, example = "CN=example")]
     pub(crate) subject_dn: Option<String>,
 }
 
 /// `PATCH /apps/{id}` body: only the fields given change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PatchApp {
+pub(crate) struct PatchApp {
+    /// Display name (1 to 100 characters).
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
+    /// Algorithm of future keys.
+    #[schema(value_type = Option<AlgorithmName>)]
     signing_alg: Option<String>,
+    /// RSA modulus bits of future keys: 2048, 3072 or 4096.
+    #[schema(minimum = 2048, maximum = 4096, multiple_of = 1024)]
     rsa_bits: Option<u32>,
+    /// Seconds between scheduled rotations.
+    #[schema(minimum = 60, maximum = 31_536_000)]
     rotation_period: Option<i64>,
+    /// Seconds a key verifies after it stopped signing (at least token_ttl).
+    #[schema(minimum = 1, maximum = 63_072_000)]
     verification_ttl: Option<i64>,
+    /// Longest access-token lifetime.
+    #[schema(minimum = 1, maximum = 31_536_000)]
     token_ttl: Option<i64>,
+    /// Refresh-token lifetime (0: none).
+    #[schema(minimum = 0, maximum = 31_536_000)]
     refresh_ttl: Option<i64>,
+    /// Certificate subject of future keys, an RFC 4514 DN.
+    #[schema(min_length = 1, max_length = 132, example = "CN=example")]
     subject_dn: Option<String>,
 }
 
@@ -161,23 +188,23 @@ fn dn_escape(v: &str) -> String {
 }
 
 /// Key summary shown with an app.
-fn key_summary(state: &AppState, app_id: &str) -> Value {
-    wire::key_summary(state.registry.published(app_id).iter().map(|k| &k.row))
+fn key_summary(state: &AppState, app_id: &str) -> wire::KeySummary {
+    wire::KeySummary::new(state.registry.published(app_id).iter().map(|k| &k.row))
 }
 
 /// Per-app figures for the list and show views: keys per state and live tokens.
 #[derive(Debug, Default)]
 struct AppStats {
-    keys: HashMap<String, Map<String, Value>>,
+    keys: HashMap<String, HashMap<String, i64>>,
     live_tokens: HashMap<String, i64>,
 }
 
 impl AppStats {
-    /// Figures for one app, or (`None`) every app.
+    /// Figures for one app, or (`None`) every app, in two grouped queries.
     async fn load(state: &AppState, app_id: Option<&str>) -> Result<Self, ApiError> {
-        let mut keys: HashMap<String, Map<String, Value>> = HashMap::new();
+        let mut keys: HashMap<String, HashMap<String, i64>> = HashMap::new();
         for (app, st, n) in state.store.key_counts_per_app(app_id).await? {
-            keys.entry(app).or_default().insert(st, n.into());
+            keys.entry(app).or_default().insert(st, n);
         }
         let live_tokens = state
             .store
@@ -185,54 +212,48 @@ impl AppStats {
             .await?;
         Ok(Self { keys, live_tokens })
     }
-}
 
-/// Key states shown in `key_counts` (always all five, zero when none).
-const COUNTED_STATES: [KeyState; 5] = [
-    KeyState::Next,
-    KeyState::Current,
-    KeyState::Previous,
-    KeyState::Retired,
-    KeyState::Revoked,
-];
-
-fn app_view(state: &AppState, host: &HostHeader, a: &AppRow, stats: Option<&AppStats>) -> Value {
-    let mut v = wire::app(a, &state.issuer(host, &a.id));
-    if let Value::Object(m) = &mut v {
-        m.insert("key_summary".into(), key_summary(state, &a.id));
-        if let Some(stats) = stats {
-            let counts = stats.keys.get(&a.id);
-            let key_counts: Map<String, Value> = COUNTED_STATES
-                .iter()
-                .map(|s| {
-                    let n = counts
-                        .and_then(|c| c.get(s.as_str()))
-                        .cloned()
-                        .unwrap_or_else(|| 0.into());
-                    (s.as_str().to_owned(), n)
-                })
-                .collect();
-            m.insert("key_counts".into(), key_counts.into());
-            let activated = state
-                .registry
-                .current(&a.id)
-                .and_then(|k| k.row.activated_at);
-            m.insert("last_rotation_at".into(), activated.map(rfc3339).into());
-            m.insert(
-                "next_rotation_at".into(),
-                activated
-                    .map(|t| rfc3339(t.saturating_add(a.rotation_period)))
-                    .into(),
-            );
-            m.insert(
-                "live_tokens".into(),
-                stats.live_tokens.get(&a.id).copied().unwrap_or(0).into(),
-            );
+    fn key_counts(&self, app_id: &str) -> wire::KeyCounts {
+        let n = |s: KeyState| {
+            self.keys
+                .get(app_id)
+                .and_then(|c| c.get(s.as_str()))
+                .copied()
+                .unwrap_or(0)
+        };
+        wire::KeyCounts {
+            next: n(KeyState::Next),
+            current: n(KeyState::Current),
+            previous: n(KeyState::Previous),
+            retired: n(KeyState::Retired),
+            revoked: n(KeyState::Revoked),
         }
     }
-    v
 }
 
+fn app_view(state: &AppState, host: &HostHeader, a: &AppRow, stats: &AppStats) -> AppView {
+    let activated = state
+        .registry
+        .current(&a.id)
+        .and_then(|k| k.row.activated_at);
+    AppView {
+        app: wire::App::new(a, &state.issuer(host, &a.id)),
+        key_summary: key_summary(state, &a.id),
+        key_counts: stats.key_counts(&a.id),
+        last_rotation_at: activated.map(rfc3339),
+        next_rotation_at: activated.map(|t| rfc3339(t.saturating_add(a.rotation_period))),
+        live_tokens: stats.live_tokens.get(&a.id).copied().unwrap_or(0),
+    }
+}
+
+/// Create an app with its first `current` and `next` keys.
+#[utoipa::path(post, path = "/apps", tag = TAG_APPS,
+    request_body = CreateApp,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses(
+        (status = 201, description = "The app, its access token (shown this once) and its first keys", body = CreatedApp),
+        NativeErrors,
+    ))]
 async fn create(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -243,46 +264,64 @@ async fn create(
     let row = new_app_row(req, String::new(), 0, 0)?;
     let created = state.keys.create_app(row).await?;
     super::layers::record_app(&created.app.id);
-    let mut body = wire::app(&created.app, &state.issuer(&host, &created.app.id));
-    if let Value::Object(m) = &mut body {
-        m.insert("access_token".into(), created.access_token.expose().into());
-        m.insert("keys".into(), created.keys.iter().map(wire::key).collect());
-    }
+    let body = CreatedApp {
+        app: wire::App::new(&created.app, &state.issuer(&host, &created.app.id)),
+        access_token: created.access_token.expose().to_owned(),
+        keys: created.keys.iter().map(wire::Key::new).collect(),
+    };
     Ok((StatusCode::CREATED, super::no_store(), Json(body)))
 }
 
+/// List every app with its policy and key summary.
+#[utoipa::path(get, path = "/apps", tag = TAG_APPS,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Every app", body = AppList), NativeErrors))]
 async fn list(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppList>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await?;
     let stats = AppStats::load(&state, None).await?;
-    Ok(Json(
-        json!({"apps": apps.iter().map(|a| app_view(&state, &host, a, Some(&stats))).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(AppList {
+        apps: apps
+            .iter()
+            .map(|a| app_view(&state, &host, a, &stats))
+            .collect(),
+    }))
 }
 
+/// One app with its policy and key summary.
+#[utoipa::path(get, path = "/apps/{id}", tag = TAG_APPS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The app", body = AppView), NativeErrors))]
 async fn show(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppView>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     let stats = AppStats::load(&state, Some(&id)).await?;
-    Ok(Json(app_view(&state, &host, &app, Some(&stats))))
+    Ok(Json(app_view(&state, &host, &app, &stats)))
 }
 
+/// Change an app's policy; only the fields given change (algorithm and bits apply to future keys).
+#[utoipa::path(patch, path = "/apps/{id}", tag = TAG_APPS,
+    params(AppId),
+    request_body = PatchApp,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The app after the change", body = AppView), NativeErrors))]
 async fn patch(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PatchApp>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppView>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     if let Some(n) = &req.name {
@@ -335,86 +374,108 @@ async fn patch(
             },
         )
         .await?;
-    Ok(Json(app_view(&state, &host, &updated, None)))
+    let stats = AppStats::load(&state, Some(&id)).await?;
+    Ok(Json(app_view(&state, &host, &updated, &stats)))
 }
 
+/// Delete an app: every key revoked and destroyed in the HSM, every token rejected.
+#[utoipa::path(delete, path = "/apps/{id}", tag = TAG_APPS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Deleted", body = Deleted), NativeErrors))]
 async fn delete(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     existing_app(&state, &id).await?;
     let revoked = state.keys.delete_app(&id).await?;
-    Ok(Json(json!({
-        "id": id,
-        "deleted": true,
-        "revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Deleted {
+        id,
+        deleted: true,
+        revoked_kids: revoked.iter().map(ToString::to_string).collect(),
+    }))
 }
 
+/// Every key of an app with its state and timestamps (retired and revoked too).
+#[utoipa::path(get, path = "/apps/{id}/keys", tag = TAG_KEYS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The app's keys", body = KeyList), NativeErrors))]
 async fn keys(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyList>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let keys = state.store.app_keys(&id).await?;
-    Ok(Json(
-        json!({"keys": keys.iter().map(wire::key).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(KeyList {
+        keys: keys.iter().map(wire::Key::new).collect(),
+    }))
 }
 
+/// Graceful rotation: `next` becomes `current`, a new `next` is published.
+#[utoipa::path(post, path = "/apps/{id}/keys/rotate", tag = TAG_KEYS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The keys after the rotation", body = Rotation), NativeErrors))]
 async fn rotate(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rotation>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let r = state
         .keys
         .rotate(&id, crate::keys::RotationKind::Manual)
         .await?;
     super::layers::record_kid(&r.current.kid);
-    Ok(Json(json!({
-        "current": wire::key(&r.current),
-        "next": wire::key(&r.next),
-        "previous": r.previous.iter().map(wire::key).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Rotation {
+        current: wire::Key::new(&r.current),
+        next: wire::Key::new(&r.next),
+        previous: r.previous.iter().map(wire::Key::new).collect(),
+    }))
 }
 
+/// Revoke one key: its tokens are rejected and its HSM object destroyed; revoking the
+/// current key first promotes `next`.
+#[utoipa::path(post, path = "/apps/{id}/keys/{kid}/revoke", tag = TAG_KEYS,
+    params(AppId, ("kid" = String, Path, description = "Key id")),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The revocation and the keys after it", body = wire::Revocation), NativeErrors))]
 async fn revoke(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path((id, kid)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::Revocation>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let kid: Kid = kid.parse().map_err(|_| ApiError::NotFound("key"))?;
     let r = state.keys.revoke_key(&id, kid).await?;
-    Ok(Json(json!({
-        "revoked": r.revoked.first().map(wire::key),
-        "current": r.current.as_ref().map(wire::key),
-        "next": r.next.as_ref().map(wire::key),
-        "revoked_tokens": r.revoked_tokens,
-        "affected_subjects": r.affected_subjects,
-    })))
+    Ok(Json(wire::Revocation {
+        revoked: r.revoked.first().map(wire::Key::new),
+        current: r.current.as_ref().map(wire::Key::new),
+        next: r.next.as_ref().map(wire::Key::new),
+        revoked_tokens: r.revoked_tokens,
+        affected_subjects: r.affected_subjects,
+    }))
 }
 
-/// `GET /apps/{id}/blast-radius` (root): what revoking a key or an emergency rotation
-/// would cut off, read from the token ledger before acting.
-///
-/// Response 200:
-/// `{"app_id", "live_tokens", "subjects", "keys": [{"kid", "state", "live_tokens", "subjects"}]}`
-/// where the totals cover every key of the app (an emergency rotation or a flush) and
-/// `keys` lists the published keys (`next`, `current`, `previous`), each with the tokens
-/// it signed and their distinct subjects (a key revocation). Only tokens that still
-/// verify count: unexpired, not revoked one by one, issued after the app's cut-off, signed
-/// by a published key. 401/403 without the root key, 404 for an unknown app.
+/// What revoking a key or an emergency rotation would cut off, read from the token ledger
+/// before acting (the console's confirmation shows it). Only tokens that still verify
+/// count: unexpired, not revoked one by one, issued after the app's cut-off, signed by a
+/// published key. The totals cover every key of the app (an emergency rotation or a
+/// flush); `keys` lists the published keys, each with the tokens it signed (a key
+/// revocation).
+#[utoipa::path(get, path = "/apps/{id}/blast-radius", tag = TAG_KEYS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Live tokens and subjects, per key and in all", body = wire::BlastRadius), NativeErrors))]
 async fn blast_radius(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<wire::BlastRadius>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     let now = state.clock.now();
@@ -427,7 +488,7 @@ async fn blast_radius(
         .into_iter()
         .map(|(kid, n, s)| (kid, (n, s)))
         .collect();
-    let keys: Vec<Value> = state
+    let keys = state
         .store
         .app_keys(&id)
         .await?
@@ -435,26 +496,31 @@ async fn blast_radius(
         .filter(|k| k.state.published())
         .map(|k| {
             let kid = k.kid.to_string();
-            let (n, s) = per_kid.get(&kid).copied().unwrap_or((0, 0));
-            json!({"kid": kid, "state": k.state.as_str(), "live_tokens": n, "subjects": s})
+            let (live_tokens, subjects) = per_kid.get(&kid).copied().unwrap_or((0, 0));
+            wire::KeyBlastRadius {
+                kid,
+                state: k.state.as_str().to_owned(),
+                live_tokens,
+                subjects,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "app_id": id,
-        "live_tokens": live_tokens,
-        "subjects": subjects,
-        "keys": keys,
-    })))
+    Ok(Json(wire::BlastRadius {
+        app_id: id,
+        live_tokens,
+        subjects,
+        keys,
+    }))
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/apps", post(create).get(list))
-        .route("/apps/{id}", get(show).patch(patch).delete(delete))
-        .route("/apps/{id}/keys", get(keys))
-        .route("/apps/{id}/blast-radius", get(blast_radius))
-        .route("/apps/{id}/keys/rotate", post(rotate))
-        .route("/apps/{id}/keys/{kid}/revoke", post(revoke))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, patch, delete))
+        .routes(routes!(keys))
+        .routes(routes!(blast_radius))
+        .routes(routes!(rotate))
+        .routes(routes!(revoke))
 }
 
 #[cfg(test)]

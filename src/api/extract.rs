@@ -50,6 +50,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A query string, its rejection turned into our error JSON (400 `invalid_query`) instead of
+/// axum's plain-text one.
+#[derive(Debug)]
+pub(super) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(r) => Err(ApiError::bad_request(
+                "invalid_query",
+                clean_query(&r.body_text()),
+            )),
+        }
+    }
+}
+
+/// serde's query message without axum's prefix.
+fn clean_query(msg: &str) -> String {
+    let m = msg
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(msg);
+    m.chars().take(300).collect()
+}
+
 /// A body that may be JSON or `application/x-www-form-urlencoded` (RFC 7662/7009).
 #[derive(Debug)]
 pub(super) struct JsonOrForm<T>(pub T);

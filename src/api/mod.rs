@@ -16,6 +16,7 @@ mod health;
 mod jwks;
 mod layers;
 mod metrics;
+pub(crate) mod openapi;
 mod tokens;
 pub mod wire;
 
@@ -23,6 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::from_fn;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::Actor;
 pub use error::{ApiError, error_chain};
@@ -45,19 +47,36 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every documented route with its OpenAPI operations: the route table and the document
+/// come from the same `routes!` calls, so they cannot drift.
+fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (main, doc) = OpenApiRouter::new()
         .merge(health::router())
         .merge(apps::router())
         .merge(tokens::router())
         .merge(jwks::router())
         .merge(compat::router())
+        .split_for_parts();
+    let (audit, audit_doc) = audit::router().split_for_parts();
+    let mut doc = doc;
+    doc.merge(audit_doc);
+    (main, audit, openapi::finish(doc, true))
+}
+
+/// The OpenAPI document of the whole HTTP surface (what `GET /openapi.json` serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented().2
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let (main, audit, doc) = documented();
+    main.merge(openapi::routes(doc))
         .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .merge(audit::router())
+        .merge(audit)
         .merge(metrics::router())
         .layer(from_fn(error::log_errors))
         .layer(from_fn(layers::request_context))

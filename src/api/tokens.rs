@@ -2,28 +2,34 @@
 //! sessions, flush.
 
 use axum::Json;
-use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::ApiError;
 use super::auth::{require_app, require_root_or_app};
-use super::extract::{ApiJson, Credential, HostHeader, JsonOrForm};
-use super::{ApiError, wire};
+use super::extract::{ApiJson, ApiQuery, Credential, HostHeader, JsonOrForm};
+use super::openapi::{AppId, NativeErrors, TAG_TOKENS};
+use super::wire::{
+    self, Flushed, Introspection, IssuedToken, Session, Sessions, Status, TokenRevoked,
+};
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::jwt::Issued;
 use crate::jwt::service::{IssueOptions, RefreshFormat};
 
 /// `POST /apps/{id}/tokens` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IssueRequest {
     /// Caller claims (`sub`, `aud`, custom); the service sets `iss iat nbf exp jti`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub claims: Map<String, Value>,
     /// Lifetime in seconds, at most the app's `token_ttl`.
     #[serde(default)]
@@ -31,32 +37,34 @@ pub(super) struct IssueRequest {
 }
 
 /// `POST /apps/{id}/tokens/refresh` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RefreshRequest {
     /// The refresh token.
     pub refresh_token: String,
 }
 
-/// RFC 7662 / 7009 body.
-#[derive(Debug, Deserialize)]
+/// RFC 7662 / 7009 body (JSON or `application/x-www-form-urlencoded`).
+#[derive(Debug, Deserialize, ToSchema)]
 pub(super) struct TokenParam {
     /// The token.
     pub token: String,
     /// RFC 7662 §2.1 hint; accepted and not needed (the token says what it is).
     #[serde(default, rename = "token_type_hint")]
+    #[schema(rename = "token_type_hint")]
     _hint: Option<String>,
 }
 
 /// `?sub=` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SubQuery {
-    /// Subject.
+    /// Subject (1 to 1024 bytes).
     pub sub: String,
 }
 
-pub(crate) fn issued_body(i: &Issued) -> Value {
-    wire::issued(i)
+pub(crate) fn issued_body(i: &Issued) -> IssuedToken {
+    IssuedToken::new(i)
 }
 
 fn native_opts(
@@ -74,6 +82,13 @@ fn native_opts(
     }
 }
 
+/// Issue a JWT signed by the app's current key (and a refresh token when the app has
+/// `refresh_ttl` > 0).
+#[utoipa::path(post, path = "/apps/{id}/tokens", tag = TAG_TOKENS,
+    params(AppId),
+    request_body = IssueRequest,
+    security(("app_token" = [])),
+    responses((status = 201, description = "The token", body = IssuedToken), NativeErrors))]
 async fn issue(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -94,6 +109,15 @@ async fn issue(
     ))
 }
 
+/// Exchange a refresh token (single use) for a new pair.
+#[utoipa::path(post, path = "/apps/{id}/tokens/refresh", tag = TAG_TOKENS,
+    params(AppId),
+    request_body(content(
+        (RefreshRequest = "application/json"),
+        (RefreshRequest = "application/x-www-form-urlencoded"),
+    )),
+    security(("app_token" = [])),
+    responses((status = 200, description = "The new pair", body = IssuedToken), NativeErrors))]
 async fn refresh(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -118,6 +142,15 @@ async fn refresh(
     ))
 }
 
+/// RFC 7662 introspection: `{"active": false}`, or `active: true` with the token's claims.
+#[utoipa::path(post, path = "/apps/{id}/tokens/introspect", tag = TAG_TOKENS,
+    params(AppId),
+    request_body(content(
+        (TokenParam = "application/x-www-form-urlencoded"),
+        (TokenParam = "application/json"),
+    )),
+    security(("app_token" = [])),
+    responses((status = 200, description = "Whether the token is active, with its claims", body = Introspection), NativeErrors))]
 async fn introspect(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -132,44 +165,68 @@ async fn introspect(
         .await
     {
         Ok(mut claims) => {
-            claims.insert("active".into(), true.into());
-            claims.insert("token_type".into(), "access_token".into());
-            Value::Object(claims)
+            // `active` and `token_type` are ours, whatever the token carries.
+            claims.remove("active");
+            claims.remove("token_type");
+            Introspection {
+                active: true,
+                token_type: Some("access_token".into()),
+                claims,
+            }
         }
         Err(why) => {
             tracing::debug!(?why, "token inactive");
-            json!({"active": false})
+            Introspection {
+                active: false,
+                token_type: None,
+                claims: Map::new(),
+            }
         }
     };
     Ok((super::no_store(), Json(body)))
 }
 
+/// RFC 7009 revocation: deny-list one token.
+#[utoipa::path(post, path = "/apps/{id}/tokens/revoke", tag = TAG_TOKENS,
+    params(AppId),
+    request_body(content(
+        (TokenParam = "application/x-www-form-urlencoded"),
+        (TokenParam = "application/json"),
+    )),
+    security(("app_token" = [])),
+    responses((status = 200, description = "Revoked (also for an unknown token)", body = TokenRevoked), NativeErrors))]
 async fn revoke(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
     JsonOrForm(req): JsonOrForm<TokenParam>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenRevoked>, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
     state
         .tokens
         .revoke(&app, &state.issuer(&host, &id), &req.token)
         .await?;
-    Ok(Json(json!({"revoked": true})))
+    Ok(Json(TokenRevoked { revoked: true }))
 }
 
+/// Reject every token of the app issued so far (the app's cut-off moves to now).
+#[utoipa::path(post, path = "/apps/{id}/tokens/flush", tag = TAG_TOKENS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The new cut-off", body = Flushed), NativeErrors))]
 async fn flush(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Flushed>, ApiError> {
     let (_, app) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     state.tokens.flush(&app).await?;
     let app = state.registry.app(&id).ok_or(ApiError::NotFound("app"))?;
-    Ok(Json(
-        json!({"status": "ok", "cutoff_at": rfc3339(wire::ulid_time(app.cutoff.as_deref()).unwrap_or(0))}),
-    ))
+    Ok(Json(Flushed {
+        status: "ok".into(),
+        cutoff_at: rfc3339(wire::ulid_time(app.cutoff.as_deref()).unwrap_or(0)),
+    }))
 }
 
 fn check_sub(sub: &str) -> Result<(), ApiError> {
@@ -182,42 +239,57 @@ fn check_sub(sub: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A subject's live tokens.
+#[utoipa::path(get, path = "/apps/{id}/sessions", tag = TAG_TOKENS,
+    params(AppId, SubQuery),
+    security(("app_token" = [])),
+    responses((status = 200, description = "The subject's live tokens", body = Sessions), NativeErrors))]
 async fn sessions(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-    Query(q): Query<SubQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<SubQuery>,
+) -> Result<Json<Sessions>, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
     check_sub(&q.sub)?;
     let rows = state.tokens.sessions(&app, &q.sub).await?;
-    Ok(Json(json!({"sessions": rows.iter().map(|r| json!({
-        "jti": r.jti,
-        "kid": r.kid,
-        "iat": r.iat,
-        "exp": r.exp,
-        "refresh_expires_at": r.refresh_exp,
-    })).collect::<Vec<_>>()})))
+    Ok(Json(Sessions {
+        sessions: rows
+            .iter()
+            .map(|r| Session {
+                jti: r.jti.clone(),
+                kid: r.kid.clone(),
+                iat: r.iat,
+                exp: r.exp,
+                refresh_expires_at: r.refresh_exp,
+            })
+            .collect(),
+    }))
 }
 
+/// Log a subject out everywhere: every live token of theirs is rejected.
+#[utoipa::path(delete, path = "/apps/{id}/sessions", tag = TAG_TOKENS,
+    params(AppId, SubQuery),
+    security(("app_token" = [])),
+    responses((status = 200, description = "Logged out", body = Status), NativeErrors))]
 async fn logout(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-    Query(q): Query<SubQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<SubQuery>,
+) -> Result<Json<Status>, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
     check_sub(&q.sub)?;
     state.tokens.logout_subject(&app, &q.sub).await?;
-    Ok(Json(json!({"status": "ok"})))
+    Ok(Json(Status::ok()))
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/apps/{id}/tokens", post(issue))
-        .route("/apps/{id}/tokens/refresh", post(refresh))
-        .route("/apps/{id}/tokens/introspect", post(introspect))
-        .route("/apps/{id}/tokens/revoke", post(revoke))
-        .route("/apps/{id}/tokens/flush", post(flush))
-        .route("/apps/{id}/sessions", get(sessions).delete(logout))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(issue))
+        .routes(routes!(refresh))
+        .routes(routes!(introspect))
+        .routes(routes!(revoke))
+        .routes(routes!(flush))
+        .routes(routes!(sessions, logout))
 }

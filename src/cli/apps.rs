@@ -33,9 +33,9 @@ pub(super) fn app_path(id: &str) -> anyhow::Result<String> {
 }
 
 fn app_view(d: &Direct, app: &crate::store::AppRow, keys: &[crate::store::KeyRow]) -> Value {
-    let mut v = wire::app(app, &d.issuer(&app.id));
+    let mut v = json!(wire::App::new(app, &d.issuer(&app.id)));
     if let Value::Object(m) = &mut v {
-        m.insert("key_summary".into(), wire::key_summary(keys));
+        m.insert("key_summary".into(), json!(wire::KeySummary::new(keys)));
     }
     v
 }
@@ -68,12 +68,11 @@ async fn create_one(t: &Target<'_>, body: Value) -> anyhow::Result<Value> {
             let row = crate::api::apps::new_app_row(req, String::new(), 0, 0)
                 .map_err(|e| anyhow::anyhow!("{}", e.public_message()))?;
             let created = d.state().keys.create_app(row).await.map_err(key_error)?;
-            let mut v = wire::app(&created.app, &d.issuer(&created.app.id));
-            if let Value::Object(m) = &mut v {
-                m.insert("access_token".into(), created.access_token.expose().into());
-                m.insert("keys".into(), created.keys.iter().map(wire::key).collect());
-            }
-            Ok(v)
+            Ok(json!(wire::CreatedApp {
+                app: wire::App::new(&created.app, &d.issuer(&created.app.id)),
+                access_token: created.access_token.expose().to_owned(),
+                keys: created.keys.iter().map(wire::Key::new).collect(),
+            }))
         }
     }
 }
@@ -272,7 +271,9 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
                         anyhow::bail!("app {app} not found");
                     }
                     let keys = store.app_keys(&app).await?;
-                    json!({"keys": keys.iter().map(wire::key).collect::<Vec<_>>()})
+                    json!(wire::KeyList {
+                        keys: keys.iter().map(wire::Key::new).collect(),
+                    })
                 }
             };
             if !out.json {
@@ -294,10 +295,10 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
                         .rotate(&app, RotationKind::Manual)
                         .await
                         .map_err(key_error)?;
-                    json!({
-                        "current": wire::key(&r.current),
-                        "next": wire::key(&r.next),
-                        "previous": r.previous.iter().map(wire::key).collect::<Vec<_>>(),
+                    json!(wire::Rotation {
+                        current: wire::Key::new(&r.current),
+                        next: wire::Key::new(&r.next),
+                        previous: r.previous.iter().map(wire::Key::new).collect(),
                     })
                 }
             };
@@ -326,12 +327,12 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
                         .revoke_key(&app, parsed)
                         .await
                         .map_err(key_error)?;
-                    json!({
-                        "revoked": r.revoked.first().map(wire::key),
-                        "current": r.current.as_ref().map(wire::key),
-                        "next": r.next.as_ref().map(wire::key),
-                        "revoked_tokens": r.revoked_tokens,
-                        "affected_subjects": r.affected_subjects,
+                    json!(wire::Revocation {
+                        revoked: r.revoked.first().map(wire::Key::new),
+                        current: r.current.as_ref().map(wire::Key::new),
+                        next: r.next.as_ref().map(wire::Key::new),
+                        revoked_tokens: r.revoked_tokens,
+                        affected_subjects: r.affected_subjects,
                     })
                 }
             };

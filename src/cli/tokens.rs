@@ -91,7 +91,7 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
                         .issue(&row, c, &opts)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    wire::issued(&issued)
+                    json!(wire::IssuedToken::new(&issued))
                 }
             };
             if out.json {

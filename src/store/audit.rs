@@ -5,7 +5,7 @@ use sqlx::Row as _;
 use super::{Store, StoreError};
 
 /// One audit record.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     /// Position in the chain (1, 2, 3, ...: dense, so a deletion shows).
     pub seq: i64,

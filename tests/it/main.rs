@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod hygiene;
 mod metrics;
+mod openapi;
 mod replicas;
 mod revocation;
 mod rotation;

@@ -3,23 +3,77 @@
 //! key or the app's access token; failures in Auth0's error shape.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::alg::Algorithm;
 use crate::api::ApiError;
 use crate::api::auth::require_root_or_app;
 use crate::api::extract::Credential;
+use crate::api::openapi::{AppId, TAG_AUTH0};
 use crate::api::wire::cert_fingerprints;
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::keys::KeyState;
 use crate::store::{AppPolicy, KeyRow};
+
+/// Auth0's error body.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct A0ErrorBody {
+    /// The HTTP status.
+    status_code: u16,
+    /// Its reason phrase.
+    error: String,
+    /// Human sentence.
+    message: String,
+    /// `invalid_token`, `insufficient_scope`, `inexistent_connection`, `invalid_body`, ...
+    error_code: String,
+}
+
+/// The error responses of the Auth0 routes.
+pub(crate) struct A0ErrorResponses;
+
+impl utoipa::IntoResponses for A0ErrorResponses {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        crate::api::openapi::family_errors(
+            "A0ErrorBody",
+            &[
+                (400, "Bad body (`invalid_body`)"),
+                (401, "No credential or an unknown one (`invalid_token`)"),
+                (
+                    403,
+                    "A credential that may not do this (`insufficient_scope`)",
+                ),
+                (404, "No such connection (`inexistent_connection`)"),
+                (409, "Rotation not allowed now"),
+                (413, "Body over 64 KiB"),
+                (422, "Not acceptable (`invalid_body`)"),
+                (429, "Too many failed authentications from this address"),
+                (500, "Store failure"),
+                (503, "HSM unavailable, or a certificate still being made"),
+            ],
+        )
+    }
+}
+
+/// `POST .../keys/rotate` body (optional).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct A0RotateBody {
+    /// Algorithm of the new keys: RS256 RS384 RS512 PS256 PS384 ES256 ES384 (also PS512
+    /// ES512 EdDSA).
+    #[schema(example = "RS256")]
+    signing_alg: Option<String>,
+}
 
 /// An [`ApiError`] in Auth0's shape: `{"statusCode", "error", "message", "errorCode"}`.
 pub(crate) struct A0Error(ApiError);
@@ -40,12 +94,12 @@ impl IntoResponse for A0Error {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
             _ => self.0.code(),
         };
-        let body = json!({
-            "statusCode": status.as_u16(),
-            "error": status.canonical_reason().unwrap_or("Error"),
-            "message": self.0.public_message(),
-            "errorCode": error_code,
-        });
+        let body = A0ErrorBody {
+            status_code: status.as_u16(),
+            error: status.canonical_reason().unwrap_or("Error").to_owned(),
+            message: self.0.public_message(),
+            error_code: error_code.to_owned(),
+        };
         let cause = self
             .0
             .into_response()
@@ -60,8 +114,46 @@ impl IntoResponse for A0Error {
     }
 }
 
+/// The Auth0 key shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct A0Key {
+    /// Key id.
+    kid: String,
+    /// PEM X.509 certificate, self-signed inside the HSM by this key.
+    cert: String,
+    /// SHA-1 of the DER certificate, upper-case hex pairs joined by `:`.
+    fingerprint: String,
+    /// The same without colons.
+    thumbprint: String,
+    /// PEM PKCS#7 certs-only SignedData holding the certificate.
+    pkcs: String,
+    /// Whether this is the next key.
+    next: bool,
+    /// Whether this is the signing key.
+    current: bool,
+    /// Whether this key stopped signing and still verifies.
+    previous: bool,
+    /// JWS algorithm.
+    algorithm: String,
+    /// `signing`.
+    key_use: String,
+    /// Certificate subject.
+    subject_dn: String,
+    /// Whether the key is revoked.
+    revoked: bool,
+    /// RFC 3339, when it began signing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_since: Option<String>,
+    /// RFC 3339, when it stopped signing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_until: Option<String>,
+    /// RFC 3339, when it was revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+}
+
 /// The Auth0 key shape of one key (its certificate must exist).
-pub(crate) fn key_shape(k: &KeyRow, subject_dn: &str) -> Result<Value, ApiError> {
+pub(crate) fn key_shape(k: &KeyRow, subject_dn: &str) -> Result<A0Key, ApiError> {
     let cert = k.cert.as_deref().ok_or_else(|| ApiError::Unavailable {
         code: "certificate_pending",
         message: "the key's certificate is being made; retry".into(),
@@ -69,36 +161,26 @@ pub(crate) fn key_shape(k: &KeyRow, subject_dn: &str) -> Result<Value, ApiError>
     let pem = crate::x509::cert_pem(cert).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let pkcs = crate::x509::pkcs7_pem(cert).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let (fingerprint, thumbprint) = cert_fingerprints(cert);
-    let mut v = json!({
-        "kid": k.kid.to_string(),
-        "cert": pem,
-        "fingerprint": fingerprint,
-        "thumbprint": thumbprint,
-        "pkcs": pkcs,
-        "next": k.state == KeyState::Next,
-        "current": k.state == KeyState::Current,
-        "previous": k.state == KeyState::Previous,
-        "algorithm": k.algorithm.as_str(),
-        "key_use": "signing",
-        "subject_dn": subject_dn,
-        "revoked": k.state == KeyState::Revoked,
-    });
-    let m = v
-        .as_object_mut()
-        .ok_or_else(|| ApiError::Internal("key shape".into()))?;
-    if let Some(t) = k.activated_at {
-        m.insert("current_since".into(), rfc3339(t).into());
-    }
-    if let Some(t) = k
-        .deactivated_at
-        .or(k.revoked_at.filter(|_| k.activated_at.is_some()))
-    {
-        m.insert("current_until".into(), rfc3339(t).into());
-    }
-    if let Some(t) = k.revoked_at {
-        m.insert("revoked_at".into(), rfc3339(t).into());
-    }
-    Ok(v)
+    Ok(A0Key {
+        kid: k.kid.to_string(),
+        cert: pem,
+        fingerprint,
+        thumbprint,
+        pkcs,
+        next: k.state == KeyState::Next,
+        current: k.state == KeyState::Current,
+        previous: k.state == KeyState::Previous,
+        algorithm: k.algorithm.as_str().to_owned(),
+        key_use: "signing".into(),
+        subject_dn: subject_dn.to_owned(),
+        revoked: k.state == KeyState::Revoked,
+        current_since: k.activated_at.map(rfc3339),
+        current_until: k
+            .deactivated_at
+            .or(k.revoked_at.filter(|_| k.activated_at.is_some()))
+            .map(rfc3339),
+        revoked_at: k.revoked_at.map(rfc3339),
+    })
 }
 
 /// Auth0 takes these (we also take PS512, ES512 and EdDSA).
@@ -133,6 +215,12 @@ fn parse_signing_alg(body: &Bytes) -> Result<Option<Algorithm>, ApiError> {
     }
 }
 
+/// Graceful rotation of a connection's keys (optionally to a new algorithm).
+#[utoipa::path(post, path = "/connections/{id}/keys/rotate", tag = TAG_AUTH0,
+    params(AppId),
+    request_body(content = Option<A0RotateBody>, content_type = "application/json"),
+    security(("root_bearer" = []), ("app_token" = [])),
+    responses((status = 201, description = "The new `next` key", body = A0Key), A0ErrorResponses))]
 async fn rotate(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -172,29 +260,62 @@ async fn rotate(
         .into_response())
 }
 
+/// A connection's published keys.
+#[utoipa::path(get, path = "/connections/{id}/keys", tag = TAG_AUTH0,
+    params(AppId),
+    security(("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The published keys", body = Vec<A0Key>), A0ErrorResponses))]
 async fn list(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-) -> Result<Json<Value>, A0Error> {
+) -> Result<Json<Vec<A0Key>>, A0Error> {
     let (_, app) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     let mut keys = state.store.app_keys(&id).await.map_err(ApiError::from)?;
     if keys.iter().any(|k| k.state.published() && k.cert.is_none()) {
         state.keys.certify(&id).await;
         keys = state.store.app_keys(&id).await.map_err(ApiError::from)?;
     }
-    let shapes: Result<Vec<Value>, ApiError> = keys
+    let shapes: Result<Vec<A0Key>, ApiError> = keys
         .iter()
         .filter(|k| k.state.published())
         .map(|k| key_shape(k, &app.subject_dn))
         .collect();
-    Ok(Json(Value::Array(shapes?)))
+    Ok(Json(shapes?))
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/connections/{id}/keys/rotate", post(rotate))
-        .route("/api/v2/connections/{id}/keys/rotate", post(rotate))
-        .route("/connections/{id}/keys", get(list))
-        .route("/api/v2/connections/{id}/keys", get(list))
+/// `rotate` under `/api/v2`.
+#[utoipa::path(post, path = "/api/v2/connections/{id}/keys/rotate", tag = TAG_AUTH0,
+    params(AppId),
+    request_body(content = Option<A0RotateBody>, content_type = "application/json"),
+    security(("root_bearer" = []), ("app_token" = [])),
+    responses((status = 201, description = "The new `next` key", body = A0Key), A0ErrorResponses))]
+async fn rotate_v2(
+    state: State<AppState>,
+    cred: Credential,
+    id: Path<String>,
+    body: Bytes,
+) -> Result<Response, A0Error> {
+    rotate(state, cred, id, body).await
+}
+
+/// `list` under `/api/v2`.
+#[utoipa::path(get, path = "/api/v2/connections/{id}/keys", tag = TAG_AUTH0,
+    params(AppId),
+    security(("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "The published keys", body = Vec<A0Key>), A0ErrorResponses))]
+async fn list_v2(
+    state: State<AppState>,
+    cred: Credential,
+    id: Path<String>,
+) -> Result<Json<Vec<A0Key>>, A0Error> {
+    list(state, cred, id).await
+}
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(rotate))
+        .routes(routes!(rotate_v2))
+        .routes(routes!(list))
+        .routes(routes!(list_v2))
 }

@@ -7,26 +7,113 @@
 use std::net::IpAddr;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::alg::{Algorithm, KeyFamily};
 use crate::api::ApiError;
 use crate::api::apps::{CreateApp, new_app_row};
 use crate::api::auth::{is_root, token_app};
 use crate::api::extract::{Credential, HostHeader};
+use crate::api::openapi::{JpAppId, TAG_JWTPLUS};
+use crate::api::wire::Status;
 use crate::app::AppState;
 use crate::auth::{ROOT_PREFIX, digest};
 use crate::jwt::service::{IssueOptions, RefreshFormat};
 use crate::keys::{KeyState, Kid, parse_ulid, policy};
 use crate::store::{AppPolicy, AppRow, KeyRow};
+
+/// One field's failure in a JWTPlus error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpFieldError {
+    /// The JSON name of the field (empty for a body-level failure).
+    error_field: String,
+    /// JWTPlus's validation sentence.
+    error_message: String,
+}
+
+/// What `errors` holds: a sentence, one field error, or a list of them.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum JpErrors {
+    /// Authentication, empty body, bad id, not found.
+    Text(String),
+    /// Malformed JSON or a wrong type.
+    Field(JpFieldError),
+    /// Validation failures, in the order of the fields.
+    Fields(Vec<JpFieldError>),
+}
+
+/// A JWTPlus error body: `{"errors": ...}`, or `{"message": ...}` for a refused refresh
+/// (404) and a server failure (5xx, `"error"`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum JpErrorBody {
+    /// `{"errors": ...}`.
+    Errors {
+        /// The failure.
+        errors: JpErrors,
+    },
+    /// `{"message": ...}`.
+    Message {
+        /// `invalid refresh token` or `error`.
+        message: String,
+    },
+}
+
+impl JpErrorBody {
+    fn text(m: impl Into<String>) -> Self {
+        Self::Errors {
+            errors: JpErrors::Text(m.into()),
+        }
+    }
+
+    fn message(m: impl Into<String>) -> Self {
+        Self::Message { message: m.into() }
+    }
+
+    fn field(f: impl Into<String>, m: impl Into<String>) -> JpFieldError {
+        JpFieldError {
+            error_field: f.into(),
+            error_message: m.into(),
+        }
+    }
+}
+
+/// The error responses of every JWTPlus route.
+pub(crate) struct JpErrorResponses;
+
+impl utoipa::IntoResponses for JpErrorResponses {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        crate::api::openapi::family_errors(
+            "JpErrorBody",
+            &[
+                (
+                    400,
+                    "Empty body, bad JSON, wrong type, failed validation or a bad app id",
+                ),
+                (403, "Missing or wrong root key / access token"),
+                (404, "No such app or key; a refused refresh token"),
+                (409, "Not allowed in the key's state"),
+                (413, "Body over 64 KiB"),
+                (422, "Not acceptable (e.g. a reserved claim)"),
+                (429, "Too many failed authentications from this address"),
+                (500, "Store failure: `{\"message\": \"error\"}`"),
+                (503, "HSM unavailable: `{\"message\": \"error\"}`"),
+            ],
+        )
+    }
+}
 
 /// JWTPlus failures, each with its exact body.
 pub(crate) enum JpError {
@@ -39,7 +126,7 @@ pub(crate) enum JpError {
     /// 400 `{"errors": [{"error_field", "error_message"}]}`.
     Invalid(Vec<(String, String)>),
     /// 404 `{"message": "..."}` (renew) or `{"errors": "..."}` (not found).
-    NotFound(Value),
+    NotFound(JpErrorBody),
     /// 400 `{"errors": "invalid app id"}`.
     BadId,
     /// Anything else, through the shared mapping.
@@ -55,32 +142,40 @@ impl From<ApiError> for JpError {
 impl IntoResponse for JpError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
-            Self::Auth(m) => (StatusCode::FORBIDDEN, json!({"errors": m})),
+            Self::Auth(m) => (StatusCode::FORBIDDEN, JpErrorBody::text(m)),
             Self::Empty => (
                 StatusCode::BAD_REQUEST,
-                json!({"errors": "empty request body"}),
+                JpErrorBody::text("empty request body"),
             ),
-            Self::BadId => (StatusCode::BAD_REQUEST, json!({"errors": "invalid app id"})),
+            Self::BadId => (StatusCode::BAD_REQUEST, JpErrorBody::text("invalid app id")),
             Self::Syntax(m) => (
                 StatusCode::BAD_REQUEST,
-                json!({"errors": {"error_field": "", "error_message": m}}),
+                JpErrorBody::Errors {
+                    errors: JpErrors::Field(JpErrorBody::field("", m)),
+                },
             ),
             Self::Invalid(v) => (
                 StatusCode::BAD_REQUEST,
-                json!({"errors": v.into_iter().map(|(f, m)| json!({"error_field": f, "error_message": m})).collect::<Vec<_>>()}),
+                JpErrorBody::Errors {
+                    errors: JpErrors::Fields(
+                        v.into_iter()
+                            .map(|(f, m)| JpErrorBody::field(f, m))
+                            .collect(),
+                    ),
+                },
             ),
             Self::NotFound(b) => (StatusCode::NOT_FOUND, b),
             Self::Api(e) => {
                 let status = e.status_code();
                 let body = match status {
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                        json!({"errors": e.public_message()})
+                        JpErrorBody::text(e.public_message())
                     }
-                    s if s.is_server_error() => json!({"message": "error"}),
-                    StatusCode::NOT_FOUND => json!({"errors": e.to_string()}),
-                    _ => {
-                        json!({"errors": [{"error_field": "", "error_message": e.public_message()}]})
-                    }
+                    s if s.is_server_error() => JpErrorBody::message("error"),
+                    StatusCode::NOT_FOUND => JpErrorBody::text(e.to_string()),
+                    _ => JpErrorBody::Errors {
+                        errors: JpErrors::Fields(vec![JpErrorBody::field("", e.public_message())]),
+                    },
                 };
                 let cause = e
                     .into_response()
@@ -101,7 +196,7 @@ impl IntoResponse for JpError {
 type JpResult = Result<Response, JpError>;
 
 fn ok_status() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(Status::ok()).into_response()
 }
 
 // ---- auth ----------------------------------------------------------------------------
@@ -153,7 +248,7 @@ async fn root_app(state: &AppState, app_id: &str) -> Result<std::sync::Arc<AppRo
     }
     crate::api::auth::existing_app(state, app_id)
         .await
-        .map_err(|_| JpError::NotFound(json!({"errors": "app not found"})))
+        .map_err(|_| JpError::NotFound(JpErrorBody::text("app not found")))
 }
 
 // ---- bodies and validation -------------------------------------------------------------
@@ -329,32 +424,337 @@ fn public_key_b64(k: &KeyRow) -> String {
     STANDARD.encode(pem)
 }
 
-fn app_json(a: &AppRow) -> Value {
-    json!({
-        "id": a.id,
-        "name": a.name,
-        "description": a.description,
-        "token_expiry": a.token_ttl,
-        "token_notbefore": a.token_nbf,
-        "refresh_expiry": a.refresh_ttl,
-        "refresh_notbefore": a.refresh_nbf,
-        "key_type": key_type(a.signing_alg),
-        "algo": a.signing_alg.as_str(),
-        "rotation_period": a.rotation_period,
-        "add_time": a.created_at,
-        "update_time": if a.updated_at == a.created_at { 0 } else { a.updated_at },
-        "last_key_rotate": a.last_rotated_at.unwrap_or(0),
-    })
+/// A JWTPlus app.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpApp {
+    /// ULID.
+    id: String,
+    /// Name.
+    name: String,
+    /// Description.
+    description: String,
+    /// Access-token lifetime, seconds.
+    token_expiry: i64,
+    /// Access-token not-before offset, seconds.
+    token_notbefore: i64,
+    /// Refresh-token lifetime, seconds.
+    refresh_expiry: i64,
+    /// Refresh-token not-before offset, seconds.
+    refresh_notbefore: i64,
+    /// `RSA`, `ECDSA` or `EdDSA`.
+    key_type: String,
+    /// JWS algorithm.
+    algo: String,
+    /// Seconds between scheduled rotations.
+    rotation_period: i64,
+    /// Unix seconds.
+    add_time: i64,
+    /// Unix seconds (0: never updated).
+    update_time: i64,
+    /// Unix seconds of the last rotation (0: never).
+    last_key_rotate: i64,
+}
+
+fn app_json(a: &AppRow) -> JpApp {
+    JpApp {
+        id: a.id.clone(),
+        name: a.name.clone(),
+        description: a.description.clone(),
+        token_expiry: a.token_ttl,
+        token_notbefore: a.token_nbf,
+        refresh_expiry: a.refresh_ttl,
+        refresh_notbefore: a.refresh_nbf,
+        key_type: key_type(a.signing_alg).to_owned(),
+        algo: a.signing_alg.as_str().to_owned(),
+        rotation_period: a.rotation_period,
+        add_time: a.created_at,
+        update_time: if a.updated_at == a.created_at {
+            0
+        } else {
+            a.updated_at
+        },
+        last_key_rotate: a.last_rotated_at.unwrap_or(0),
+    }
+}
+
+/// `GET /root/list`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpAppList {
+    /// Every app.
+    apps: Vec<JpApp>,
+}
+
+/// `GET /app/{app_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpAppInfo {
+    /// The app.
+    app: JpApp,
+}
+
+/// `GET|POST /root/rotate`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpNewRootKey {
+    /// The new root key (the old one stopped working).
+    #[serde(rename = "new-key")]
+    #[schema(rename = "new-key")]
+    new_key: String,
+}
+
+/// `POST /root/create`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpCreated {
+    /// The new app's id.
+    app_id: String,
+    /// Its access token (shown this once).
+    app_key: String,
+    /// base64 of the PEM SPKI of its current key.
+    public_key: String,
+    /// JWS algorithm.
+    algo: String,
+    /// Its current key's id.
+    kid: Option<String>,
+}
+
+/// `GET /root/{app_id}/rotate/key`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpAppKey {
+    /// The app's id.
+    app_id: String,
+    /// Its new access token.
+    app_key: String,
+}
+
+/// `GET|POST /root/{app_id}/rotate/pki`: emergency rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpPki {
+    /// The app's id.
+    app_id: String,
+    /// base64 of the PEM SPKI of the new current key.
+    new_public_key: String,
+    /// JWS algorithm.
+    algo: String,
+    /// The new current key's id.
+    kid: Option<String>,
+    /// Every key revoked and destroyed.
+    revoked_kids: Vec<String>,
+    /// RFC 3339: tokens issued before this are rejected.
+    revoked_at: String,
+    /// Live tokens rejected.
+    revoked_tokens: i64,
+    /// Distinct subjects among them.
+    affected_subjects: i64,
+}
+
+/// One key in `GET /app/{app_id}/pub-keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpPubKey {
+    /// Key id.
+    key_id: String,
+    /// base64 of the PEM SPKI.
+    public_key: String,
+    /// `RSA`, `ECDSA` or `EdDSA`.
+    key_type: String,
+    /// JWS algorithm.
+    key_algo: String,
+    /// Unix seconds it stops (or stopped) signing.
+    exp_time: i64,
+    /// `yes` or `no`.
+    is_expired: String,
+    /// `yes` or `no`.
+    is_revoked: String,
+    /// Lifecycle state.
+    state: String,
+}
+
+/// `GET /app/{app_id}/pub-keys`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpPubKeys {
+    /// Every key of the app.
+    keys: Vec<JpPubKey>,
+}
+
+/// A token pair (`sign`, `renew`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpPair {
+    /// The signing key's id.
+    key_id: String,
+    /// base64 of the PEM SPKI of the signing key.
+    public_key: String,
+    /// The access JWT.
+    auth_token: String,
+    /// The refresh JWT (null when the app issues none).
+    refresh_token: Option<String>,
+}
+
+/// `POST /app/{app_id}/verify`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpVerified {
+    /// Whether the token verifies now.
+    verified: bool,
+}
+
+/// One session in `POST /app/{app_id}/get-session`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpSession {
+    /// Token id.
+    token_id: String,
+    /// Signing key id.
+    key_id: String,
+    /// Unix seconds.
+    auth_token_iat: i64,
+    /// Unix seconds.
+    auth_token_nbf: i64,
+    /// Unix seconds.
+    auth_token_exp: i64,
+    /// Unix seconds.
+    refresh_token_iat: i64,
+    /// Unix seconds.
+    refresh_token_nbf: i64,
+    /// Unix seconds (0: no refresh token).
+    refresh_token_exp: i64,
+    /// The client address given at sign/renew.
+    #[schema(value_type = String)]
+    ip_address: Value,
+    /// The user agent given at sign/renew.
+    #[schema(value_type = String)]
+    user_agent: Value,
+}
+
+/// `POST /app/{app_id}/get-session`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpSessions {
+    /// The subject's live sessions (null when there are none, as in JWTPlus).
+    sessions: Option<Vec<JpSession>>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JpHealth {
+    /// `ok`, or `db-down` (503).
+    message: String,
+}
+
+/// `POST /root/create` body (validated field by field, JWTPlus's messages).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct JpCreateBody {
+    /// Letters, digits, `@._-` and spaces.
+    #[schema(pattern = r"^[a-zA-Z0-9@._\-\s]+$")]
+    name: String,
+    /// Letters, digits, `@._-` and spaces.
+    description: Option<String>,
+    /// Access-token lifetime, seconds.
+    #[schema(minimum = 60, maximum = 31_536_000)]
+    token_expire: i64,
+    /// Access-token not-before offset, seconds.
+    #[schema(minimum = 0, maximum = 31_536_000)]
+    token_notbefore: Option<i64>,
+    /// Refresh-token lifetime, seconds.
+    #[schema(minimum = 60, maximum = 31_536_000)]
+    refresh_expire: i64,
+    /// Refresh-token not-before offset, seconds.
+    #[schema(minimum = 0, maximum = 31_536_000)]
+    refresh_notbefore: i64,
+    /// Seconds between scheduled rotations.
+    #[schema(minimum = 60, maximum = 31_536_000)]
+    rotation_period: i64,
+    /// `RSA`, `ECDSA` or `EdDSA`; must match `algo`.
+    #[schema(example = "RSA")]
+    key_type: String,
+    /// JWS algorithm (`RS256`, `ES256`, `EdDSA`, ...).
+    #[schema(example = "RS256")]
+    algo: String,
+}
+
+/// `PATCH /root/{app_id}` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct JpPatchBody {
+    /// Letters, digits, `@._-` and spaces.
+    name: String,
+    /// Letters, digits, `@._-` and spaces.
+    description: Option<String>,
+    /// Access-token lifetime, seconds.
+    #[schema(minimum = 60, maximum = 31_536_000)]
+    token_expire: i64,
+    /// Access-token not-before offset, seconds.
+    #[schema(minimum = 0, maximum = 31_536_000)]
+    token_notbefore: Option<i64>,
+    /// Refresh-token lifetime, seconds.
+    #[schema(minimum = 60, maximum = 31_536_000)]
+    refresh_expire: i64,
+    /// Refresh-token not-before offset, seconds.
+    #[schema(minimum = 0, maximum = 31_536_000)]
+    refresh_notbefore: i64,
+    /// Seconds between scheduled rotations.
+    #[schema(minimum = 60, maximum = 31_536_000)]
+    rotation_period: i64,
+}
+
+/// `POST /app/{app_id}/sign` body; every other top-level member becomes a claim
+/// (reserved ones are refused).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct JpSignBody {
+    /// Subject.
+    sub: String,
+    /// Audience.
+    aud: String,
+    /// The client's IPv4 or IPv6 address.
+    #[schema(example = "192.0.2.1")]
+    ip: String,
+    /// The client's user agent.
+    useragent: String,
+}
+
+/// `POST /app/{app_id}/renew` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct JpRenewBody {
+    /// The refresh JWT (single use).
+    refresh_token: String,
+    /// The client's IPv4 or IPv6 address.
+    #[schema(example = "192.0.2.1")]
+    ip: String,
+    /// The client's user agent.
+    useragent: String,
+}
+
+/// `POST /app/{app_id}/verify` and `/logout` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct JpTokenBody {
+    /// An access JWT.
+    token: String,
+}
+
+/// `POST /app/{app_id}/get-session` body.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct JpSubBody {
+    /// Subject.
+    sub: String,
 }
 
 // ---- root routes ---------------------------------------------------------------------------
 
+/// List every app (JWTPlus shape).
+#[utoipa::path(get, path = "/root/list", tag = TAG_JWTPLUS,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Every app", body = JpAppList), JpErrorResponses))]
 async fn root_list(State(state): State<AppState>, Credential(cred): Credential) -> JpResult {
     root_guard(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await.map_err(ApiError::from)?;
-    Ok(Json(json!({"apps": apps.iter().map(app_json).collect::<Vec<_>>()})).into_response())
+    Ok(Json(JpAppList {
+        apps: apps.iter().map(app_json).collect(),
+    })
+    .into_response())
 }
 
+/// New root key; the old one stops working at once.
+#[utoipa::path(method(get, post), path = "/root/rotate", tag = TAG_JWTPLUS,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The new root key", body = JpNewRootKey), JpErrorResponses))]
 async fn root_rotate(State(state): State<AppState>, Credential(cred): Credential) -> JpResult {
     let old = root_guard(&state, cred.as_deref()).await?;
     let new = state
@@ -364,11 +764,18 @@ async fn root_rotate(State(state): State<AppState>, Credential(cred): Credential
         .map_err(ApiError::from)?;
     Ok((
         crate::api::no_store(),
-        Json(json!({"new-key": new.expose()})),
+        Json(JpNewRootKey {
+            new_key: new.expose().to_owned(),
+        }),
     )
         .into_response())
 }
 
+/// Create an app with its first keys.
+#[utoipa::path(post, path = "/root/create", tag = TAG_JWTPLUS,
+    request_body = JpCreateBody,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The app, its access token and current public key", body = JpCreated), JpErrorResponses))]
 async fn root_create(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -416,17 +823,23 @@ async fn root_create(
     let current = created.keys.iter().find(|k| k.state == KeyState::Current);
     Ok((
         crate::api::no_store(),
-        Json(json!({
-            "app_id": created.app.id,
-            "app_key": created.access_token.expose(),
-            "public_key": current.map(public_key_b64).unwrap_or_default(),
-            "algo": created.app.signing_alg.as_str(),
-            "kid": current.map(|k| k.kid.to_string()),
-        })),
+        Json(JpCreated {
+            app_id: created.app.id.clone(),
+            app_key: created.access_token.expose().to_owned(),
+            public_key: current.map(public_key_b64).unwrap_or_default(),
+            algo: created.app.signing_alg.as_str().to_owned(),
+            kid: current.map(|k| k.kid.to_string()),
+        }),
     )
         .into_response())
 }
 
+/// Change an app's policy (every field sent).
+#[utoipa::path(patch, path = "/root/{app_id}", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    request_body = JpPatchBody,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Changed", body = Status), JpErrorResponses))]
 async fn root_patch(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -480,6 +893,11 @@ async fn root_patch(
     Ok(ok_status())
 }
 
+/// Delete an app: every key revoked and destroyed, every token rejected.
+#[utoipa::path(delete, path = "/root/{app_id}", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Deleted", body = Status), JpErrorResponses))]
 async fn root_delete(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -495,6 +913,11 @@ async fn root_delete(
     Ok(ok_status())
 }
 
+/// New access token for the app.
+#[utoipa::path(get, path = "/root/{app_id}/rotate/key", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The new access token", body = JpAppKey), JpErrorResponses))]
 async fn root_rotate_key(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -509,11 +932,19 @@ async fn root_rotate_key(
         .map_err(ApiError::from)?;
     Ok((
         crate::api::no_store(),
-        Json(json!({"app_id": app.id, "app_key": token.expose()})),
+        Json(JpAppKey {
+            app_id: app.id.clone(),
+            app_key: token.expose().to_owned(),
+        }),
     )
         .into_response())
 }
 
+/// Emergency rotation: every key revoked and destroyed, new keys, every JWT of the app rejected.
+#[utoipa::path(method(get, post), path = "/root/{app_id}/rotate/pki", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "The new key and what was revoked", body = JpPki), JpErrorResponses))]
 async fn root_rotate_pki(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -530,19 +961,24 @@ async fn root_rotate_pki(
         crate::api::layers::record_kid(&k.kid);
     }
     let current = r.current.as_ref();
-    Ok(Json(json!({
-        "app_id": app.id,
-        "new_public_key": current.map(public_key_b64).unwrap_or_default(),
-        "algo": app.signing_alg.as_str(),
-        "kid": current.map(|k| k.kid.to_string()),
-        "revoked_kids": r.revoked.iter().map(|k| k.kid.to_string()).collect::<Vec<_>>(),
-        "revoked_at": crate::clock::rfc3339(r.revoked_at),
-        "revoked_tokens": r.revoked_tokens,
-        "affected_subjects": r.affected_subjects,
-    }))
+    Ok(Json(JpPki {
+        app_id: app.id.clone(),
+        new_public_key: current.map(public_key_b64).unwrap_or_default(),
+        algo: app.signing_alg.as_str().to_owned(),
+        kid: current.map(|k| k.kid.to_string()),
+        revoked_kids: r.revoked.iter().map(|k| k.kid.to_string()).collect(),
+        revoked_at: crate::clock::rfc3339(r.revoked_at),
+        revoked_tokens: r.revoked_tokens,
+        affected_subjects: r.affected_subjects,
+    })
     .into_response())
 }
 
+/// Revoke one key (its tokens rejected, its HSM object destroyed).
+#[utoipa::path(delete, path = "/root/{app_id}/revoke/{key_id}", tag = TAG_JWTPLUS,
+    params(JpAppId, ("key_id" = String, Path, description = "Key id")),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Revoked", body = Status), JpErrorResponses))]
 async fn root_revoke(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -556,12 +992,17 @@ async fn root_revoke(
     match state.keys.revoke_key(&app.id, kid).await {
         Ok(_) => Ok(ok_status()),
         Err(crate::keys::KeyError::KeyNotFound) => {
-            Err(JpError::NotFound(json!({"errors": "key not found"})))
+            Err(JpError::NotFound(JpErrorBody::text("key not found")))
         }
         Err(e) => Err(ApiError::from(e).into()),
     }
 }
 
+/// Reject every token of the app issued so far.
+#[utoipa::path(delete, path = "/root/{app_id}/flush", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 200, description = "Flushed", body = Status), JpErrorResponses))]
 async fn root_flush(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -575,15 +1016,28 @@ async fn root_flush(
 
 // ---- app routes ----------------------------------------------------------------------------
 
+/// The app (JWTPlus shape).
+#[utoipa::path(get, path = "/app/{app_id}", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "The app", body = JpAppInfo), JpErrorResponses))]
 async fn app_info(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(app_id): Path<String>,
 ) -> JpResult {
     let app = app_guard(&state, cred.as_deref(), &app_id).await?;
-    Ok(Json(json!({"app": app_json(&app)})).into_response())
+    Ok(Json(JpAppInfo {
+        app: app_json(&app),
+    })
+    .into_response())
 }
 
+/// The app's public keys.
+#[utoipa::path(get, path = "/app/{app_id}/pub-keys", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "Every key of the app", body = JpPubKeys), JpErrorResponses))]
 async fn app_pub_keys(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -595,26 +1049,31 @@ async fn app_pub_keys(
         .app_keys(&app.id)
         .await
         .map_err(ApiError::from)?;
-    let out: Vec<Value> = keys
+    let out: Vec<JpPubKey> = keys
         .iter()
         .map(|k| {
             let exp_time = match k.state {
                 KeyState::Current => k.activated_at.unwrap_or(k.created_at) + app.rotation_period,
-                _ => k.deactivated_at.or(k.revoked_at).or(k.retired_at).unwrap_or(0),
+                _ => k
+                    .deactivated_at
+                    .or(k.revoked_at)
+                    .or(k.retired_at)
+                    .unwrap_or(0),
             };
-            json!({
-                "key_id": k.kid.to_string(),
-                "public_key": public_key_b64(k),
-                "key_type": key_type(k.algorithm),
-                "key_algo": k.algorithm.as_str(),
-                "exp_time": exp_time,
-                "is_expired": if matches!(k.state, KeyState::Previous | KeyState::Retired) { "yes" } else { "no" },
-                "is_revoked": if k.state == KeyState::Revoked { "yes" } else { "no" },
-                "state": k.state.as_str(),
-            })
+            let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+            JpPubKey {
+                key_id: k.kid.to_string(),
+                public_key: public_key_b64(k),
+                key_type: key_type(k.algorithm).to_owned(),
+                key_algo: k.algorithm.as_str().to_owned(),
+                exp_time,
+                is_expired: yes_no(matches!(k.state, KeyState::Previous | KeyState::Retired)),
+                is_revoked: yes_no(k.state == KeyState::Revoked),
+                state: k.state.as_str().to_owned(),
+            }
         })
         .collect();
-    Ok(Json(json!({"keys": out})).into_response())
+    Ok(Json(JpPubKeys { keys: out }).into_response())
 }
 
 fn is_jwt(s: &str) -> bool {
@@ -654,7 +1113,7 @@ fn opts(state: &AppState, host: &HostHeader, app_id: &str, meta: Option<Value>) 
     }
 }
 
-fn pair_body(state: &AppState, kid: Kid, issued: &crate::jwt::Issued) -> Value {
+fn pair_body(state: &AppState, kid: Kid, issued: &crate::jwt::Issued) -> JpPair {
     let public = state
         .registry
         .key(&kid)
@@ -662,14 +1121,20 @@ fn pair_body(state: &AppState, kid: Kid, issued: &crate::jwt::Issued) -> Value {
         .and_then(|d| der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &d).ok())
         .map(|p| STANDARD.encode(p))
         .unwrap_or_default();
-    json!({
-        "key_id": kid.to_string(),
-        "public_key": public,
-        "auth_token": issued.token,
-        "refresh_token": issued.refresh_token.as_ref().map(|r| r.expose().to_owned()),
-    })
+    JpPair {
+        key_id: kid.to_string(),
+        public_key: public,
+        auth_token: issued.token.clone(),
+        refresh_token: issued.refresh_token.as_ref().map(|r| r.expose().to_owned()),
+    }
 }
 
+/// Issue an access and refresh token pair; other top-level members become claims.
+#[utoipa::path(post, path = "/app/{app_id}/sign", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    request_body = JpSignBody,
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "The token pair", body = JpPair), JpErrorResponses))]
 async fn app_sign(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -698,6 +1163,12 @@ async fn app_sign(
         .into_response())
 }
 
+/// Whether an access token verifies now.
+#[utoipa::path(post, path = "/app/{app_id}/verify", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    request_body = JpTokenBody,
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "The verdict", body = JpVerified), JpErrorResponses))]
 async fn app_verify(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -723,9 +1194,15 @@ async fn app_verify(
             .is_ok(),
         None => false,
     };
-    Ok(Json(json!({"verified": verified})).into_response())
+    Ok(Json(JpVerified { verified }).into_response())
 }
 
+/// Exchange a refresh token (single use) for a new pair.
+#[utoipa::path(post, path = "/app/{app_id}/renew", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    request_body = JpRenewBody,
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "The new pair", body = JpPair), JpErrorResponses))]
 async fn app_renew(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -763,13 +1240,19 @@ async fn app_renew(
         Err(
             crate::jwt::service::TokenError::InvalidRefresh
             | crate::jwt::service::TokenError::RefreshReused,
-        ) => Err(JpError::NotFound(
-            json!({"message": "invalid refresh token"}),
-        )),
+        ) => Err(JpError::NotFound(JpErrorBody::message(
+            "invalid refresh token",
+        ))),
         Err(e) => Err(ApiError::from(e).into()),
     }
 }
 
+/// A subject's live sessions.
+#[utoipa::path(post, path = "/app/{app_id}/get-session", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    request_body = JpSubBody,
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "The sessions (null when none)", body = JpSessions), JpErrorResponses))]
 async fn app_get_session(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -790,9 +1273,9 @@ async fn app_get_session(
         .await
         .map_err(ApiError::from)?;
     if rows.is_empty() {
-        return Ok(Json(json!({"sessions": null})).into_response());
+        return Ok(Json(JpSessions { sessions: None }).into_response());
     }
-    let sessions: Vec<Value> = rows
+    let sessions: Vec<JpSession> = rows
         .iter()
         .map(|r| {
             let meta: Value = r
@@ -800,23 +1283,32 @@ async fn app_get_session(
                 .as_deref()
                 .and_then(|m| serde_json::from_str(m).ok())
                 .unwrap_or(Value::Null);
-            json!({
-                "token_id": r.jti,
-                "key_id": r.kid,
-                "auth_token_iat": r.iat,
-                "auth_token_nbf": r.iat + app.token_nbf,
-                "auth_token_exp": r.exp,
-                "refresh_token_iat": r.iat,
-                "refresh_token_nbf": r.iat + app.refresh_nbf,
-                "refresh_token_exp": r.refresh_exp.unwrap_or(0),
-                "ip_address": meta.get("ip").cloned().unwrap_or(Value::from("")),
-                "user_agent": meta.get("useragent").cloned().unwrap_or(Value::from("")),
-            })
+            JpSession {
+                token_id: r.jti.clone(),
+                key_id: r.kid.clone(),
+                auth_token_iat: r.iat,
+                auth_token_nbf: r.iat + app.token_nbf,
+                auth_token_exp: r.exp,
+                refresh_token_iat: r.iat,
+                refresh_token_nbf: r.iat + app.refresh_nbf,
+                refresh_token_exp: r.refresh_exp.unwrap_or(0),
+                ip_address: meta.get("ip").cloned().unwrap_or(Value::from("")),
+                user_agent: meta.get("useragent").cloned().unwrap_or(Value::from("")),
+            }
         })
         .collect();
-    Ok(Json(json!({"sessions": sessions})).into_response())
+    Ok(Json(JpSessions {
+        sessions: Some(sessions),
+    })
+    .into_response())
 }
 
+/// End the session of one access token (always 200, as in JWTPlus).
+#[utoipa::path(post, path = "/app/{app_id}/logout", tag = TAG_JWTPLUS,
+    params(JpAppId),
+    request_body = JpTokenBody,
+    security(("app_key" = []), ("app_token" = [])),
+    responses((status = 200, description = "Done", body = Status), JpErrorResponses))]
 async fn app_logout(
     State(state): State<AppState>,
     Credential(cred): Credential,
@@ -851,43 +1343,54 @@ async fn app_logout(
     Ok(ok_status())
 }
 
+/// JWTPlus liveness: `pong`.
+#[utoipa::path(get, path = "/ping", tag = TAG_JWTPLUS,
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 async fn ping() -> &'static str {
     "pong"
 }
 
+/// JWTPlus health: whether the store answers.
+#[utoipa::path(get, path = "/health", tag = TAG_JWTPLUS,
+    responses(
+        (status = 200, description = "The store answers", body = JpHealth),
+        (status = 503, description = "The store does not answer", body = JpHealth),
+    ))]
 async fn health(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
-        Ok(()) => Json(json!({"message": "ok"})).into_response(),
+        Ok(()) => Json(JpHealth {
+            message: "ok".into(),
+        })
+        .into_response(),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"message": "db-down"})),
+            Json(JpHealth {
+                message: "db-down".into(),
+            }),
         )
             .into_response(),
     }
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ping", get(ping))
-        .route("/health", get(health))
-        .route("/root/list", get(root_list))
-        .route("/root/rotate", get(root_rotate).post(root_rotate))
-        .route("/root/create", post(root_create))
-        .route("/root/{app_id}", patch(root_patch).delete(root_delete))
-        .route("/root/{app_id}/rotate/key", get(root_rotate_key))
-        .route(
-            "/root/{app_id}/rotate/pki",
-            get(root_rotate_pki).post(root_rotate_pki),
-        )
-        .route("/root/{app_id}/revoke/{key_id}", delete(root_revoke))
-        .route("/root/{app_id}/flush", delete(root_flush))
-        .route("/app/{app_id}", get(app_info))
-        .route("/app/{app_id}/pub-keys", get(app_pub_keys))
-        .route("/app/{app_id}/sign", post(app_sign))
-        .route("/app/{app_id}/verify", post(app_verify))
-        .route("/app/{app_id}/renew", post(app_renew))
-        .route("/app/{app_id}/get-session", post(app_get_session))
-        .route("/app/{app_id}/logout", post(app_logout))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ping))
+        .routes(routes!(health))
+        .routes(routes!(root_list))
+        .routes(routes!(root_rotate))
+        .routes(routes!(root_create))
+        .routes(routes!(root_patch, root_delete))
+        .routes(routes!(root_rotate_key))
+        .routes(routes!(root_rotate_pki))
+        .routes(routes!(root_revoke))
+        .routes(routes!(root_flush))
+        .routes(routes!(app_info))
+        .routes(routes!(app_pub_keys))
+        .routes(routes!(app_sign))
+        .routes(routes!(app_verify))
+        .routes(routes!(app_renew))
+        .routes(routes!(app_get_session))
+        .routes(routes!(app_logout))
 }
 
 #[cfg(test)]

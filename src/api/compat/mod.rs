@@ -9,12 +9,12 @@ pub(crate) mod auth0;
 pub(crate) mod jwtplus;
 pub(crate) mod pocketpaw;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(jwtplus::router())
         .merge(auth0::router())
         .merge(pocketpaw::router())

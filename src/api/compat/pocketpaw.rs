@@ -2,17 +2,51 @@
 //! failures `{"detail": "..."}`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::ApiError;
 use crate::api::auth::token_app;
 use crate::api::extract::Credential;
+use crate::api::openapi::TAG_POCKETPAW;
 use crate::app::AppState;
+
+/// PocketPaw's error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PpErrorBody {
+    /// Human sentence (`Unauthorized` for a 401).
+    detail: String,
+}
+
+/// `POST /api/token/regenerate`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PpToken {
+    /// The new access token (`pk_...`); the old one stopped working.
+    token: String,
+}
+
+/// The error responses of the PocketPaw routes.
+pub(crate) struct PpErrorResponses;
+
+impl utoipa::IntoResponses for PpErrorResponses {
+    fn responses()
+    -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        crate::api::openapi::family_errors(
+            "PpErrorBody",
+            &[
+                (401, "Missing or invalid access token"),
+                (429, "Too many failed authentications from this address"),
+                (500, "Store failure"),
+                (503, "HSM unavailable"),
+            ],
+        )
+    }
+}
 
 /// An [`ApiError`] in PocketPaw's shape.
 pub(crate) struct PpError(ApiError);
@@ -31,7 +65,7 @@ impl IntoResponse for PpError {
             _ => self.0.public_message(),
         };
         // Keep the cause for the logging middleware.
-        let mut res = (status, Json(json!({"detail": detail}))).into_response();
+        let mut res = (status, Json(PpErrorBody { detail })).into_response();
         if let Some(c) = self
             .0
             .into_response()
@@ -43,6 +77,23 @@ impl IntoResponse for PpError {
         }
         res
     }
+}
+
+/// New access token; the old one stops working and every session token (JWT) of the app
+/// issued before now is rejected.
+#[utoipa::path(post, path = "/api/token/regenerate", tag = TAG_POCKETPAW,
+    security(("app_token" = [])),
+    responses((status = 200, description = "The new access token", body = PpToken), PpErrorResponses))]
+async fn regenerate_route(state: State<AppState>, cred: Credential) -> Result<Response, PpError> {
+    regenerate(state, cred).await
+}
+
+/// `regenerate` under `/api/v1`.
+#[utoipa::path(post, path = "/api/v1/token/regenerate", tag = TAG_POCKETPAW,
+    security(("app_token" = [])),
+    responses((status = 200, description = "The new access token", body = PpToken), PpErrorResponses))]
+async fn regenerate_v1(state: State<AppState>, cred: Credential) -> Result<Response, PpError> {
+    regenerate(state, cred).await
 }
 
 /// New access token; the old one dies at once and every session token (JWT) of the app
@@ -68,13 +119,15 @@ async fn regenerate(
         .map_err(ApiError::from)?;
     Ok((
         crate::api::no_store(),
-        Json(json!({"token": token.expose()})),
+        Json(PpToken {
+            token: token.expose().to_owned(),
+        }),
     )
         .into_response())
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/token/regenerate", post(regenerate))
-        .route("/api/v1/token/regenerate", post(regenerate))
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(regenerate_route))
+        .routes(routes!(regenerate_v1))
 }
