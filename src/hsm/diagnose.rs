@@ -3,7 +3,6 @@
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::MechanismType;
 use cryptoki::session::UserType;
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -24,43 +23,6 @@ pub struct Probe {
     pub login: Step,
     /// Algorithms whose key-generation and signing mechanisms the token lists.
     pub supported: Option<Result<Vec<Algorithm>, String>>,
-}
-
-/// The mechanisms an algorithm needs: key-pair generation and signing.
-pub fn mechanisms(alg: Algorithm) -> [MechanismType; 2] {
-    match alg {
-        Algorithm::RS256 => [
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            MechanismType::SHA256_RSA_PKCS,
-        ],
-        Algorithm::RS384 => [
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            MechanismType::SHA384_RSA_PKCS,
-        ],
-        Algorithm::RS512 => [
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            MechanismType::SHA512_RSA_PKCS,
-        ],
-        Algorithm::PS256 => [
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            MechanismType::SHA256_RSA_PKCS_PSS,
-        ],
-        Algorithm::PS384 => [
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            MechanismType::SHA384_RSA_PKCS_PSS,
-        ],
-        Algorithm::PS512 => [
-            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
-            MechanismType::SHA512_RSA_PKCS_PSS,
-        ],
-        Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512 => {
-            [MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA]
-        }
-        Algorithm::EdDSA => [
-            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
-            MechanismType::EDDSA,
-        ],
-    }
 }
 
 fn ckr(e: &CkError) -> String {
@@ -139,12 +101,9 @@ pub fn probe(module: &std::path::Path, label: &str, pin: Option<&SecretString>) 
         return p;
     };
     p.token = Some(Ok(format!("token {label:?} found")));
-    p.supported = Some(match pkcs11.get_mechanism_list(slot) {
-        Ok(list) => Ok(crate::alg::ALL
-            .into_iter()
-            .filter(|a| mechanisms(*a).iter().all(|m| list.contains(m)))
-            .collect()),
-        Err(e) => Err(format!("cannot list mechanisms: {}", ckr(&e))),
+    p.supported = Some(match super::mechanisms::Mechanisms::query(&pkcs11, slot) {
+        Ok(m) => Ok(m.supported()),
+        Err(e) => Err(format!("cannot ask for mechanisms: {}", ckr(&e))),
     });
     let Some(pin) = pin else {
         p.login = Some(Err(

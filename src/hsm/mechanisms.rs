@@ -72,7 +72,9 @@ pub(crate) struct Mechanisms {
 }
 
 impl Mechanisms {
-    /// Ask the token in `slot` which mechanisms it has.
+    /// Ask the token in `slot` which mechanisms it has (`C_GetMechanismList`, the
+    /// token's own list, which is what a token's policy restricts), then for the details of
+    /// each one the service uses.
     pub(crate) fn query(pkcs11: &Pkcs11, slot: Slot) -> Result<Self, CkError> {
         let mut infos = Vec::new();
         for mech in pkcs11.get_mechanism_list(slot)? {
@@ -92,6 +94,17 @@ impl Mechanisms {
             ));
         }
         Ok(Self { infos })
+    }
+
+    /// The algorithms whose keys the token can generate and sign with (at their default
+    /// sizes: RSA-2048).
+    pub(crate) fn supported(&self) -> Vec<Algorithm> {
+        ALL.into_iter()
+            .filter(|&a| {
+                let bits = if a.is_rsa() { 2048 } else { 0 };
+                self.check(KeySpec::new(a, bits)).is_ok()
+            })
+            .collect()
     }
 
     fn info(&self, mech: MechanismType) -> Option<&Info> {
