@@ -8,8 +8,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A JWS algorithm the service can sign with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A JWS algorithm the service can sign with (also its OpenAPI schema).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[allow(clippy::upper_case_acronyms)]
 pub enum Algorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,
