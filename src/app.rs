@@ -170,7 +170,9 @@ impl Application {
     /// # Errors
     /// Any start-up failure, with context.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
         let state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
+        let connected = started.elapsed();
         if let Some(root) = init_root_key(&state.store, Some(&state.registry)).await? {
             crate::cli::announce_root_key(&root)?;
         }
@@ -185,6 +187,13 @@ impl Application {
         {
             tracing::warn!(error = %e, "start-up reconciliation failed; the scheduler will retry");
         }
+        tracing::info!(
+            connect_ms = connected.as_millis(),
+            reconcile_ms = (started.elapsed() - connected).as_millis(),
+            apps = state.registry.apps().len(),
+            hsm_keys = state.hsm.cached_keys(),
+            "start-up: store, token, caches and reconciliation done"
+        );
         tokio::spawn(state.keys.spares().clone().run());
         if state.store.dialect() == crate::store::Dialect::Postgres {
             tokio::spawn(state.registry.clone().follow(
