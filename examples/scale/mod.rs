@@ -323,6 +323,38 @@ fn softhsm_search(kid: Kid, out: &mut Vec<(String, f64)>) {
         "softhsm_sign_ms".into(),
         t.elapsed().as_secs_f64() * 1e3 / f64::from(n),
     ));
+    // Making and destroying a token key pair (P-256), as a revocation or retirement does.
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (mut gen_ms, mut destroy_ms) = (0.0, 0.0);
+    let n = 5;
+    for _ in 0..n {
+        let t = Instant::now();
+        let (public, private) = s
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::EcParams(p256.clone()),
+                    Attribute::Verify(true),
+                    Attribute::Label(b"scale-bench".to_vec()),
+                ],
+                &[
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::Label(b"scale-bench".to_vec()),
+                ],
+            )
+            .unwrap();
+        gen_ms += t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        s.destroy_object(private).unwrap();
+        s.destroy_object(public).unwrap();
+        destroy_ms += t.elapsed().as_secs_f64() * 1e3;
+    }
+    out.push(("softhsm_generate_ms".into(), gen_ms / f64::from(n)));
+    out.push(("softhsm_destroy_ms".into(), destroy_ms / f64::from(n)));
 }
 
 /// One stage's figures (the server at `BENCH_URL`, process `BENCH_PID`).
@@ -496,6 +528,16 @@ pub(crate) fn report() {
             "SoftHSM C_Sign ES256 (known handle), ms",
             "softhsm_sign_ms",
             3,
+        ),
+        (
+            "SoftHSM P-256 key pair generation (bench process), ms",
+            "softhsm_generate_ms",
+            1,
+        ),
+        (
+            "SoftHSM C_DestroyObject, both halves (bench process), ms",
+            "softhsm_destroy_ms",
+            1,
         ),
     ];
     for (name, key, prec) in rows {
