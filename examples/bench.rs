@@ -6,6 +6,9 @@
 //! - `issue`: HTTP issuance rate vs the raw 2-thread `C_Sign` rate on the same key.
 //! - `introspect`: HTTP introspection rate vs in-process jsonwebtoken verification.
 //! - `rotate`: latency of `POST /apps/{id}/keys/rotate` per algorithm (p50, p99).
+//! - `scale-populate`, `scale-measure`, `scale-report`: the growth curves of
+//!   `scripts/bench scale` (apps created through the API, figures at each size written as
+//!   `key value` lines, then tables and the plot's data file).
 //!
 //! Environment (set by `scripts/bench`): `SOFTHSM2_CONF`, `BENCH_PIN`, `BENCH_LABEL`,
 //! `BENCH_URL`, `BENCH_ROOT` (for the HTTP benchmarks).
@@ -589,8 +592,14 @@ fn bench_replicas() {
     }
 }
 
+#[path = "scale/mod.rs"]
+mod scale;
+
 fn main() {
     match std::env::args().nth(1).as_deref() {
+        Some("scale-populate") => scale::populate(),
+        Some("scale-measure") => scale::measure(),
+        Some("scale-report") => scale::report(),
         Some("hsm") => bench_hsm(),
         Some("issue") => bench_issue(),
         Some("introspect") => bench_introspect(),

@@ -178,6 +178,7 @@ impl Application {
     /// # Errors
     /// Any start-up failure, with context.
     pub async fn build(cfg: &Config) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
         // SQLite serves one process: a second server, or a CLI command writing directly,
         // would change keys behind this one's in-memory registry.
         let store_lock = crate::store::StoreLock::try_acquire(&cfg.database_url()).map_err(|e| {
@@ -186,6 +187,7 @@ impl Application {
             )
         })?;
         let state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
+        let connected = started.elapsed();
         if let Some(root) = init_root_key(&state.store, Some(&state.registry)).await? {
             crate::cli::announce_root_key(&root)?;
         }
@@ -200,6 +202,13 @@ impl Application {
         {
             tracing::warn!(error = %e, "start-up reconciliation failed; the scheduler will retry");
         }
+        tracing::info!(
+            connect_ms = connected.as_millis(),
+            reconcile_ms = (started.elapsed() - connected).as_millis(),
+            apps = state.registry.apps().len(),
+            hsm_keys = state.hsm.cached_keys(),
+            "start-up: store, token, caches and reconciliation done"
+        );
         tokio::spawn(state.keys.spares().clone().run());
         if state.store.dialect() == crate::store::Dialect::Postgres {
             tokio::spawn(state.registry.clone().follow(

@@ -425,6 +425,7 @@ impl Core {
 
     /// Rebuild the handle cache in one listing pass over our objects.
     pub(crate) fn reload_cache(&self) -> Result<(), HsmError> {
+        let started = Instant::now();
         let objects = self.run(None, |_, s| Ok(super::object::list_in(s)?))?;
         let mut map: HashMap<Kid, Handles> = HashMap::with_capacity(objects.len() / 2 + 1);
         for o in objects {
@@ -441,7 +442,11 @@ impl Core {
         }
         let n = map.len();
         *self.cache_write() = map;
-        info!(keys = n, "HSM handle cache loaded");
+        info!(
+            keys = n,
+            ms = started.elapsed().as_millis(),
+            "HSM handle cache loaded"
+        );
         Ok(())
     }
 

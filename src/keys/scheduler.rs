@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{info, warn};
@@ -30,6 +30,26 @@ pub struct TickReport {
     pub spares_made: usize,
     /// Reconciler result, on ticks that ran it.
     pub reconcile: Option<ReconcileReport>,
+    /// Milliseconds spent on each phase: rotation, retirement, purge, whole tick.
+    pub timings: TickTimings,
+}
+
+/// Where a tick's time went, in milliseconds (logged with every tick that did something,
+/// so an operator sees which phase grows with the data).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct TickTimings {
+    /// Finding due apps and rotating them.
+    pub rotate_ms: u64,
+    /// Finding and retiring `previous` keys past their window.
+    pub retire_ms: u64,
+    /// Purging expired ledger, deny-list, refresh and cut-off rows.
+    pub purge_ms: u64,
+    /// The whole tick, including spare refill, audit seal and reconciler.
+    pub total_ms: u64,
+}
+
+fn ms_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What this process's scheduler last did, for the status endpoint and the console's
@@ -119,6 +139,7 @@ impl Scheduler {
     }
 
     async fn tick_as_leader(&self, n: u64, report: &mut TickReport) -> Result<(), KeyError> {
+        let start = Instant::now();
         for app in self.keys.apps_due() {
             match self.keys.rotate(&app, RotationKind::Scheduled).await {
                 Ok(_) => report.rotated.push(app),
@@ -129,6 +150,8 @@ impl Scheduler {
                 }
             }
         }
+        report.timings.rotate_ms = ms_since(start);
+        let t = Instant::now();
         report.retired = self
             .keys
             .retire_expired()
@@ -136,9 +159,12 @@ impl Scheduler {
             .iter()
             .map(ToString::to_string)
             .collect();
+        report.timings.retire_ms = ms_since(t);
+        let t = Instant::now();
         let now = self.keys.clock_now();
         report.purged = self.keys.store().purge_expired(now).await?;
         self.keys.registry().purge(now);
+        report.timings.purge_ms = ms_since(t);
         match self.keys.spares().refill().await {
             Ok(n) => report.spares_made = n,
             Err(e) => warn!(error = %e, "spare refill failed; will retry"),
@@ -153,11 +179,17 @@ impl Scheduler {
                 Err(e) => warn!(error = %e, "reconciler pass failed; will retry"),
             }
         }
-        if !report.rotated.is_empty() || !report.retired.is_empty() {
+        report.timings.total_ms = ms_since(start);
+        if !report.rotated.is_empty() || !report.retired.is_empty() || report.purged > 0 {
             info!(
                 rotated = report.rotated.len(),
+                deferred = report.deferred.len(),
                 retired = report.retired.len(),
                 purged = report.purged,
+                rotate_ms = report.timings.rotate_ms,
+                retire_ms = report.timings.retire_ms,
+                purge_ms = report.timings.purge_ms,
+                total_ms = report.timings.total_ms,
                 "scheduler tick"
             );
         }

@@ -211,18 +211,7 @@ impl KeyService {
     /// Store failures.
     pub async fn retire_expired(&self) -> Result<Vec<Kid>, KeyError> {
         let now = self.now();
-        let mut due: Vec<(String, Kid)> = Vec::new();
-        for k in self.inner.store.keys_in_state(KeyState::Previous).await? {
-            let Some(app_id) = k.app_id.clone() else {
-                continue;
-            };
-            let Some(app) = self.inner.registry.app(&app_id) else {
-                continue;
-            };
-            if k.deactivated_at.unwrap_or(now) + app.verification_ttl <= now {
-                due.push((app_id, k.kid));
-            }
-        }
+        let due = self.inner.store.previous_keys_due(now).await?;
         let mut retired = Vec::new();
         for (app_id, kid) in due {
             let _guard = self.lock_app(&app_id).await;

@@ -312,6 +312,33 @@ impl Store {
         rows.iter().map(key_from_row).collect()
     }
 
+    /// `previous` keys whose verification window has closed at `now` (deactivated at least
+    /// the app's `verification_ttl` ago), as `(app_id, kid)`. The filter runs in the
+    /// database, so a tick reads only the keys it retires, not every `previous` key.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn previous_keys_due(&self, now: i64) -> Result<Vec<(String, Kid)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT keys.app_id AS app_id, keys.kid AS kid FROM keys JOIN apps ON apps.id = keys.app_id \
+             WHERE keys.state = 'previous' AND COALESCE(keys.deactivated_at, $1) + apps.verification_ttl <= $1 \
+             ORDER BY keys.kid",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let app: String = r.try_get("app_id")?;
+            let kid: String = r.try_get("kid")?;
+            let kid = kid
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("bad kid {kid}")))?;
+            out.push((app, kid));
+        }
+        Ok(out)
+    }
+
     /// Keys whose objects should be gone but were not confirmed destroyed.
     ///
     /// # Errors

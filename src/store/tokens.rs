@@ -72,6 +72,9 @@ pub struct RefreshRow {
     pub revoked_at: Option<i64>,
 }
 
+/// Rows one purge statement deletes at most.
+pub(crate) const PURGE_BATCH: i64 = 5_000;
+
 impl Store {
     /// Append rows to the ledger in one transaction.
     ///
@@ -570,22 +573,118 @@ impl Store {
     /// Delete ledger, deny-list, refresh and cut-off rows past their expiry; returns the
     /// number of rows removed.
     ///
+    /// Rows go in batches of `PURGE_BATCH` (5,000), each its own short statement: one `DELETE` of
+    /// a million expired rows would hold SQLite's write lock (and grow the WAL) for seconds,
+    /// stalling every issuance's ledger write behind it.
+    ///
     /// # Errors
-    /// Database failures.
+    /// Database failures (batches already deleted stay deleted).
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         let mut n = 0;
-        for sql in [
-            "DELETE FROM tokens WHERE exp <= $1 AND COALESCE(refresh_exp, 0) <= $1",
-            "DELETE FROM denied_jti WHERE exp <= $1",
-            "DELETE FROM refresh_tokens WHERE exp <= $1",
-            "DELETE FROM subject_cutoffs WHERE expires_at <= $1",
+        for (table, key, expired) in [
+            (
+                "tokens",
+                "jti",
+                "exp <= $1 AND COALESCE(refresh_exp, 0) <= $1",
+            ),
+            ("denied_jti", "jti", "exp <= $1"),
+            ("refresh_tokens", "token_sha256", "exp <= $1"),
+            ("subject_cutoffs", "app_id, sub_sha256", "expires_at <= $1"),
         ] {
-            n += sqlx::query(sql)
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+            let sql = format!(
+                "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {expired} LIMIT $2)"
+            );
+            loop {
+                let deleted = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(now)
+                    .bind(PURGE_BATCH)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                n += deleted;
+                if deleted < u64::try_from(PURGE_BATCH).unwrap_or(u64::MAX) {
+                    break;
+                }
+            }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{LedgerRow, PURGE_BATCH};
+    use crate::store::Store;
+
+    fn row(i: i64, exp: i64, refresh_exp: Option<i64>) -> LedgerRow {
+        LedgerRow {
+            jti: format!("01J{i:023}"),
+            app_id: "app".into(),
+            kid: "kid".into(),
+            sub_sha256: Some(format!("{:064x}", i % 7)),
+            iat: exp - 3600,
+            exp,
+            family: None,
+            refresh_exp,
+            meta: None,
+        }
+    }
+
+    async fn count(store: &Store, sql: &str) -> i64 {
+        use sqlx::Row as _;
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap()
+    }
+
+    /// More expired rows than several batches: every expired row goes, in batches, and
+    /// nothing live (or still refreshable) is touched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_removes_every_expired_row_in_batches_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/p.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        let now = 2_000_000_000;
+        let expired = 2 * PURGE_BATCH + 123;
+        let mut rows: Vec<LedgerRow> = (0..expired)
+            .map(|i| row(i, now - 1 - i % 50, None))
+            .collect();
+        // Live, expiring exactly at `now` + 1, and expired but with a live refresh token.
+        rows.extend((0..300).map(|i| row(expired + i, now + 1 + i, None)));
+        rows.extend((0..40).map(|i| row(expired + 300 + i, now - 5, Some(now + 60))));
+        store.insert_ledger(&rows).await.unwrap();
+        // A row expiring exactly now is expired (`exp <= now`).
+        store
+            .insert_ledger(&[row(9_999_999, now, None)])
+            .await
+            .unwrap();
+        for i in 0..3 {
+            sqlx::query("INSERT INTO denied_jti (jti, app_id, exp) VALUES ($1, 'app', $2)")
+                .bind(format!("d{i}"))
+                .bind(now - 1 + i)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+
+        let purged = store.purge_expired(now).await.unwrap();
+        assert_eq!(purged, u64::try_from(expired + 1 + 2).unwrap());
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM tokens").await, 340);
+        assert_eq!(
+            count(
+                &store,
+                &format!("SELECT COUNT(*) FROM tokens WHERE exp <= {now} AND refresh_exp IS NULL")
+            )
+            .await,
+            0
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM denied_jti").await, 1);
+        // Nothing left to purge: a second pass deletes nothing.
+        assert_eq!(store.purge_expired(now).await.unwrap(), 0);
     }
 }

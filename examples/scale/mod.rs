@@ -1,0 +1,608 @@
+//! `scripts/bench scale`: how each cost grows with the number of apps (keys on the token)
+//! and ledger rows. The script drives the stages (populate, fill the ledger through SQL,
+//! restart, measure); this module does the HTTP and PKCS#11 parts and the report.
+//!
+//! - `scale-populate`: grow the app set to `BENCH_APPS` through the API (create, then one
+//!   rotation, so every app has `next`, `current` and `previous` keys). The first stage
+//!   makes `BENCH_RSA_APPS` RS256 (RSA-2048) apps; every other app is ES256. Apps are
+//!   appended to `BENCH_APPS_FILE` (`id alg access-token`).
+//! - `scale-measure`: one stage's figures as `key value` lines on stdout.
+//! - `scale-report DIR`: the stages' files (`DIR/stage-*.kv`) as Markdown tables, with
+//!   ratios against the first stage, and `DIR/scale.dat` for gnuplot.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use hsm_rotator::keys::Kid;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use super::{Http, MODULE, env, load, secs};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn env_usize(k: &str, default: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone)]
+struct App {
+    id: String,
+    alg: String,
+    token: String,
+}
+
+fn read_apps() -> Vec<App> {
+    let text = std::fs::read_to_string(env("BENCH_APPS_FILE")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split(' ');
+            Some(App {
+                id: it.next()?.to_owned(),
+                alg: it.next()?.to_owned(),
+                token: it.next()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+async fn post(h: &Http, path: &str, auth: &str, body: Value) -> (u16, Value) {
+    let res = h
+        .client
+        .post(format!("{}{path}", h.base))
+        .header("Authorization", auth)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Create apps until there are `BENCH_APPS`, each rotated once.
+pub(crate) fn populate() {
+    let target = env_usize("BENCH_APPS", 10);
+    let rsa = env_usize("BENCH_RSA_APPS", 2);
+    let have = read_apps().len();
+    if have >= target {
+        return;
+    }
+    let http = Arc::new(Http::new());
+    let next = Arc::new(AtomicUsize::new(have));
+    let made = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let retries = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..env_usize("BENCH_POPULATE_CLIENTS", 8) {
+            let (http, next, made, retries) =
+                (http.clone(), next.clone(), made.clone(), retries.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= target {
+                        break;
+                    }
+                    let alg = if i < rsa { "RS256" } else { "ES256" };
+                    let mut body = json!({"name": format!("scale {i}"), "signing_alg": alg, "token_ttl": 3600});
+                    if alg == "RS256" {
+                        body["rsa_bits"] = json!(2048);
+                    }
+                    // Concurrent creators can drain the spare pool between its refill
+                    // and their take; the server then answers 500 "retry" (counted).
+                    let (mut status, mut v) = (0, Value::Null);
+                    for _ in 0..5 {
+                        (status, v) = post(&http, "/apps", &http.root, body.clone()).await;
+                        if status != 500 {
+                            break;
+                        }
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("app creation answered 500, retrying: {v}");
+                    }
+                    assert_eq!(status, 201, "{v}");
+                    let id = v["id"].as_str().unwrap().to_owned();
+                    let token = v["access_token"].as_str().unwrap().to_owned();
+                    let (status, v) =
+                        post(&http, &format!("/apps/{id}/keys/rotate"), &http.root, json!({}))
+                            .await;
+                    assert_eq!(status, 200, "{v}");
+                    made.lock().unwrap().push(App {
+                        id,
+                        alg: alg.to_owned(),
+                        token,
+                    });
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let made = made.lock().unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(env("BENCH_APPS_FILE"))
+        .unwrap();
+    for a in made.iter() {
+        writeln!(f, "{} {} {}", a.id, a.alg, a.token).unwrap();
+    }
+    eprintln!(
+        "populated {} apps ({} key pairs) in {:.1} s ({} creations retried after a 500)",
+        made.len(),
+        3 * made.len(),
+        started.elapsed().as_secs_f64(),
+        retries.load(Ordering::Relaxed)
+    );
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// `VmRSS` and `VmHWM` of `pid`, in MiB.
+fn memory(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Issue one token per app of `apps` (for introspection).
+async fn tokens_for(http: &Http, apps: &[App]) -> Vec<(App, String)> {
+    let mut out = Vec::new();
+    for a in apps {
+        let (status, v) = post(
+            http,
+            &format!("/apps/{}/tokens", a.id),
+            &format!("Bearer {}", a.token),
+            json!({"claims": {"sub": "scale"}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+        out.push((a.clone(), v["token"].as_str().unwrap().to_owned()));
+    }
+    out
+}
+
+/// Issuance then introspection load over `apps` (round robin); `prefix` names the figures.
+fn http_load(http: &Arc<Http>, apps: Vec<App>, prefix: &str, out: &mut Vec<(String, f64)>) {
+    let rt = rt();
+    let apps = Arc::new(apps);
+    let n = Arc::new(AtomicU64::new(0));
+    let (h, a, c) = (http.clone(), apps.clone(), n.clone());
+    let (rate, _, p99) = rt.block_on(load(32, secs(), move || {
+        let (h, a) = (h.clone(), a.clone());
+        let app = a[(c.fetch_add(1, Ordering::Relaxed) as usize) % a.len()].clone();
+        async move {
+            let (status, v) = post(
+                &h,
+                &format!("/apps/{}/tokens", app.id),
+                &format!("Bearer {}", app.token),
+                json!({"claims": {"sub": "bench"}}),
+            )
+            .await;
+            assert_eq!(status, 201, "{v}");
+        }
+    }));
+    out.push((format!("{prefix}_issue_rate"), rate));
+    out.push((format!("{prefix}_issue_p99"), p99));
+    let sample: Vec<App> = apps.iter().take(500).cloned().collect();
+    let tokens = Arc::new(rt.block_on(tokens_for(http, &sample)));
+    let (h, c) = (http.clone(), n.clone());
+    let (rate, _, p99) = rt.block_on(load(32, secs(), move || {
+        let h = h.clone();
+        let (app, token) =
+            tokens[(c.fetch_add(1, Ordering::Relaxed) as usize) % tokens.len()].clone();
+        async move {
+            let (status, v) = post(
+                &h,
+                &format!("/apps/{}/tokens/introspect", app.id),
+                &format!("Bearer {}", app.token),
+                json!({"token": token}),
+            )
+            .await;
+            assert_eq!(status, 200);
+            assert_eq!(v["active"], true, "{v}");
+        }
+    }));
+    out.push((format!("{prefix}_introspect_rate"), rate));
+    out.push((format!("{prefix}_introspect_p99"), p99));
+}
+
+/// Wait until the spare pool for `spec` holds at least two keys (as between real rotations).
+async fn spares_ready(http: &Http, spec: &str) {
+    for _ in 0..600 {
+        let v: Value = http
+            .client
+            .get(format!("{}/readyz", http.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["spares"][spec].as_u64().unwrap_or(0) >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn current_kid(http: &Http, id: &str) -> String {
+    let v: Value = http
+        .client
+        .get(format!("{}/apps/{id}/keys", http.base))
+        .header("Authorization", &http.root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "current")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// SoftHSM's object search is a scan over every object of the token: time a search by
+/// `CKA_ID` (what a handle-cache miss costs) against a `C_Sign` with a known handle (what
+/// the cached path costs), in this process's own session.
+fn softhsm_search(kid: Kid, out: &mut Vec<(String, f64)>) {
+    let pkcs11 = Pkcs11::new(MODULE).unwrap();
+    let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == env("BENCH_LABEL"))
+        .unwrap();
+    let s = pkcs11.open_rw_session(slot).unwrap();
+    let _ = s.login(UserType::User, Some(&env("BENCH_PIN").into()));
+    let find = || {
+        s.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(kid.cka_id().to_vec()),
+        ])
+        .unwrap()
+    };
+    let t = Instant::now();
+    let h = find()[0];
+    out.push((
+        "softhsm_first_find_ms".into(),
+        t.elapsed().as_secs_f64() * 1e3,
+    ));
+    let n = 10;
+    let t = Instant::now();
+    for _ in 0..n {
+        assert_eq!(find().len(), 1);
+    }
+    out.push((
+        "softhsm_find_ms".into(),
+        t.elapsed().as_secs_f64() * 1e3 / f64::from(n),
+    ));
+    let digest = sha2::Sha256::digest(b"scale").to_vec();
+    let n = 200;
+    let t = Instant::now();
+    for _ in 0..n {
+        s.sign(&Mechanism::Ecdsa, h, &digest).unwrap();
+    }
+    out.push((
+        "softhsm_sign_ms".into(),
+        t.elapsed().as_secs_f64() * 1e3 / f64::from(n),
+    ));
+    // Making and destroying a token key pair (P-256), as a revocation or retirement does.
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (mut gen_ms, mut destroy_ms) = (0.0, 0.0);
+    let n = 5;
+    for _ in 0..n {
+        let t = Instant::now();
+        let (public, private) = s
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(true),
+                    Attribute::EcParams(p256.clone()),
+                    Attribute::Verify(true),
+                    Attribute::Label(b"scale-bench".to_vec()),
+                ],
+                &[
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Sign(true),
+                    Attribute::Label(b"scale-bench".to_vec()),
+                ],
+            )
+            .unwrap();
+        gen_ms += t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        s.destroy_object(private).unwrap();
+        s.destroy_object(public).unwrap();
+        destroy_ms += t.elapsed().as_secs_f64() * 1e3;
+    }
+    out.push(("softhsm_generate_ms".into(), gen_ms / f64::from(n)));
+    out.push(("softhsm_destroy_ms".into(), destroy_ms / f64::from(n)));
+}
+
+/// One stage's figures (the server at `BENCH_URL`, process `BENCH_PID`).
+pub(crate) fn measure() {
+    let pid = env("BENCH_PID");
+    let http = Arc::new(Http::new());
+    let apps = read_apps();
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let (rss, _) = memory(&pid);
+    out.push(("rss_rest_mb".into(), rss));
+    let es: Vec<App> = apps.iter().filter(|a| a.alg == "ES256").cloned().collect();
+    let rs: Vec<App> = apps.iter().filter(|a| a.alg == "RS256").cloned().collect();
+    // Spread the load over up to 2,000 apps, so the handle cache and registry are read at
+    // many keys, not one.
+    let step = (es.len() / 2000).max(1);
+    let es_load: Vec<App> = es.iter().step_by(step).cloned().collect();
+    http_load(&http, es_load, "es256", &mut out);
+    http_load(&http, rs.clone(), "rs256", &mut out);
+    let (rss, hwm) = memory(&pid);
+    out.push(("rss_load_mb".into(), rss));
+    out.push(("hwm_mb".into(), hwm));
+
+    let rt = rt();
+    rt.block_on(async {
+        // JWKS: sequential GETs over many apps.
+        let mut lat = Vec::new();
+        for i in 0..300 {
+            let a = &es[(i * 7919) % es.len()];
+            let t = Instant::now();
+            let res = http
+                .client
+                .get(format!("{}/apps/{}/.well-known/jwks.json", http.base, a.id))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let _ = res.bytes().await;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        out.push(("jwks_p50".into(), pct(&mut lat, 0.5)));
+        out.push(("jwks_p99".into(), pct(&mut lat, 0.99)));
+
+        // Rotation and emergency rotation (revoking the current key) on distinct apps,
+        // each after the spare pool has refilled.
+        let n = env_usize("BENCH_ROTATIONS", 20).min(es.len() / 2).max(1);
+        let (mut rot, mut emer) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let a = &es[(i * 2 + 1) * es.len() / (2 * n + 1)];
+            spares_ready(&http, "ES256").await;
+            let t = Instant::now();
+            let (status, v) = post(
+                &http,
+                &format!("/apps/{}/keys/rotate", a.id),
+                &http.root,
+                json!({}),
+            )
+            .await;
+            rot.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(status, 200, "{v}");
+            let b = &es[(i * 2 + 2) * es.len() / (2 * n + 1)];
+            let kid = current_kid(&http, &b.id).await;
+            spares_ready(&http, "ES256").await;
+            let t = Instant::now();
+            let (status, v) = post(
+                &http,
+                &format!("/apps/{}/keys/{kid}/revoke", b.id),
+                &http.root,
+                json!({}),
+            )
+            .await;
+            emer.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(status, 200, "{v}");
+        }
+        out.push(("rotate_p50".into(), pct(&mut rot, 0.5)));
+        out.push(("rotate_p99".into(), pct(&mut rot, 0.99)));
+        out.push(("emergency_p50".into(), pct(&mut emer, 0.5)));
+        out.push(("emergency_p99".into(), pct(&mut emer, 0.99)));
+    });
+    let kid: Kid = rt
+        .block_on(current_kid(&http, &es[es.len() / 3].id))
+        .parse()
+        .unwrap();
+    softhsm_search(kid, &mut out);
+    for (k, v) in out {
+        println!("{k} {v:.3}");
+    }
+}
+
+fn read_kv(path: &std::path::Path) -> BTreeMap<String, f64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Tables (with ratios against the first stage) and `scale.dat` for the plot.
+pub(crate) fn report() {
+    let dir = std::path::PathBuf::from(std::env::args().nth(2).expect("scale-report DIR"));
+    let mut stages: Vec<BTreeMap<String, f64>> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("stage-") && n.ends_with(".kv"))
+        })
+        .map(|p| read_kv(&p))
+        .collect();
+    stages.sort_by(|a, b| a.get("apps").partial_cmp(&b.get("apps")).unwrap());
+    let get = |s: &BTreeMap<String, f64>, k: &str| s.get(k).copied().unwrap_or(f64::NAN);
+    let base = stages[0].clone();
+    let header = |cols: &[&str]| {
+        println!("| figure | {} |", cols.join(" | "));
+        println!("|---|{}", "---|".repeat(cols.len()));
+    };
+    let cols: Vec<String> = stages
+        .iter()
+        .map(|s| {
+            format!(
+                "{} apps, {} rows",
+                get(s, "apps") as u64,
+                fmt_rows(get(s, "rows"))
+            )
+        })
+        .collect();
+    let mut cols_ratio: Vec<String> = cols.clone();
+    for c in cols_ratio.iter_mut().skip(1) {
+        c.push_str(" (× first)");
+    }
+    header(&cols_ratio.iter().map(String::as_str).collect::<Vec<_>>());
+    let rows: &[(&str, &str, usize)] = &[
+        ("key pairs on the token", "hsm_keys", 0),
+        ("start-up to ready, s", "startup_s", 2),
+        ("  handle cache load, ms", "cache_load_ms", 0),
+        ("  reconciliation, ms", "reconcile_ms", 0),
+        ("RSS at rest, MiB", "rss_rest_mb", 1),
+        ("RSS after load, MiB", "rss_load_mb", 1),
+        ("peak RSS (VmHWM), MiB", "hwm_mb", 1),
+        ("ES256 issuance/s", "es256_issue_rate", 0),
+        ("ES256 issuance p99, ms", "es256_issue_p99", 2),
+        ("ES256 introspection/s", "es256_introspect_rate", 0),
+        ("ES256 introspection p99, ms", "es256_introspect_p99", 2),
+        ("RS256 issuance/s", "rs256_issue_rate", 0),
+        ("RS256 issuance p99, ms", "rs256_issue_p99", 2),
+        ("RS256 introspection/s", "rs256_introspect_rate", 0),
+        ("RS256 introspection p99, ms", "rs256_introspect_p99", 2),
+        ("JWKS p50, ms", "jwks_p50", 2),
+        ("JWKS p99, ms", "jwks_p99", 2),
+        ("rotation p50, ms", "rotate_p50", 1),
+        ("rotation p99, ms", "rotate_p99", 1),
+        ("emergency rotation p50, ms", "emergency_p50", 1),
+        ("emergency rotation p99, ms", "emergency_p99", 1),
+        ("scheduler tick (1 % due), ms", "tick_total_ms", 0),
+        ("  apps rotated in that tick", "tick_rotated", 0),
+        ("  rotation phase, ms", "tick_rotate_ms", 0),
+        ("  retirement phase, ms", "tick_retire_ms", 0),
+        ("ledger purge (10 % expired), ms", "purge_ms", 0),
+        ("  rows purged", "purged", 0),
+        (
+            "database MiB per million ledger rows",
+            "db_mib_per_million",
+            0,
+        ),
+        ("SoftHSM C_FindObjects by CKA_ID, ms", "softhsm_find_ms", 2),
+        (
+            "SoftHSM C_Sign ES256 (known handle), ms",
+            "softhsm_sign_ms",
+            3,
+        ),
+        (
+            "SoftHSM P-256 key pair generation (bench process), ms",
+            "softhsm_generate_ms",
+            1,
+        ),
+        (
+            "SoftHSM C_DestroyObject, both halves (bench process), ms",
+            "softhsm_destroy_ms",
+            1,
+        ),
+    ];
+    for (name, key, prec) in rows {
+        let b = get(&base, key);
+        let cells: Vec<String> = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let v = get(s, key);
+                if v.is_nan() {
+                    return "—".into();
+                }
+                let cell = format!("{v:.prec$}", prec = *prec);
+                if i == 0 || b.is_nan() || b == 0.0 {
+                    cell
+                } else {
+                    format!("{cell} ({:.2})", v / b)
+                }
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
+    let mut dat = String::from(
+        "# apps rows, then each figure / the first stage's: startup_s rss_load_mb es256_issue_p99 es256_introspect_p99 jwks_p99 rotate_p99 tick_total_ms purge_ms softhsm_find_ms softhsm_sign_ms es256_issue_rate\n",
+    );
+    for s in &stages {
+        let keys = [
+            "apps",
+            "rows",
+            "startup_s",
+            "rss_load_mb",
+            "es256_issue_p99",
+            "es256_introspect_p99",
+            "jwks_p99",
+            "rotate_p99",
+            "tick_total_ms",
+            "purge_ms",
+            "softhsm_find_ms",
+            "softhsm_sign_ms",
+            "es256_issue_rate",
+        ];
+        // Apps and rows as they are; every cost as a multiple of the first stage's.
+        let line: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                if i < 2 {
+                    format!("{}", get(s, k))
+                } else {
+                    format!("{}", get(s, k) / get(&base, k))
+                }
+            })
+            .collect();
+        dat.push_str(&line.join(" "));
+        dat.push('\n');
+    }
+    std::fs::write(dir.join("scale.dat"), dat).unwrap();
+}
+
+fn fmt_rows(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{}k", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
