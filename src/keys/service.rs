@@ -276,8 +276,10 @@ impl KeyService {
         self.inner.hsm.check(spec).map_err(HsmError::from)?;
         let token = Secret::generate(ACCESS_PREFIX);
         app.access_token_sha256 = token.digest();
-        for _ in 0..ATTEMPTS {
-            self.inner.spares.ensure(spec, 2).await?;
+        for attempt in 0..ATTEMPTS {
+            // Concurrent requests can take the spares this one counted: each retry asks
+            // for one more, so contention grows the pool instead of starving a caller.
+            self.inner.spares.ensure(spec, 2 + attempt).await?;
             let now = self.now();
             app.created_at = now;
             app.updated_at = now;
@@ -393,8 +395,8 @@ impl KeyService {
             Some(p) => KeySpec::new(p.signing_alg, p.rsa_bits),
             None => KeySpec::new(app.signing_alg, app.rsa_bits),
         };
-        for _ in 0..ATTEMPTS {
-            self.inner.spares.ensure(spec, 1).await?;
+        for attempt in 0..ATTEMPTS {
+            self.inner.spares.ensure(spec, 1 + attempt).await?;
             let now = self.now();
             let mut tx = self.inner.store.begin().await?;
             if !self.inner.store.lock_app(&mut tx, app_id).await? {
@@ -579,8 +581,8 @@ impl KeyService {
             .ok_or(KeyError::AppNotFound)?;
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
         let store = &self.inner.store;
-        for _ in 0..ATTEMPTS {
-            self.inner.spares.ensure(spec, 1).await?;
+        for attempt in 0..ATTEMPTS {
+            self.inner.spares.ensure(spec, 1 + attempt).await?;
             let now = self.now();
             let (revoked_tokens, affected_subjects) =
                 store.live_token_counts(&[kid.to_string()], now).await?;
@@ -687,8 +689,10 @@ impl KeyService {
             .ok_or(KeyError::AppNotFound)?;
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
         let store = &self.inner.store;
-        for _ in 0..ATTEMPTS {
-            self.inner.spares.ensure(spec, 2).await?;
+        for attempt in 0..ATTEMPTS {
+            // Concurrent requests can take the spares this one counted: each retry asks
+            // for one more, so contention grows the pool instead of starving a caller.
+            self.inner.spares.ensure(spec, 2 + attempt).await?;
             let now = self.now();
             let live: Vec<KeyRow> = store
                 .app_keys(app_id)

@@ -419,3 +419,37 @@ async fn an_app_whose_algorithm_the_token_lost_gets_a_clear_error_and_the_rest_r
         "the refill tried the lost algorithm:\n{log}"
     );
 }
+
+/// Many apps created at once all succeed: concurrent requests take each other's spare
+/// keys, and a request that lost the race makes its own rather than failing.
+async fn concurrent_creation(app: &TestApp) {
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let client = app.client.clone();
+        let url = app.url("/apps");
+        let auth = format!("Bearer {}", app.root_key);
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("Authorization", auth)
+                .json(&json!({"name": format!("Burst{i}"), "signing_alg": "ES256"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (s, body) = t.await.unwrap();
+        assert_eq!(s, 201, "{body}");
+    }
+    let (s, list) = app.root("GET", "/apps", None).await;
+    assert_eq!(s, 200);
+    let apps = list["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 48);
+    for a in apps {
+        assert!(a["key_summary"]["current"].is_string(), "{a}");
+        assert!(a["key_summary"]["next"].is_string(), "{a}");
+    }
+}
+both_engines!(concurrent_creations_all_succeed, concurrent_creation);
