@@ -255,28 +255,6 @@ async fn spares_ready(http: &Http, spec: &str) {
     }
 }
 
-async fn current_kid(http: &Http, id: &str) -> String {
-    let v: Value = http
-        .client
-        .get(format!("{}/apps/{id}/keys", http.base))
-        .header("Authorization", &http.root)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["state"] == "current")
-        .unwrap()["kid"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// SoftHSM's object search is a scan over every object of the token: time a search by
 /// `CKA_ID` (what a handle-cache miss costs) against a `C_Sign` with a known handle (what
 /// the cached path costs), in this process's own session.
@@ -415,7 +393,7 @@ pub(crate) fn measure() {
             rot.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(status, 200, "{v}");
             let b = &es[(i * 2 + 2) * es.len() / (2 * n + 1)];
-            let kid = current_kid(&http, &b.id).await;
+            let kid = http.current_kid(&b.id).await;
             spares_ready(&http, "ES256").await;
             let t = Instant::now();
             let (status, v) = post(
@@ -433,10 +411,7 @@ pub(crate) fn measure() {
         out.push(("emergency_p50".into(), pct(&mut emer, 0.5)));
         out.push(("emergency_p99".into(), pct(&mut emer, 0.99)));
     });
-    let kid: Kid = rt
-        .block_on(current_kid(&http, &es[es.len() / 3].id))
-        .parse()
-        .unwrap();
+    let kid: Kid = rt.block_on(http.current_kid(&es[es.len() / 3].id));
     softhsm_search(kid, &mut out);
     for (k, v) in out {
         println!("{k} {v:.3}");
