@@ -277,8 +277,9 @@ impl KeyService {
         let token = Secret::generate(ACCESS_PREFIX);
         app.access_token_sha256 = token.digest();
         for attempt in 0..ATTEMPTS {
-            // Concurrent requests can take the spares this one counted: each retry asks
-            // for one more, so contention grows the pool instead of starving a caller.
+            // The claim keeps this process's other requests off the spares counted here;
+            // another replica can still take them: each retry asks for one more.
+            let claim = self.inner.spares.claim(spec).await;
             self.inner.spares.ensure(spec, 2 + attempt).await?;
             let now = self.now();
             app.created_at = now;
@@ -303,6 +304,7 @@ impl KeyService {
                 continue;
             };
             tx.commit().await?;
+            drop(claim);
             self.after_change(&app.id).await;
             info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
             self.inner
@@ -396,6 +398,7 @@ impl KeyService {
             None => KeySpec::new(app.signing_alg, app.rsa_bits),
         };
         for attempt in 0..ATTEMPTS {
+            let claim = self.inner.spares.claim(spec).await;
             self.inner.spares.ensure(spec, 1 + attempt).await?;
             let now = self.now();
             let mut tx = self.inner.store.begin().await?;
@@ -423,6 +426,7 @@ impl KeyService {
             };
             self.inner.store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
+            drop(claim);
             self.after_change(app_id).await;
             info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
             let (action, metric) = match kind {
@@ -582,6 +586,7 @@ impl KeyService {
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
         let store = &self.inner.store;
         for attempt in 0..ATTEMPTS {
+            let claim = self.inner.spares.claim(spec).await;
             self.inner.spares.ensure(spec, 1 + attempt).await?;
             let now = self.now();
             let (revoked_tokens, affected_subjects) =
@@ -644,6 +649,7 @@ impl KeyService {
             }
             store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
+            drop(claim);
             self.inner.registry.withdraw(&[kid]);
             self.after_change(app_id).await;
             self.destroy_objects(&[kid]).await;
@@ -690,8 +696,9 @@ impl KeyService {
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
         let store = &self.inner.store;
         for attempt in 0..ATTEMPTS {
-            // Concurrent requests can take the spares this one counted: each retry asks
-            // for one more, so contention grows the pool instead of starving a caller.
+            // The claim keeps this process's other requests off the spares counted here;
+            // another replica can still take them: each retry asks for one more.
+            let claim = self.inner.spares.claim(spec).await;
             self.inner.spares.ensure(spec, 2 + attempt).await?;
             let now = self.now();
             let live: Vec<KeyRow> = store
@@ -732,6 +739,7 @@ impl KeyService {
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
             store.set_rotated(&mut tx, app_id, now).await?;
             tx.commit().await?;
+            drop(claim);
             self.inner.registry.withdraw(&revoked);
             self.inner
                 .registry

@@ -5,7 +5,7 @@
 //! then marked `spare` with its public key. A background task keeps `target` spares per
 //! key spec in use; a request that finds the pool empty generates one itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -37,6 +37,9 @@ pub struct SparePool {
     /// One refill at a time: the wake-up loop and the scheduler's tick would otherwise both
     /// see the pool short and both fill it.
     refilling: Arc<tokio::sync::Mutex<()>>,
+    /// Per spec: held by a request from counting the spares it needs until its transaction
+    /// has taken them, so that requests of one process never take each other's spares.
+    claims: Arc<std::sync::Mutex<HashMap<KeySpec, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl SparePool {
@@ -55,6 +58,7 @@ impl SparePool {
             wake: Arc::new(Notify::new()),
             audit,
             refilling: Arc::default(),
+            claims: Arc::default(),
         }
     }
 
@@ -112,6 +116,22 @@ impl SparePool {
                 "spare {kid} could not be recorded"
             ))),
         }
+    }
+
+    /// Wait for the right to take spares of `spec`: hold the guard from [`Self::ensure`] until
+    /// the transaction that takes them commits. Without it, concurrent requests counted the
+    /// same spares and all but one came up short, again on every retry (seen filling the
+    /// scale bench with eight concurrent clients: answers "spare keys kept running out").
+    /// Requests in other replicas can still take them; the callers' retries cover that.
+    pub async fn claim(&self, spec: KeySpec) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(spec)
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     /// Make sure at least `n` spares of `spec` exist, generating the missing ones now.

@@ -422,26 +422,55 @@ async fn an_app_whose_algorithm_the_token_lost_gets_a_clear_error_and_the_rest_r
 
 /// Many apps created at once all succeed: concurrent requests take each other's spare
 /// keys, and a request that lost the race makes its own rather than failing.
+/// Eight clients, each creating apps and at once revoking each new app's next key (both take
+/// spares), with the pool refilling behind them: every request succeeds. Before spare claims,
+/// concurrent requests counted the same spares and some ran out on every retry (500).
 async fn concurrent_creation(app: &TestApp) {
     let mut tasks = Vec::new();
-    for i in 0..48 {
+    for client_no in 0..8 {
         let client = app.client.clone();
-        let url = app.url("/apps");
+        let base = app.url("");
         let auth = format!("Bearer {}", app.root_key);
         tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(url)
-                .header("Authorization", auth)
-                .json(&json!({"name": format!("Burst{i}"), "signing_alg": "ES256"}))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
+            let mut failures = Vec::new();
+            for i in 0..6 {
+                let r = client
+                    .post(format!("{base}/apps"))
+                    .header("Authorization", &auth)
+                    .json(&json!({"name": format!("Burst{client_no}-{i}"), "signing_alg": "ES256"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap();
+                if status != 201 {
+                    failures.push(format!("create {status}: {body}"));
+                    continue;
+                }
+                let next = kids_in(body["keys"].as_array().unwrap(), "next")[0].clone();
+                let r = client
+                    .post(format!(
+                        "{base}/apps/{}/keys/{next}/revoke",
+                        body["id"].as_str().unwrap()
+                    ))
+                    .header("Authorization", &auth)
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status().as_u16() != 200 {
+                    failures.push(format!(
+                        "revoke {}: {}",
+                        r.status(),
+                        r.text().await.unwrap()
+                    ));
+                }
+            }
+            failures
         }));
     }
     for t in tasks {
-        let (s, body) = t.await.unwrap();
-        assert_eq!(s, 201, "{body}");
+        let failures = t.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
     }
     let (s, list) = app.root("GET", "/apps", None).await;
     assert_eq!(s, 200);
