@@ -198,7 +198,8 @@ impl Application {
             crate::store::Dialect::Postgres => PENDING_GRACE,
         };
         if let Err(e) =
-            crate::keys::reconcile::reconcile(&state.keys, &state.hsm, false, min_pending_age).await
+            crate::keys::reconcile::reconcile_at_start(&state.keys, &state.hsm, min_pending_age)
+                .await
         {
             tracing::warn!(error = %e, "start-up reconciliation failed; the scheduler will retry");
         }

@@ -287,6 +287,13 @@ impl Hsm {
         self.blocking(|core| core.reload_cache()).await
     }
 
+    /// The halves present per kid as the handle cache knows them: right after
+    /// [`Hsm::connect`] or [`Hsm::reload_cache`], the same as a fresh listing, without
+    /// another pass over the token (about 10 s at 30,000 pairs on SoftHSM2).
+    pub fn cached_halves(&self) -> std::collections::HashMap<Kid, (bool, bool)> {
+        self.core.cached_halves()
+    }
+
     /// Key pairs currently in the handle cache.
     pub fn cached_keys(&self) -> usize {
         self.core.cached()

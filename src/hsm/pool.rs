@@ -450,6 +450,16 @@ impl Core {
         Ok(())
     }
 
+    /// Which halves the handle cache holds, per kid.
+    pub(crate) fn cached_halves(&self) -> HashMap<Kid, (bool, bool)> {
+        self.cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(kid, h)| (*kid, (h.private.is_some(), h.public.is_some())))
+            .collect()
+    }
+
     /// Number of key pairs in the handle cache.
     pub(crate) fn cached(&self) -> usize {
         self.cache

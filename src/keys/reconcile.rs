@@ -74,6 +74,26 @@ pub async fn reconcile(
     reconcile_with_progress(keys, hsm, dry_run, min_pending_age, &|_, _, _| {}).await
 }
 
+/// The pass at start-up: like [`reconcile`], but the token's objects are taken from the
+/// handle cache that [`Hsm::connect`] has just filled by listing the token, instead of
+/// listing it a second time (at 30,000 key pairs on SoftHSM2 a listing takes about 10 s:
+/// see BENCHMARKS.md). That listing predates the rows read here; a later one is not
+/// needed, because a row is written before its objects (so every object listed has its row
+/// by now, unless it was undone, and then destroying it again is harmless) and a row whose
+/// objects look missing is checked against the token afresh before anything is done.
+///
+/// # Errors
+/// As [`reconcile`].
+pub async fn reconcile_at_start(
+    keys: &KeyService,
+    hsm: &Hsm,
+    min_pending_age: i64,
+) -> Result<ReconcileReport, KeyError> {
+    let listed = hsm.cached_halves();
+    let listed = (!listed.is_empty()).then_some(listed);
+    pass(keys, hsm, false, min_pending_age, &|_, _, _| {}, listed).await
+}
+
 /// Reports how far a pass is: `(phase, items done, items in the phase)`.
 pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
 
@@ -88,6 +108,18 @@ pub async fn reconcile_with_progress(
     min_pending_age: i64,
     progress: Progress<'_>,
 ) -> Result<ReconcileReport, KeyError> {
+    pass(keys, hsm, dry_run, min_pending_age, progress, None).await
+}
+
+/// One pass; `listed`: the token's objects (halves per kid) when the caller has a listing.
+async fn pass(
+    keys: &KeyService,
+    hsm: &Hsm,
+    dry_run: bool,
+    min_pending_age: i64,
+    progress: Progress<'_>,
+    listed: Option<HashMap<Kid, (bool, bool)>>,
+) -> Result<ReconcileReport, KeyError> {
     progress("listing the token", 0, 1);
     let store = keys.store();
     let now = keys.clock_now();
@@ -99,8 +131,11 @@ pub async fn reconcile_with_progress(
     // before this read, so a listing taken after it cannot miss them unless they are gone.
     let rows_with_objects = store.keys_with_objects().await?;
     // Halves present in the token, per kid.
-    let mut objects: HashMap<Kid, (bool, bool)> = HashMap::new();
-    for o in hsm.list().await? {
+    let (mut objects, fresh) = match listed {
+        Some(halves) => (halves, Vec::new()),
+        None => (HashMap::new(), hsm.list().await?),
+    };
+    for o in fresh {
         if let Some(kid) = o.kid {
             let e = objects.entry(kid).or_default();
             if o.private {
