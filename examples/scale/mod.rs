@@ -49,7 +49,11 @@ struct App {
 }
 
 fn read_apps() -> Vec<App> {
-    let text = std::fs::read_to_string(env("BENCH_APPS_FILE")).unwrap_or_default();
+    read_apps_from(&env("BENCH_APPS_FILE"))
+}
+
+fn read_apps_from(path: &str) -> Vec<App> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let mut it = l.split(' ');
@@ -191,13 +195,14 @@ async fn tokens_for(http: &Http, apps: &[App]) -> Vec<(App, String)> {
     out
 }
 
-/// Issuance then introspection load over `apps` (round robin); `prefix` names the figures.
-fn http_load(http: &Arc<Http>, apps: Vec<App>, prefix: &str, out: &mut Vec<(String, f64)>) {
+/// Issuance then introspection load over `apps` (round robin): issuance/s, its p99 (ms),
+/// introspection/s, its p99 (ms).
+fn http_load(http: &Arc<Http>, apps: Vec<App>) -> [f64; 4] {
     let rt = rt();
     let apps = Arc::new(apps);
     let n = Arc::new(AtomicU64::new(0));
     let (h, a, c) = (http.clone(), apps.clone(), n.clone());
-    let (rate, _, p99) = rt.block_on(load(32, secs(), move || {
+    let (issue_rate, _, issue_p99) = rt.block_on(load(32, secs(), move || {
         let (h, a) = (h.clone(), a.clone());
         let app = a[(c.fetch_add(1, Ordering::Relaxed) as usize) % a.len()].clone();
         async move {
@@ -211,8 +216,6 @@ fn http_load(http: &Arc<Http>, apps: Vec<App>, prefix: &str, out: &mut Vec<(Stri
             assert_eq!(status, 201, "{v}");
         }
     }));
-    out.push((format!("{prefix}_issue_rate"), rate));
-    out.push((format!("{prefix}_issue_p99"), p99));
     let sample: Vec<App> = apps.iter().take(500).cloned().collect();
     let tokens = Arc::new(rt.block_on(tokens_for(http, &sample)));
     let (h, c) = (http.clone(), n.clone());
@@ -232,8 +235,41 @@ fn http_load(http: &Arc<Http>, apps: Vec<App>, prefix: &str, out: &mut Vec<(Stri
             assert_eq!(v["active"], true, "{v}");
         }
     }));
-    out.push((format!("{prefix}_introspect_rate"), rate));
-    out.push((format!("{prefix}_introspect_p99"), p99));
+    [issue_rate, issue_p99, rate, p99]
+}
+
+/// The load figures of `apps` on `big`, and, when an anchor server is given, of its apps in
+/// the same window: big, anchor, anchor, big, so that a drift of the shared machine during
+/// the window falls on both alike; each figure is the mean of its two runs.
+fn side_by_side(
+    big: (&Arc<Http>, &[App]),
+    anchor: Option<(&Arc<Http>, &[App])>,
+    prefix: &str,
+    out: &mut Vec<(String, f64)>,
+) {
+    let names = [
+        "issue_rate",
+        "issue_p99",
+        "introspect_rate",
+        "introspect_p99",
+    ];
+    let mean = |a: [f64; 4], b: [f64; 4]| std::array::from_fn::<f64, 4, _>(|i| (a[i] + b[i]) / 2.0);
+    let (b, a) = match anchor {
+        Some((ah, aa)) => {
+            let b1 = http_load(big.0, big.1.to_vec());
+            let a1 = http_load(ah, aa.to_vec());
+            let a2 = http_load(ah, aa.to_vec());
+            let b2 = http_load(big.0, big.1.to_vec());
+            (mean(b1, b2), Some(mean(a1, a2)))
+        }
+        None => (http_load(big.0, big.1.to_vec()), None),
+    };
+    for (i, n) in names.iter().enumerate() {
+        out.push((format!("{prefix}_{n}"), b[i]));
+        if let Some(a) = a {
+            out.push((format!("anchor_{prefix}_{n}"), a[i]));
+        }
+    }
 }
 
 /// Wait until the spare pool for `spec` holds at least two keys (as between real rotations).
@@ -258,7 +294,14 @@ async fn spares_ready(http: &Http, spec: &str) {
 /// SoftHSM's object search is a scan over every object of the token: time a search by
 /// `CKA_ID` (what a handle-cache miss costs) against a `C_Sign` with a known handle (what
 /// the cached path costs), in this process's own session.
+///
+/// Also what SoftHSM2 itself holds in memory for this token: the growth of this process's
+/// resident set from loading the module to a logged-in session (SoftHSM2 reads every object
+/// of the token into memory at `C_Initialize`), the same cost the server pays in its process.
 fn softhsm_search(kid: Kid, out: &mut Vec<(String, f64)>) {
+    let me = std::process::id().to_string();
+    let (before, _) = memory(&me);
+    let t = Instant::now();
     let pkcs11 = Pkcs11::new(MODULE).unwrap();
     let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     let slot = pkcs11
@@ -269,6 +312,8 @@ fn softhsm_search(kid: Kid, out: &mut Vec<(String, f64)>) {
         .unwrap();
     let s = pkcs11.open_rw_session(slot).unwrap();
     let _ = s.login(UserType::User, Some(&env("BENCH_PIN").into()));
+    out.push(("softhsm_open_s".into(), t.elapsed().as_secs_f64()));
+    out.push(("softhsm_rss_mb".into(), memory(&me).0 - before));
     let find = || {
         s.find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -349,8 +394,33 @@ pub(crate) fn measure() {
     // many keys, not one.
     let step = (es.len() / 2000).max(1);
     let es_load: Vec<App> = es.iter().step_by(step).cloned().collect();
-    http_load(&http, es_load, "es256", &mut out);
-    http_load(&http, rs.clone(), "rs256", &mut out);
+    // The 10-app anchor (a copy of the first stage's token and store, its own server),
+    // measured in the same window, when the script started one.
+    let anchor = std::env::var("BENCH_ANCHOR_URL").ok().map(|base| {
+        let http = Arc::new(Http {
+            client: reqwest::Client::new(),
+            base,
+            root: env("BENCH_ROOT"),
+        });
+        (http, read_apps_from(&env("BENCH_ANCHOR_APPS_FILE")))
+    });
+    let of = |alg: &str, apps: &[App]| -> Vec<App> {
+        apps.iter().filter(|a| a.alg == alg).cloned().collect()
+    };
+    let anchor_es = anchor.as_ref().map(|(h, a)| (h, of("ES256", a)));
+    let anchor_rs = anchor.as_ref().map(|(h, a)| (h, of("RS256", a)));
+    side_by_side(
+        (&http, &es_load),
+        anchor_es.as_ref().map(|(h, a)| (*h, a.as_slice())),
+        "es256",
+        &mut out,
+    );
+    side_by_side(
+        (&http, &rs),
+        anchor_rs.as_ref().map(|(h, a)| (*h, a.as_slice())),
+        "rs256",
+        &mut out,
+    );
     let (rss, hwm) = memory(&pid);
     out.push(("rss_load_mb".into(), rss));
     out.push(("hwm_mb".into(), hwm));
@@ -408,8 +478,30 @@ pub(crate) fn measure() {
         }
         out.push(("rotate_p50".into(), pct(&mut rot, 0.5)));
         out.push(("rotate_p99".into(), pct(&mut rot, 0.99)));
-        out.push(("emergency_p50".into(), pct(&mut emer, 0.5)));
-        out.push(("emergency_p99".into(), pct(&mut emer, 0.99)));
+        out.push(("revoke_p50".into(), pct(&mut emer, 0.5)));
+        out.push(("revoke_p99".into(), pct(&mut emer, 0.99)));
+
+        // Emergency rotation (JWTPlus `rotate/pki`): all three keys of the app revoked and
+        // destroyed, new current and next keys, a cut-off.
+        let n = env_usize("BENCH_EMERGENCIES", 10).min(es.len() / 3).max(1);
+        let mut lat = Vec::new();
+        for i in 0..n {
+            let a = &es[(i * 2 + 1) * es.len() / (2 * n + 1) + 1];
+            spares_ready(&http, "ES256").await;
+            let t = Instant::now();
+            let (status, v) = post(
+                &http,
+                &format!("/root/{}/rotate/pki", a.id),
+                &http.root,
+                json!({}),
+            )
+            .await;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(status, 200, "{v}");
+            assert!(v["revoked_kids"].as_array().map_or(0, Vec::len) >= 2, "{v}");
+        }
+        out.push(("emergency_p50".into(), pct(&mut lat, 0.5)));
+        out.push(("emergency_max".into(), pct(&mut lat, 1.0)));
     });
     let kid: Kid = rt.block_on(http.current_kid(&es[es.len() / 3].id));
     softhsm_search(kid, &mut out);
@@ -445,7 +537,6 @@ pub(crate) fn report() {
         .collect();
     stages.sort_by(|a, b| a.get("apps").partial_cmp(&b.get("apps")).unwrap());
     let get = |s: &BTreeMap<String, f64>, k: &str| s.get(k).copied().unwrap_or(f64::NAN);
-    let base = stages[0].clone();
     let header = |cols: &[&str]| {
         println!("| figure | {} |", cols.join(" | "));
         println!("|---|{}", "---|".repeat(cols.len()));
@@ -473,6 +564,12 @@ pub(crate) fn report() {
         ("RSS at rest, MiB", "rss_rest_mb", 1),
         ("RSS after load, MiB", "rss_load_mb", 1),
         ("peak RSS (VmHWM), MiB", "hwm_mb", 1),
+        (
+            "  SoftHSM2's share: the token opened in the bench process, MiB",
+            "softhsm_rss_mb",
+            1,
+        ),
+        ("  the rest (peak − SoftHSM2's share), MiB", "own_mb", 1),
         ("ES256 issuance/s", "es256_issue_rate", 0),
         ("ES256 issuance p99, ms", "es256_issue_p99", 2),
         ("ES256 introspection/s", "es256_introspect_rate", 0),
@@ -485,8 +582,18 @@ pub(crate) fn report() {
         ("JWKS p99, ms", "jwks_p99", 2),
         ("rotation p50, ms", "rotate_p50", 1),
         ("rotation p99, ms", "rotate_p99", 1),
-        ("emergency rotation p50, ms", "emergency_p50", 1),
-        ("emergency rotation p99, ms", "emergency_p99", 1),
+        ("key revocation (current key) p50, ms", "revoke_p50", 1),
+        ("key revocation (current key) p99, ms", "revoke_p99", 1),
+        (
+            "emergency rotation (`rotate/pki`) p50, ms",
+            "emergency_p50",
+            1,
+        ),
+        (
+            "emergency rotation (`rotate/pki`) max, ms",
+            "emergency_max",
+            1,
+        ),
         ("scheduler tick (1 % due), ms", "tick_total_ms", 0),
         ("  apps rotated in that tick", "tick_rotated", 0),
         ("  rotation phase, ms", "tick_rotate_ms", 0),
@@ -514,7 +621,17 @@ pub(crate) fn report() {
             "softhsm_destroy_ms",
             1,
         ),
+        (
+            "SoftHSM C_Initialize + login (bench process), s",
+            "softhsm_open_s",
+            1,
+        ),
     ];
+    for s in &mut stages {
+        let own = get(s, "hwm_mb") - get(s, "softhsm_rss_mb");
+        s.insert("own_mb".into(), own);
+    }
+    let base = stages[0].clone();
     for (name, key, prec) in rows {
         let b = get(&base, key);
         let cells: Vec<String> = stages
@@ -534,6 +651,36 @@ pub(crate) fn report() {
             })
             .collect();
         println!("| {name} | {} |", cells.join(" | "));
+    }
+    // Side by side with the 10-app anchor, measured in the same window as each stage.
+    if stages
+        .iter()
+        .any(|s| s.contains_key("anchor_es256_issue_rate"))
+    {
+        println!();
+        header(&cols.iter().map(String::as_str).collect::<Vec<_>>());
+        for (alg, what, key, prec) in [
+            ("ES256", "issuance/s", "es256_issue_rate", 0),
+            ("ES256", "issuance p99, ms", "es256_issue_p99", 2),
+            ("ES256", "introspection/s", "es256_introspect_rate", 0),
+            ("ES256", "introspection p99, ms", "es256_introspect_p99", 2),
+            ("RS256", "issuance/s", "rs256_issue_rate", 0),
+            ("RS256", "issuance p99, ms", "rs256_issue_p99", 2),
+            ("RS256", "introspection/s", "rs256_introspect_rate", 0),
+            ("RS256", "introspection p99, ms", "rs256_introspect_p99", 2),
+        ] {
+            let cells: Vec<String> = stages
+                .iter()
+                .map(|s| {
+                    let (v, a) = (get(s, key), get(s, &format!("anchor_{key}")));
+                    format!("{v:.prec$} / {a:.prec$} = {:.2}", v / a)
+                })
+                .collect();
+            println!(
+                "| {alg} {what}: this stage / anchor | {} |",
+                cells.join(" | ")
+            );
+        }
     }
     let mut dat = String::from(
         "# apps rows, then each figure / the first stage's: startup_s rss_load_mb es256_issue_p99 es256_introspect_p99 jwks_p99 rotate_p99 tick_total_ms purge_ms softhsm_find_ms softhsm_sign_ms es256_issue_rate\n",
