@@ -208,6 +208,26 @@ impl Http {
         )
     }
 
+    /// Wait until the spare pool for `spec` holds at least two keys (as between real
+    /// rotations).
+    async fn spares_ready(&self, spec: &str) {
+        for _ in 0..600 {
+            let v: Value = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["spares"][spec].as_u64().unwrap_or(0) >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn current_kid(&self, id: &str) -> Kid {
         let v: Value = self
             .client
@@ -442,21 +462,7 @@ fn bench_rotate() {
             };
             for _ in 0..n {
                 // Let the spare pool refill, as it does between real rotations.
-                for _ in 0..600 {
-                    let v: Value = http
-                        .client
-                        .get(format!("{}/readyz", http.base))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    if v["spares"][&spec].as_u64().unwrap_or(0) >= 2 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                http.spares_ready(&spec).await;
                 let t = Instant::now();
                 let res = http
                     .client

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -272,25 +272,6 @@ fn side_by_side(
     }
 }
 
-/// Wait until the spare pool for `spec` holds at least two keys (as between real rotations).
-async fn spares_ready(http: &Http, spec: &str) {
-    for _ in 0..600 {
-        let v: Value = http
-            .client
-            .get(format!("{}/readyz", http.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["spares"][spec].as_u64().unwrap_or(0) >= 2 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// SoftHSM's object search is a scan over every object of the token: time a search by
 /// `CKA_ID` (what a handle-cache miss costs) against a `C_Sign` with a known handle (what
 /// the cached path costs), in this process's own session.
@@ -451,7 +432,7 @@ pub(crate) fn measure() {
         let (mut rot, mut emer) = (Vec::new(), Vec::new());
         for i in 0..n {
             let a = &es[(i * 2 + 1) * es.len() / (2 * n + 1)];
-            spares_ready(&http, "ES256").await;
+            http.spares_ready("ES256").await;
             let t = Instant::now();
             let (status, v) = post(
                 &http,
@@ -464,7 +445,7 @@ pub(crate) fn measure() {
             assert_eq!(status, 200, "{v}");
             let b = &es[(i * 2 + 2) * es.len() / (2 * n + 1)];
             let kid = http.current_kid(&b.id).await;
-            spares_ready(&http, "ES256").await;
+            http.spares_ready("ES256").await;
             let t = Instant::now();
             let (status, v) = post(
                 &http,
@@ -487,7 +468,7 @@ pub(crate) fn measure() {
         let mut lat = Vec::new();
         for i in 0..n {
             let a = &es[(i * 2 + 1) * es.len() / (2 * n + 1) + 1];
-            spares_ready(&http, "ES256").await;
+            http.spares_ready("ES256").await;
             let t = Instant::now();
             let (status, v) = post(
                 &http,
