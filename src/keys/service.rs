@@ -589,8 +589,9 @@ impl KeyService {
             let claim = self.inner.spares.claim(spec).await;
             self.inner.spares.ensure(spec, 1 + attempt).await?;
             let now = self.now();
-            let (revoked_tokens, affected_subjects) =
-                store.live_token_counts(&[kid.to_string()], now).await?;
+            let (revoked_tokens, affected_subjects) = store
+                .live_token_counts(app_id, &[kid.to_string()], now)
+                .await?;
             let mut tx = store.begin().await?;
             if !store.lock_app(&mut tx, app_id).await? {
                 return Err(KeyError::AppNotFound);
@@ -709,7 +710,7 @@ impl KeyService {
                 .collect();
             let kid_strings: Vec<String> = live.iter().map(|k| k.kid.to_string()).collect();
             let (revoked_tokens, affected_subjects) =
-                store.live_token_counts(&kid_strings, now).await?;
+                store.live_token_counts(app_id, &kid_strings, now).await?;
             let mut tx = store.begin().await?;
             if !store.lock_app(&mut tx, app_id).await? {
                 return Err(KeyError::AppNotFound);

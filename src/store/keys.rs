@@ -386,11 +386,17 @@ impl Store {
         &self,
         app_id: Option<&str>,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT app_id, state, COUNT(*) AS n FROM keys \
-             WHERE app_id IS NOT NULL AND ($1 = '' OR app_id = $1) GROUP BY app_id, state",
-        )
-        .bind(app_id.unwrap_or(""))
+        // Two statements, not `($1 = '' OR app_id = $1)`: that form keeps one app's view from
+        // using `keys_app_state` and reads every key ever made.
+        let rows = match app_id {
+            Some(id) => sqlx::query(
+                "SELECT app_id, state, COUNT(*) AS n FROM keys WHERE app_id = $1 GROUP BY app_id, state",
+            )
+            .bind(id),
+            None => sqlx::query(
+                "SELECT app_id, state, COUNT(*) AS n FROM keys WHERE app_id IS NOT NULL GROUP BY app_id, state",
+            ),
+        }
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

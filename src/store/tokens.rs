@@ -2,12 +2,84 @@
 
 use sqlx::Row as _;
 
-use super::{Store, StoreError, Tx, opt_i64};
+use super::{Dialect, Store, StoreError, Tx, opt_i64};
 
 /// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
 const LIVE: &str = "t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
     AND t.kid IN (SELECT k.kid FROM keys k WHERE k.app_id = $1 AND k.state IN ('next', 'current', 'previous')) \
     AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti)";
+
+/// A subject's sessions (see [`Store::sessions`]).
+const SESSIONS: &str = "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t \
+    WHERE t.app_id = $1 AND t.sub_sha256 = $2 AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
+    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti) ORDER BY t.jti DESC";
+
+/// Per-key live counts of an app (see [`Store::live_tokens_by_kid`]).
+const LIVE_BY_KID: &str =
+    "SELECT t.kid, COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE ";
+
+/// Live counts of an app, all keys together (see [`Store::live_tokens_of_app`]).
+const LIVE_OF_APP: &str =
+    "SELECT COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE ";
+
+/// Unexpired tokens of one app.
+const APP_UNEXPIRED: &str =
+    "SELECT app_id, COUNT(*) AS n FROM tokens WHERE app_id = $1 AND exp > $2 GROUP BY app_id";
+
+/// A subject's refresh tokens.
+const SUBJECT_REFRESH_REVOKE: &str = "UPDATE refresh_tokens SET revoked_at = $1 \
+    WHERE app_id = $2 AND sub_sha256 = $3 AND revoked_at IS NULL";
+
+/// An app's refresh tokens.
+const APP_REFRESH_REVOKE: &str =
+    "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL";
+
+/// Refresh tokens issued with the access tokens one key of an app signed.
+const KEY_REFRESH_REVOKE: &str = "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
+    AND jti IN (SELECT jti FROM tokens WHERE app_id = $2 AND kid = $3)";
+
+/// Unexpired access tokens of a refresh family.
+const FAMILY_TOKENS: &str = "SELECT jti, exp FROM tokens WHERE family = $1 AND exp > $2";
+
+/// Live tokens and distinct subjects of app `$1` at `$2` signed by any of `keys` kids (`$3`...).
+fn key_counts_sql(keys: usize) -> String {
+    let placeholders: Vec<String> = (0..keys).map(|i| format!("${}", i + 3)).collect();
+    format!(
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens \
+         WHERE app_id = $1 AND exp > $2 AND kid IN ({})",
+        placeholders.join(", ")
+    )
+}
+
+/// Unexpired tokens per app, every app. SQLite's planner, without statistics, would rather
+/// walk `tokens_app_sub` for the grouping and look every row up (3x slower at a million live
+/// rows than reading `(exp, app_id)` alone), hence `INDEXED BY` there.
+fn all_unexpired_sql(dialect: Dialect) -> String {
+    let hint = match dialect {
+        Dialect::Sqlite => " INDEXED BY tokens_exp_app",
+        Dialect::Postgres => "",
+    };
+    format!("SELECT app_id, COUNT(*) AS n FROM tokens{hint} WHERE exp > $1 GROUP BY app_id")
+}
+
+/// One purge batch of `table`: up to `$2` rows matching `expired` at `$1`, by `key`.
+fn purge_sql(table: &str, key: &str, expired: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {expired} LIMIT $2)"
+    )
+}
+
+/// What the purge deletes, per table: `(table, key, expired at $1)`.
+const PURGED: [(&str, &str, &str); 4] = [
+    (
+        "tokens",
+        "jti",
+        "exp <= $1 AND COALESCE(refresh_exp, 0) <= $1",
+    ),
+    ("denied_jti", "jti", "exp <= $1"),
+    ("refresh_tokens", "token_sha256", "exp <= $1"),
+    ("subject_cutoffs", "app_id, sub_sha256", "expires_at <= $1"),
+];
 
 /// One issued JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,16 +233,12 @@ impl Store {
         sub_sha256: &str,
         now: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t \
-             WHERE t.app_id = $1 AND t.sub_sha256 = $2 AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
-             AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti) ORDER BY t.jti DESC",
-        )
-        .bind(app_id)
-        .bind(sub_sha256)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(SESSIONS)
+            .bind(app_id)
+            .bind(sub_sha256)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(SessionRow {
@@ -185,29 +253,31 @@ impl Store {
             .collect()
     }
 
-    /// Live (unexpired) tokens and distinct subjects signed by any of `kids`.
+    /// Live (unexpired) tokens of app `app_id` signed by any of `kids`, and their distinct
+    /// subjects (a subject with tokens from two of the keys counts once).
+    ///
+    /// The ledger has no index by key (a per-key insertion point costs every issuance a page
+    /// write once apps number in the thousands), so this reads the app's rows.
     ///
     /// # Errors
     /// Database failures.
     pub async fn live_token_counts(
         &self,
+        app_id: &str,
         kids: &[String],
         now: i64,
     ) -> Result<(i64, i64), StoreError> {
-        let mut tokens = 0;
-        let mut subjects = 0;
-        for kid in kids {
-            let r = sqlx::query(
-                "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens WHERE kid = $1 AND exp > $2",
-            )
-            .bind(kid)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?;
-            tokens += r.try_get::<i64, _>("n")?;
-            subjects += r.try_get::<i64, _>("s")?;
+        if kids.is_empty() {
+            return Ok((0, 0));
         }
-        Ok((tokens, subjects))
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(key_counts_sql(kids.len())))
+            .bind(app_id)
+            .bind(now);
+        for kid in kids {
+            q = q.bind(kid);
+        }
+        let r = q.fetch_one(&self.pool).await?;
+        Ok((r.try_get("n")?, r.try_get("s")?))
     }
 
     /// Tokens of one app that still verify, per signing key: `(kid, tokens, subjects)`, for
@@ -223,9 +293,7 @@ impl Store {
         now: i64,
         cutoff: Option<&str>,
     ) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let sql = format!(
-            "SELECT t.kid, COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE {LIVE} GROUP BY t.kid"
-        );
+        let sql = format!("{LIVE_BY_KID}{LIVE} GROUP BY t.kid");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(app_id)
             .bind(now)
@@ -248,9 +316,7 @@ impl Store {
         now: i64,
         cutoff: Option<&str>,
     ) -> Result<(i64, i64), StoreError> {
-        let sql = format!(
-            "SELECT COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE {LIVE}"
-        );
+        let sql = format!("{LIVE_OF_APP}{LIVE}");
         let r = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(app_id)
             .bind(now)
@@ -262,6 +328,9 @@ impl Store {
 
     /// Unexpired tokens per app, for the app list: one app or (`None`) all of them.
     ///
+    /// One app reads its own rows through `tokens_app_sub`; all apps read only the
+    /// `(exp, app_id)` index.
+    ///
     /// # Errors
     /// Database failures.
     pub async fn live_token_counts_per_app(
@@ -269,13 +338,21 @@ impl Store {
         app_id: Option<&str>,
         now: i64,
     ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT app_id, COUNT(*) AS n FROM tokens WHERE exp > $1 AND ($2 = '' OR app_id = $2) GROUP BY app_id",
-        )
-        .bind(now)
-        .bind(app_id.unwrap_or(""))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = match app_id {
+            Some(id) => {
+                sqlx::query(APP_UNEXPIRED)
+                    .bind(id)
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(all_unexpired_sql(self.dialect)))
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter()
             .map(|r| Ok((r.try_get("app_id")?, r.try_get("n")?)))
             .collect()
@@ -376,7 +453,7 @@ impl Store {
         sub_sha256: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND sub_sha256 = $3 AND revoked_at IS NULL")
+        sqlx::query(SUBJECT_REFRESH_REVOKE)
             .bind(now)
             .bind(app_id)
             .bind(sub_sha256)
@@ -395,13 +472,11 @@ impl Store {
         app_id: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(app_id)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(APP_REFRESH_REVOKE)
+            .bind(now)
+            .bind(app_id)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 
@@ -417,15 +492,12 @@ impl Store {
         kid: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
-             AND jti IN (SELECT jti FROM tokens WHERE kid = $3)",
-        )
-        .bind(now)
-        .bind(app_id)
-        .bind(kid)
-        .execute(&mut **tx)
-        .await?;
+        let r = sqlx::query(KEY_REFRESH_REVOKE)
+            .bind(now)
+            .bind(app_id)
+            .bind(kid)
+            .execute(&mut **tx)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -560,7 +632,7 @@ impl Store {
         .bind(family)
         .execute(&mut **tx)
         .await?;
-        let rows = sqlx::query("SELECT jti, exp FROM tokens WHERE family = $1 AND exp > $2")
+        let rows = sqlx::query(FAMILY_TOKENS)
             .bind(family)
             .bind(now)
             .fetch_all(&mut **tx)
@@ -581,19 +653,8 @@ impl Store {
     /// Database failures (batches already deleted stay deleted).
     pub async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         let mut n = 0;
-        for (table, key, expired) in [
-            (
-                "tokens",
-                "jti",
-                "exp <= $1 AND COALESCE(refresh_exp, 0) <= $1",
-            ),
-            ("denied_jti", "jti", "exp <= $1"),
-            ("refresh_tokens", "token_sha256", "exp <= $1"),
-            ("subject_cutoffs", "app_id, sub_sha256", "expires_at <= $1"),
-        ] {
-            let sql = format!(
-                "DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {expired} LIMIT $2)"
-            );
+        for (table, key, expired) in PURGED {
+            let sql = purge_sql(table, key, expired);
             loop {
                 let deleted = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(now)
@@ -615,8 +676,12 @@ impl Store {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{LedgerRow, PURGE_BATCH};
-    use crate::store::Store;
+    use super::{
+        APP_REFRESH_REVOKE, APP_UNEXPIRED, FAMILY_TOKENS, KEY_REFRESH_REVOKE, LIVE, LIVE_BY_KID,
+        LIVE_OF_APP, LedgerRow, PURGE_BATCH, PURGED, SESSIONS, SUBJECT_REFRESH_REVOKE,
+        all_unexpired_sql, key_counts_sql, purge_sql,
+    };
+    use crate::store::{Dialect, Store};
 
     fn row(i: i64, exp: i64, refresh_exp: Option<i64>) -> LedgerRow {
         LedgerRow {
@@ -630,6 +695,13 @@ mod tests {
             refresh_exp,
             meta: None,
         }
+    }
+
+    /// A store on a fresh SQLite file (the directory lives as long as the guard).
+    async fn scratch_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/p.db?mode=rwc", dir.path().display());
+        (dir, Store::connect(&url).await.unwrap())
     }
 
     async fn count(store: &Store, sql: &str) -> i64 {
@@ -646,9 +718,7 @@ mod tests {
     /// nothing live (or still refreshable) is touched.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn purge_removes_every_expired_row_in_batches_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/p.db?mode=rwc", dir.path().display());
-        let store = Store::connect(&url).await.unwrap();
+        let (_dir, store) = scratch_store().await;
         let now = 2_000_000_000;
         let expired = 2 * PURGE_BATCH + 123;
         let mut rows: Vec<LedgerRow> = (0..expired)
@@ -686,5 +756,106 @@ mod tests {
         assert_eq!(count(&store, "SELECT COUNT(*) FROM denied_jti").await, 1);
         // Nothing left to purge: a second pass deletes nothing.
         assert_eq!(store.purge_expired(now).await.unwrap(), 0);
+    }
+
+    /// Every ledger read, refresh revocation and purge statement finds its rows through an
+    /// index: a table scan costs time in proportion to the whole ledger (10^7 rows at scale,
+    /// read inside a write transaction for family, key and subject revocation). Checked on SQLite's plans, which have no
+    /// statistics to hide a bad choice behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ledger_statements_never_scan_a_table() {
+        use sqlx::Row as _;
+        let (_dir, store) = scratch_store().await;
+        let mut statements = vec![
+            ("sessions", SESSIONS.to_owned()),
+            ("live by kid", format!("{LIVE_BY_KID}{LIVE} GROUP BY t.kid")),
+            ("live of app", format!("{LIVE_OF_APP}{LIVE}")),
+            ("key counts", key_counts_sql(3)),
+            ("one app unexpired", APP_UNEXPIRED.to_owned()),
+            ("all apps unexpired", all_unexpired_sql(Dialect::Sqlite)),
+            ("key refresh revoke", KEY_REFRESH_REVOKE.to_owned()),
+            ("subject refresh revoke", SUBJECT_REFRESH_REVOKE.to_owned()),
+            ("app refresh revoke", APP_REFRESH_REVOKE.to_owned()),
+            ("family tokens", FAMILY_TOKENS.to_owned()),
+        ];
+        for (table, key, expired) in PURGED {
+            statements.push(("purge", purge_sql(table, key, expired)));
+        }
+        for (name, sql) in statements {
+            let plan: Vec<String> =
+                sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                    .fetch_all(store.pool())
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("detail").unwrap())
+                    .collect();
+            assert!(
+                plan.iter().all(|step| !step.starts_with("SCAN ")),
+                "{name} scans: {plan:?}"
+            );
+        }
+    }
+
+    /// A key's and an app's live counts: a subject with tokens from two keys counts once,
+    /// expired tokens and other apps' tokens not at all; one app's figure matches its line in
+    /// the all-apps figures; a family's unexpired tokens are exactly the ones found.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_counts_and_family_tokens() {
+        let (_dir, store) = scratch_store().await;
+        let now = 2_000_000_000;
+        let mut rows = Vec::new();
+        for i in 0..30 {
+            let mut r = row(i, now + 100, None);
+            r.kid = if i % 2 == 0 { "k1" } else { "k2" }.into();
+            r.family = (i % 10 == 0).then(|| "fam".to_owned());
+            rows.push(r);
+        }
+        let mut expired = row(100, now - 1, None);
+        expired.family = Some("fam".into());
+        let mut other = row(101, now + 100, None);
+        other.app_id = "other".into();
+        other.kid = "k1".into();
+        rows.extend([expired, other]);
+        store.insert_ledger(&rows).await.unwrap();
+
+        let kids = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // Subjects are i % 7: both keys signed for all seven.
+        assert_eq!(
+            store
+                .live_token_counts("app", &kids(&["k1"]), now)
+                .await
+                .unwrap(),
+            (15, 7)
+        );
+        assert_eq!(
+            store
+                .live_token_counts("app", &kids(&["k1", "k2"]), now)
+                .await
+                .unwrap(),
+            (30, 7)
+        );
+        assert_eq!(
+            store.live_token_counts("app", &[], now).await.unwrap(),
+            (0, 0)
+        );
+        let one = store
+            .live_token_counts_per_app(Some("app"), now)
+            .await
+            .unwrap();
+        let all = store.live_token_counts_per_app(None, now).await.unwrap();
+        assert_eq!(one.get("app"), Some(&30));
+        assert_eq!(all.get("app"), Some(&30));
+        assert_eq!(all.get("other"), Some(&1));
+
+        let mut tx = store.begin().await.unwrap();
+        let mut family = store.revoke_family(&mut tx, "fam", now).await.unwrap();
+        tx.commit().await.unwrap();
+        family.sort();
+        let want: Vec<(String, i64)> = [0, 10, 20]
+            .iter()
+            .map(|i| (row(*i, 0, None).jti, now + 100))
+            .collect();
+        assert_eq!(family, want);
     }
 }
