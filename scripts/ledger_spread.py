@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """`scripts/bench ledger`: what a ledger row costs SQLite as the writes spread over more keys.
 
-The token ledger's schema (migrations/sqlite/0001_initial.sql: `tokens` with its jti key and
-the (app_id, sub_sha256), (kid) and (exp) indexes) in a scratch database with ROWS rows over
-2,000 apps, in WAL mode with synchronous = NORMAL as the service opens it. Rows are then
-inserted in transactions of 32 (what the ledger writer commits under 32 concurrent issuers)
-with the apps (and their kids) of the rows drawn from 8 or from 2,000, with one subject or
-random subjects. The cases alternate, ROUNDS times each, SECONDS each time; the table gives
-the mean rate of each case and its ratio to the 8-app, one-subject case.
+The service's SQLite schema, built by applying migrations/sqlite/*.sql in order, in a
+scratch database with ROWS rows over 2,000 apps, in WAL mode with synchronous = NORMAL as the
+service opens it; and beside it the schema before migration 0004 (the ledger's `(kid)` and
+`(exp)` indexes, since replaced), filled the same way. Rows are then inserted in transactions
+of 32 (what the ledger writer commits under 32 concurrent issuers) with the apps (and their
+kids) of the rows drawn from 8 or from 2,000, with one subject or random subjects. The cases
+alternate, ROUNDS times each, SECONDS each time; the table gives the mean rate of each case and
+its ratio to the 8-app, one-subject case on the current schema.
 """
+import glob
 import os
 import random
 import sqlite3
@@ -20,20 +22,19 @@ ROWS = int(os.environ.get("BENCH_LEDGER_ROWS", "2000000"))
 SECONDS = float(os.environ.get("BENCH_SECS", "5"))
 ROUNDS = 2
 BATCH = 32
-SCHEMA = """
-CREATE TABLE tokens (
-    jti TEXT PRIMARY KEY, app_id TEXT NOT NULL, kid TEXT NOT NULL, sub_sha256 TEXT,
-    iat INTEGER NOT NULL, exp INTEGER NOT NULL, family TEXT, refresh_exp INTEGER, meta TEXT);
-CREATE INDEX tokens_app_sub ON tokens (app_id, sub_sha256);
-CREATE INDEX tokens_kid ON tokens (kid);
-CREATE INDEX tokens_exp ON tokens (exp);
-"""
+MIGRATIONS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "migrations", "sqlite", "*.sql")))
+SCHEMAS = {
+    "current": MIGRATIONS,
+    "before 0004": [m for m in MIGRATIONS if os.path.basename(m) < "0004"],
+}
 
 
-def fill(path):
+def fill(path, migrations):
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")
-    c.executescript(SCHEMA)
+    for m in migrations:
+        with open(m) as f:
+            c.executescript(f.read())
     c.execute("PRAGMA cache_size = -1000000")
     c.execute("BEGIN")
     c.execute(
@@ -72,22 +73,24 @@ def run(path, apps, random_subjects, seq):
 
 def main():
     with tempfile.TemporaryDirectory(prefix="hsmr-ledger.") as d:
-        path = os.path.join(d, "ledger.db")
-        fill(path)
-        cases = [(8, False), (2000, False), (8, True), (2000, True)]
+        paths = {}
+        for name, migrations in SCHEMAS.items():
+            paths[name] = os.path.join(d, name.replace(" ", "-") + ".db")
+            fill(paths[name], migrations)
+        cases = [(schema, apps, rnd) for schema in SCHEMAS for apps, rnd in [(8, False), (2000, False), (2000, True)]]
         rates = {c: [] for c in cases}
         seq = 0
         for _ in range(ROUNDS):
-            for case in cases:
-                r, seq = run(path, *case, seq)
-                rates[case].append(r)
+            for schema, apps, rnd in cases:
+                r, seq = run(paths[schema], apps, rnd, seq)
+                rates[(schema, apps, rnd)].append(r)
         base = sum(rates[cases[0]]) / ROUNDS
-        print(f"| ledger rows/s, {ROWS:,} rows already, transactions of {BATCH} | rows/s | × 8 apps, one subject |")
-        print("|---|---|---|")
-        for apps, rnd in cases:
-            mean = sum(rates[(apps, rnd)]) / ROUNDS
+        print(f"| ledger rows/s, {ROWS:,} rows already, transactions of {BATCH} | schema | rows/s | × current, 8 apps, one subject |")
+        print("|---|---|---|---|")
+        for schema, apps, rnd in cases:
+            mean = sum(rates[(schema, apps, rnd)]) / ROUNDS
             subj = "random subjects" if rnd else "one subject"
-            print(f"| {apps} apps (and kids), {subj} | {mean:.0f} | {mean / base:.2f} |")
+            print(f"| {apps} apps (and kids), {subj} | {schema} | {mean:.0f} | {mean / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,25 @@ async fn post(h: &Http, path: &str, auth: &str, body: Value) -> (u16, Value) {
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Sequential GETs of `paths` (with the root key): each one's latency, ms.
+async fn get_latencies(h: &Http, paths: impl Iterator<Item = String>) -> Vec<f64> {
+    let mut lat = Vec::new();
+    for path in paths {
+        let t = Instant::now();
+        let res = h
+            .client
+            .get(format!("{}{path}", h.base))
+            .header("Authorization", &h.root)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let _ = res.bytes().await;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    lat
+}
+
 /// Create apps until there are `BENCH_APPS`, each rotated once.
 pub(crate) fn populate() {
     let target = env_usize("BENCH_APPS", 10);
@@ -409,22 +428,17 @@ pub(crate) fn measure() {
     let rt = rt();
     rt.block_on(async {
         // JWKS: sequential GETs over many apps.
-        let mut lat = Vec::new();
-        for i in 0..300 {
-            let a = &es[(i * 7919) % es.len()];
-            let t = Instant::now();
-            let res = http
-                .client
-                .get(format!("{}/apps/{}/.well-known/jwks.json", http.base, a.id))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-            let _ = res.bytes().await;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-        }
+        let spread = |n: usize| (0..n).map(|i| &es[(i * 7919) % es.len()]);
+        let paths = spread(300).map(|a| format!("/apps/{}/.well-known/jwks.json", a.id));
+        let mut lat = get_latencies(&http, paths).await;
         out.push(("jwks_p50".into(), pct(&mut lat, 0.5)));
         out.push(("jwks_p99".into(), pct(&mut lat, 0.99)));
+        // One app's view (key and live-token counts) and the whole app list.
+        let mut lat = get_latencies(&http, spread(50).map(|a| format!("/apps/{}", a.id))).await;
+        out.push(("app_view_p50".into(), pct(&mut lat, 0.5)));
+        out.push(("app_view_p99".into(), pct(&mut lat, 0.99)));
+        let mut lat = get_latencies(&http, (0..3).map(|_| "/apps".to_owned())).await;
+        out.push(("app_list_p50".into(), pct(&mut lat, 0.5)));
 
         // Rotation and emergency rotation (revoking the current key) on distinct apps,
         // each after the spare pool has refilled.
@@ -561,6 +575,13 @@ pub(crate) fn report() {
         ("RS256 introspection p99, ms", "rs256_introspect_p99", 2),
         ("JWKS p50, ms", "jwks_p50", 2),
         ("JWKS p99, ms", "jwks_p99", 2),
+        ("app view (`GET /apps/{id}`) p50, ms", "app_view_p50", 2),
+        ("app view (`GET /apps/{id}`) p99, ms", "app_view_p99", 2),
+        (
+            "app list (`GET /apps`, every app) p50 of 3, ms",
+            "app_list_p50",
+            0,
+        ),
         ("rotation p50, ms", "rotate_p50", 1),
         ("rotation p99, ms", "rotate_p99", 1),
         ("key revocation (current key) p50, ms", "revoke_p50", 1),
