@@ -5,6 +5,13 @@
 //! an application closes, the token logs the application out and, on SoftHSM, every cached
 //! object handle dies. Pooled sessions are opened lazily, returned after each call, and
 //! dropped when they fail or belong to an older module generation.
+//!
+//! Every call on a pooled session holds the *module gate* shared; re-initialising (which
+//! calls `C_Finalize`) and starting a new generation hold it exclusively. PKCS#11 leaves
+//! `C_Finalize` undefined while another thread is inside the module, and SoftHSM2 frees the
+//! sessions under it: a signature racing a re-initialisation killed the process. Sessions of
+//! an older generation are never closed either: after `C_Initialize` the module numbers its
+//! sessions afresh, so closing an old handle could close a new session (the anchor even).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,9 +69,18 @@ struct Pooled {
     generation: u64,
 }
 
+/// Give up a session of an older generation without calling `C_CloseSession`: its module
+/// state is gone (finalised) or about to be replaced, and its handle may already name a
+/// session of the new generation. The leak is one small struct per session per recovery.
+fn abandon(session: Session) {
+    std::mem::forget(session);
+}
+
 /// The blocking core shared by every clone of [`super::Hsm`].
 pub(crate) struct Core {
     cfg: HsmConfig,
+    /// The module gate (see the module docs): shared per call, exclusive to change generation.
+    gate: RwLock<()>,
     ctx: Mutex<Option<Ctx>>,
     idle: Mutex<Vec<Pooled>>,
     cache: RwLock<HashMap<Kid, Handles>>,
@@ -116,6 +132,7 @@ impl Core {
         })?;
         let mut core = Self {
             cfg,
+            gate: RwLock::new(()),
             ctx: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             cache: RwLock::new(HashMap::new()),
@@ -217,7 +234,23 @@ impl Core {
                 session,
                 generation,
             });
+        } else {
+            abandon(session);
         }
+    }
+
+    /// Shared hold on the module gate: no re-initialisation while it lives.
+    fn enter(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Exclusive hold on the module gate: waits for every call in flight to return.
+    fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Run `op` with a pooled session, recovering once from a lost session, a stale handle
@@ -229,9 +262,19 @@ impl Core {
     ) -> Result<T, HsmError> {
         let mut retried = false;
         loop {
+            // Checkout may itself re-initialise, so the gate is entered after it; a
+            // generation change in between leaves the lease stale, and it is abandoned.
+            // A failed session is closed (dropped) before the gate is left: while the gate
+            // is held it is still this generation's.
             let lease = self.checkout()?;
+            let gate = self.enter();
             let generation = lease.generation;
-            match op(self, &lease.session) {
+            if generation != self.current_generation() {
+                abandon(lease.session);
+                continue;
+            }
+            let result = op(self, &lease.session);
+            let how = match result {
                 Ok(v) => {
                     lease.release();
                     return Ok(v);
@@ -248,39 +291,43 @@ impl Core {
                     {
                         if how == Recovery::None {
                             lease.release();
+                        } else {
+                            drop(lease);
                         }
                         return Err(map(e));
                     }
-                    retried = true;
                     super::error::count(&e);
                     warn!(error = %e, ?how, "PKCS#11 call failed; recovering and retrying once");
-                    match how {
-                        Recovery::Handle => {
-                            lease.release();
-                            if let Some(k) = kid {
-                                self.forget(&k);
-                            }
-                        }
-                        Recovery::Session => {
-                            drop(lease);
-                            self.recover_session(generation)?;
-                        }
-                        Recovery::Reinitialise => {
-                            drop(lease);
-                            self.reinitialise(generation)?;
-                        }
-                        Recovery::None => {}
+                    if how == Recovery::Handle {
+                        lease.release();
+                    } else {
+                        drop(lease);
+                    }
+                    how
+                }
+            };
+            drop(gate);
+            retried = true;
+            match how {
+                Recovery::Handle => {
+                    if let Some(k) = kid {
+                        self.forget(&k);
                     }
                 }
+                Recovery::Session => self.recover_session(generation)?,
+                Recovery::Reinitialise => self.reinitialise(generation)?,
+                Recovery::None => {}
             }
         }
     }
 
     /// Log in again; if the anchor itself is gone, reopen it and start a new generation.
     fn recover_session(&self, seen: u64) -> Result<(), HsmError> {
+        let gate = self.exclusive();
         let mut guard = lock(&self.ctx);
         let Some(ctx) = guard.as_mut() else {
             drop(guard);
+            drop(gate);
             return self.reinitialise(seen);
         };
         let anchor_ok = matches!(
@@ -292,6 +339,7 @@ impl Core {
                 Ok(s) => ctx.anchor = s,
                 Err(e) if recovery(&e) == Recovery::Reinitialise => {
                     drop(guard);
+                    drop(gate);
                     return self.reinitialise(seen);
                 }
                 Err(e) => return Err(map(e)),
@@ -301,17 +349,20 @@ impl Core {
         // Handles may have died with the login; a new generation drops every idle session
         // and the cache, which is reloaded in one listing pass.
         if ctx.generation == seen {
+            // Idle sessions are closed while the module still knows them.
+            lock(&self.idle).clear();
             ctx.generation += 1;
             self.generation.store(ctx.generation, Ordering::SeqCst);
         }
         drop(guard);
-        lock(&self.idle).clear();
+        drop(gate);
         self.reload_cache()
     }
 
     /// Finalise and initialise the module again, unless another thread already did since
     /// generation `seen`.
     pub(crate) fn reinitialise(&self, seen: u64) -> Result<(), HsmError> {
+        let gate = self.exclusive();
         let mut guard = lock(&self.ctx);
         if guard.as_ref().is_some_and(|c| c.generation != seen) {
             return Ok(());
@@ -323,23 +374,26 @@ impl Core {
             }
             *last = Some(Instant::now());
         }
+        let generation = self.current_generation() + 1;
         let pkcs11 = match guard.take() {
             Some(old) => {
                 let Ctx { pkcs11, anchor, .. } = old;
+                // No call is in flight (the gate is ours): close what the module still
+                // knows, then finalise. Leases checked out but not yet inside the gate
+                // belong to the old generation now and are abandoned, never closed.
+                lock(&self.idle).clear();
                 drop(anchor);
-                // Sessions of the old generation are dropped as they come back.
                 let _ = pkcs11.clone().finalize();
                 pkcs11
             }
             None => Pkcs11::new(&self.cfg.module).map_err(map)?,
         };
-        lock(&self.idle).clear();
-        let generation = self.current_generation() + 1;
         self.generation.store(generation, Ordering::SeqCst);
         self.cache_write().clear();
         let ctx = self.open_ctx(pkcs11, generation)?;
         *guard = Some(ctx);
         drop(guard);
+        drop(gate);
         info!(generation, "PKCS#11 module re-initialised");
         self.reload_cache()
     }

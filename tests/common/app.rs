@@ -179,6 +179,16 @@ impl TestApp {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// The last lines of the server's log, newest first, for a failure message.
+    pub fn log_tail(&self) -> String {
+        let log = self.stderr();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        format!(
+            "--- server log (last lines, newest first) ---\n{}",
+            tail.join("\n")
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -199,7 +209,11 @@ impl TestApp {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let res = rb.send().await.expect("request");
+        let res = match rb.send().await {
+            Ok(res) => res,
+            // The process may have died: say how, not just that the connection went.
+            Err(e) => panic!("{method} {path}: {e}\n{}", self.log_tail()),
+        };
         let status = res.status().as_u16();
         let text = res.text().await.expect("body");
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -226,12 +240,7 @@ impl TestApp {
     pub async fn create_app(&self, body: Value) -> (String, String, Value) {
         let (s, v) = self.root("POST", "/apps", Some(body)).await;
         if s != 201 {
-            let log = self.stderr();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            panic!(
-                "create app answered {s}: {v}\n--- server log (last lines, newest first) ---\n{}",
-                tail.join("\n")
-            );
+            panic!("create app answered {s}: {v}\n{}", self.log_tail());
         }
         (
             v["id"].as_str().unwrap().to_owned(),

@@ -160,3 +160,66 @@ fn module_finalised_underneath_is_initialised_again() {
         f.hsm.ready().await.unwrap();
     });
 }
+
+#[test]
+fn signatures_in_flight_survive_re_initialisations() {
+    // A re-initialisation (C_Finalize, C_Initialize) while other threads are inside the
+    // module is undefined by PKCS#11; on SoftHSM2 it freed sessions under a signature and
+    // killed the process. Signers run flat out over the pool while the module is torn
+    // down and brought back three times; every signature must come back and verify, and
+    // the new generation's sessions must not be closed by stale handles of the old one.
+    let f = fixture("reinit_while_signing", 4);
+    f.rt.block_on(async {
+        let kid = Kid::generate();
+        let pk = f
+            .hsm
+            .generate(kid, KeySpec::new(Algorithm::ES256, 0))
+            .await
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut signers = Vec::new();
+        for t in 0..8 {
+            let (hsm, pk, stop) = (f.hsm.clone(), pk.clone(), stop.clone());
+            signers.push(tokio::spawn(async move {
+                let mut n = 0_u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let msg = format!("signer{t}.{n}").into_bytes();
+                    let sig = hsm.sign(kid, Algorithm::ES256, msg.clone()).await;
+                    let sig = sig.unwrap_or_else(|e| panic!("signature {n} of signer {t}: {e}"));
+                    assert!(verify_independently(&pk, Algorithm::ES256, &msg, &sig));
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut ran = 0;
+        for _ in 0..3 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            // Forced re-initialisations are at least 2 s apart.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !f.hsm.recover(kid).await.unwrap() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no re-initialisation ran"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            ran += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut signed = 0;
+        for s in signers {
+            signed += s.await.expect("a signer failed");
+        }
+        assert_eq!(ran, 3);
+        assert!(signed > 0, "nothing was signed");
+        f.hsm.ready().await.unwrap();
+        let sig = f
+            .hsm
+            .sign(kid, Algorithm::ES256, MSG.to_vec())
+            .await
+            .unwrap();
+        assert!(verify_independently(&pk, Algorithm::ES256, MSG, &sig));
+    });
+}
