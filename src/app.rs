@@ -211,6 +211,12 @@ impl Application {
             "start-up: store, token, caches and reconciliation done"
         );
         tokio::spawn(state.keys.spares().clone().run());
+        tokio::spawn(
+            state
+                .store
+                .clone()
+                .run_checkpointer(crate::store::CHECKPOINT_EVERY),
+        );
         if state.store.dialect() == crate::store::Dialect::Postgres {
             tokio::spawn(state.registry.clone().follow(
                 cfg.database_url(),

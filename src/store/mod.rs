@@ -45,6 +45,23 @@ pub struct Store {
     dialect: Dialect,
 }
 
+/// WAL size (frames, 4 KiB pages) at which a committing SQLite connection checkpoints the
+/// log itself. It is a backstop: [`Store::run_checkpointer`] keeps the log copied well
+/// before, so commits (every issuance waits for its ledger row's) do not pay for it.
+pub const WAL_BACKSTOP_FRAMES: u32 = 10_000;
+
+/// Interval of the background checkpointer ([`Store::run_checkpointer`]).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// What one checkpoint of SQLite's write-ahead log did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Frames in the log.
+    pub log_frames: i64,
+    /// Frames copied into the database file (all of them when the checkpoint caught up).
+    pub checkpointed: i64,
+}
+
 static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -80,6 +97,10 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_FRAMES}"
+                        )))
+                        .await?;
                     }
                     Ok(())
                 })
@@ -146,6 +167,63 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// SQLite: copy the write-ahead log into the database without waiting for readers or
+    /// writers (`PRAGMA wal_checkpoint(PASSIVE)`). `None` on PostgreSQL.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        use sqlx::Row as _;
+        if self.dialect != Dialect::Sqlite {
+            return Ok(None);
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(Checkpoint {
+            log_frames: row.try_get(1)?,
+            checkpointed: row.try_get(2)?,
+        }))
+    }
+
+    /// SQLite: checkpoint the write-ahead log every `every`, off the request path. Left to
+    /// SQLite, the commit that crosses its threshold copies the log (1,000 random pages at
+    /// 10^7 ledger rows) and syncs the database file before it returns; measured on a
+    /// ledger of 10^7 rows over 10,000 apps, that put 20 ms on the p99 of a ledger commit,
+    /// against 10-15 ms with the copy done here (`scripts/bench scale` has the service's
+    /// figures). Returns at once on PostgreSQL.
+    pub async fn run_checkpointer(self, every: Duration) {
+        if self.dialect != Dialect::Sqlite {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let started = std::time::Instant::now();
+            match self.checkpoint().await {
+                Ok(Some(c)) => {
+                    failing = false;
+                    if c.checkpointed > 0 {
+                        tracing::trace!(
+                            frames = c.checkpointed,
+                            log = c.log_frames,
+                            ms = started.elapsed().as_millis(),
+                            "WAL checkpoint"
+                        );
+                    }
+                }
+                Ok(None) => return,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "WAL checkpoint failed; commits checkpoint the log themselves until it works again");
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Read a setting.

@@ -714,6 +714,36 @@ mod tests {
             .unwrap()
     }
 
+    /// Commits leave the log to the background checkpointer: SQLite's own checkpoint is only
+    /// a backstop at [`super::super::WAL_BACKSTOP_FRAMES`], and one passive checkpoint copies
+    /// everything the ledger wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_ledger_log_is_checkpointed_off_the_commit_path() {
+        let (dir, store) = scratch_store().await;
+        let threshold = count(&store, "PRAGMA wal_autocheckpoint").await;
+        assert_eq!(threshold, i64::from(crate::store::WAL_BACKSTOP_FRAMES));
+        let now = 2_000_000_000;
+        for b in 0..60 {
+            let rows: Vec<LedgerRow> = (0..200).map(|i| row(b * 200 + i, now, None)).collect();
+            store.insert_ledger(&rows).await.unwrap();
+        }
+        // More than SQLite's default threshold of 1,000 frames sits in the log, uncopied.
+        let wal = dir.path().join("p.db-wal");
+        let before = std::fs::metadata(&wal).unwrap().len();
+        assert!(before > 1_000 * 4096, "log of {before} bytes");
+        let c = store
+            .checkpoint()
+            .await
+            .unwrap()
+            .expect("SQLite checkpoints");
+        assert!(c.log_frames > 1_000, "{c:?}");
+        assert_eq!(
+            c.checkpointed, c.log_frames,
+            "a passive checkpoint with no reader copies all"
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM tokens").await, 12_000);
+    }
+
     /// More expired rows than several batches: every expired row goes, in batches, and
     /// nothing live (or still refreshable) is touched.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
