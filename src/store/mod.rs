@@ -190,10 +190,10 @@ impl Store {
 
     /// SQLite: checkpoint the write-ahead log every `every`, off the request path. Left to
     /// SQLite, the commit that crosses its threshold copies the log (1,000 random pages at
-    /// 10^7 ledger rows) and syncs the database file before it returns; measured on a
-    /// ledger of 10^7 rows over 10,000 apps, that put 20 ms on the p99 of a ledger commit,
-    /// against 10-15 ms with the copy done here (`scripts/bench scale` has the service's
-    /// figures). Returns at once on PostgreSQL.
+    /// 10^7 ledger rows) and syncs the database file before it returns. On a ledger of 10^7
+    /// rows over 10,000 apps that put the p99 of a commit at 20 ms, against 10-15 ms with the
+    /// copy done here (Python `sqlite3` on this schema; the service's own figures, a smaller
+    /// gain, are in BENCHMARKS.md). Returns at once on PostgreSQL.
     pub async fn run_checkpointer(self, every: Duration) {
         if self.dialect != Dialect::Sqlite {
             return;
