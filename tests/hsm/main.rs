@@ -26,6 +26,18 @@ pub struct Fixture {
     pub hsm: Hsm,
 }
 
+impl Fixture {
+    /// A new key pair of `spec` on the token: its kid and public half.
+    pub async fn key(
+        &self,
+        spec: hsm_rotator::alg::KeySpec,
+    ) -> (hsm_rotator::keys::Kid, hsm_rotator::pubkey::PublicKey) {
+        let kid = hsm_rotator::keys::Kid::generate();
+        let pk = self.hsm.generate(kid, spec).await.unwrap();
+        (kid, pk)
+    }
+}
+
 /// Set up the test's own token and connect to it with a pool of `sessions`.
 pub fn fixture(test_name: &str, sessions: usize) -> Fixture {
     let token = TestToken::new(test_name);

@@ -108,12 +108,7 @@ fn second_context(module: &std::path::Path) -> Pkcs11 {
 fn sessions_logged_out_underneath_the_pool_are_recovered() {
     let f = fixture("logged_out_underneath", 2);
     f.rt.block_on(async {
-        let kid = Kid::generate();
-        let pk = f
-            .hsm
-            .generate(kid, KeySpec::new(Algorithm::RS256, 2048))
-            .await
-            .unwrap();
+        let (kid, pk) = f.key(KeySpec::new(Algorithm::RS256, 2048)).await;
         f.hsm
             .sign(kid, Algorithm::RS256, MSG.to_vec())
             .await
@@ -170,12 +165,7 @@ fn signatures_in_flight_survive_re_initialisations() {
     // the new generation's sessions must not be closed by stale handles of the old one.
     let f = fixture("reinit_while_signing", 4);
     f.rt.block_on(async {
-        let kid = Kid::generate();
-        let pk = f
-            .hsm
-            .generate(kid, KeySpec::new(Algorithm::ES256, 0))
-            .await
-            .unwrap();
+        let (kid, pk) = f.key(KeySpec::new(Algorithm::ES256, 0)).await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut signers = Vec::new();
         for t in 0..8 {

@@ -90,12 +90,7 @@ fn every_algorithm_generates_signs_verifies_and_destroys() {
 fn sixty_four_tasks_sign_concurrently_over_four_sessions() {
     let f = fixture("concurrent_signing", 4);
     f.rt.block_on(async {
-        let kid = Kid::generate();
-        let pk = f
-            .hsm
-            .generate(kid, KeySpec::new(Algorithm::ES256, 0))
-            .await
-            .unwrap();
+        let (kid, pk) = f.key(KeySpec::new(Algorithm::ES256, 0)).await;
         let ok: Counter = Default::default();
         let mut tasks = Vec::new();
         for t in 0..64 {
