@@ -208,19 +208,20 @@ impl Http {
         )
     }
 
+    /// `GET path` (with the root key when `as_root`), its JSON body.
+    async fn get_json(&self, path: &str, as_root: bool) -> Value {
+        let mut rb = self.client.get(format!("{}{path}", self.base));
+        if as_root {
+            rb = rb.header("Authorization", &self.root);
+        }
+        rb.send().await.unwrap().json().await.unwrap()
+    }
+
     /// Wait until the spare pool for `spec` holds at least two keys (as between real
     /// rotations).
     async fn spares_ready(&self, spec: &str) {
         for _ in 0..600 {
-            let v: Value = self
-                .client
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self.get_json("/readyz", false).await;
             if v["spares"][spec].as_u64().unwrap_or(0) >= 2 {
                 return;
             }
@@ -229,16 +230,7 @@ impl Http {
     }
 
     async fn current_kid(&self, id: &str) -> Kid {
-        let v: Value = self
-            .client
-            .get(format!("{}/apps/{id}/keys", self.base))
-            .header("Authorization", &self.root)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.get_json(&format!("/apps/{id}/keys"), true).await;
         v["keys"]
             .as_array()
             .unwrap()
@@ -353,16 +345,7 @@ fn bench_introspect() {
                 .unwrap();
             v["token"].as_str().unwrap().to_owned()
         });
-        let jwks: Value = rt.block_on(async {
-            http.client
-                .get(format!("{}/apps/{id}/.well-known/jwks.json", http.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        });
+        let jwks = rt.block_on(http.get_json(&format!("/apps/{id}/.well-known/jwks.json"), false));
         let kid = token
             .split('.')
             .next()
