@@ -264,8 +264,6 @@ impl Core {
         loop {
             // Checkout may itself re-initialise, so the gate is entered after it; a
             // generation change in between leaves the lease stale, and it is abandoned.
-            // A failed session is closed (dropped) before the gate is left: while the gate
-            // is held it is still this generation's.
             let lease = self.checkout()?;
             let gate = self.enter();
             let generation = lease.generation;
@@ -285,24 +283,21 @@ impl Core {
                 }
                 Err(OpError::Ck(e)) => {
                     let how = recovery(&e);
-                    if retried
-                        || how == Recovery::None
-                        || (how == Recovery::Handle && kid.is_none())
-                    {
-                        if how == Recovery::None {
-                            lease.release();
-                        } else {
-                            drop(lease);
-                        }
-                        return Err(map(e));
-                    }
-                    super::error::count(&e);
-                    warn!(error = %e, ?how, "PKCS#11 call failed; recovering and retrying once");
-                    if how == Recovery::Handle {
+                    // A session outlives a failed call or a stale handle; a lost one is
+                    // closed here, while the gate still makes it this generation's.
+                    if matches!(how, Recovery::None | Recovery::Handle) {
                         lease.release();
                     } else {
                         drop(lease);
                     }
+                    if retried
+                        || how == Recovery::None
+                        || (how == Recovery::Handle && kid.is_none())
+                    {
+                        return Err(map(e));
+                    }
+                    super::error::count(&e);
+                    warn!(error = %e, ?how, "PKCS#11 call failed; recovering and retrying once");
                     how
                 }
             };
