@@ -43,6 +43,14 @@ const WAIT_BUCKETS: &[f64] = &[
     0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
 ];
 
+/// Buckets for one ledger transaction, seconds (100 µs .. 2.5 s).
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Buckets for the rows of one ledger transaction (powers of two up to the writer's batch).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Every instrument of the service.
 pub struct Metrics {
     http_requests: IntCounterVec,
@@ -60,6 +68,8 @@ pub struct Metrics {
     reconciler_actions: IntCounterVec,
     audit_records: IntCounter,
     store_errors: IntCounterVec,
+    ledger_commit_seconds: Histogram,
+    ledger_batch_rows: Histogram,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -155,6 +165,20 @@ impl Metrics {
                 "Store operations that failed, by kind (db, migrate, corrupt).",
                 &["kind"],
             )?,
+            ledger_commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hsm_rotator_ledger_commit_duration_seconds",
+                    "Time to write one batch of ledger rows (begin to commit); every issuance in the batch waits for it.",
+                )
+                .buckets(COMMIT_BUCKETS.to_vec()),
+            )?,
+            ledger_batch_rows: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hsm_rotator_ledger_batch_rows",
+                    "Ledger rows written in one transaction (issuances that were waiting together).",
+                )
+                .buckets(BATCH_BUCKETS.to_vec()),
+            )?,
         })
     }
 
@@ -173,6 +197,8 @@ impl Metrics {
             Box::new(self.reconciler_actions.clone()),
             Box::new(self.audit_records.clone()),
             Box::new(self.store_errors.clone()),
+            Box::new(self.ledger_commit_seconds.clone()),
+            Box::new(self.ledger_batch_rows.clone()),
         ]
     }
 }
@@ -320,6 +346,14 @@ pub fn audit_appended() {
 pub fn store_error(kind: &str) {
     if let Some(c) = m().and_then(|m| m.store_errors.get_metric_with_label_values(&[kind]).ok()) {
         c.inc();
+    }
+}
+
+/// The ledger writer committed `rows` rows in `seconds` (one transaction).
+pub fn ledger_batch(rows: usize, seconds: f64) {
+    if let Some(m) = m() {
+        m.ledger_batch_rows.observe(rows as f64);
+        m.ledger_commit_seconds.observe(seconds);
     }
 }
 

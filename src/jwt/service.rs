@@ -159,7 +159,9 @@ async fn ledger_writer(store: Store, mut rx: mpsc::Receiver<(LedgerRow, LedgerAc
     let mut batch = Vec::with_capacity(LEDGER_BATCH);
     while rx.recv_many(&mut batch, LEDGER_BATCH).await > 0 {
         let (rows, acks): (Vec<LedgerRow>, Vec<LedgerAck>) = batch.drain(..).unzip();
+        let started = std::time::Instant::now();
         let result = store.insert_ledger(&rows).await.map_err(|e| e.to_string());
+        crate::metrics::ledger_batch(rows.len(), started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             warn!(error = %e, rows = rows.len(), "ledger batch failed");
         }

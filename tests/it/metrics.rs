@@ -195,6 +195,15 @@ async fn counters_after_a_known_sequence() {
     assert!(rows >= 4, "create, rotate, revoke and more: {rows}");
     assert!(samples(&text, "hsm_rotator_hsm_errors_total").is_empty());
     assert!(samples(&text, "hsm_rotator_store_errors_total").is_empty());
+    // The four issuances' ledger rows, in as many transactions as the writer made of them.
+    let ledger_rows = samples(&text, "hsm_rotator_ledger_batch_rows_sum");
+    assert_eq!(ledger_rows, BTreeMap::from([(String::new(), 4.0)]));
+    let commits = samples(&text, "hsm_rotator_ledger_batch_rows_count")[""];
+    assert!((1.0..=4.0).contains(&commits), "{commits}");
+    assert_eq!(
+        samples(&text, "hsm_rotator_ledger_commit_duration_seconds_count")[""],
+        commits
+    );
 
     // Four issuances signed with ES256 (certificates are signed too, so at least four).
     let signed = samples(&text, "hsm_rotator_hsm_sign_duration_seconds_count");
