@@ -9,6 +9,8 @@
 //! - `scale-measure`: one stage's figures as `key value` lines on stdout.
 //! - `scale-report DIR`: the stages' files (`DIR/stage-*.kv`) as Markdown tables, with
 //!   ratios against the first stage, and `DIR/scale.dat` for gnuplot.
+//! - `scale-issue`: ES256 issuance alone, on a kept stage and its anchor, round after round,
+//!   with each server's ledger batches and transaction times (for comparing builds).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -214,29 +216,50 @@ async fn tokens_for(http: &Http, apps: &[App]) -> Vec<(App, String)> {
     out
 }
 
-/// Issuance then introspection load over `apps` (round robin): issuance/s, its p99 (ms),
-/// introspection/s, its p99 (ms).
-fn http_load(http: &Arc<Http>, apps: Vec<App>) -> [f64; 4] {
-    let rt = rt();
-    let apps = Arc::new(apps);
+/// Whether the issuance load gives every token its own subject (`BENCH_SUBJECTS=random`, as
+/// a service with many users sees) rather than `sub: bench` for all (the default: the
+/// ledger's best case, every app's rows at one place of its subject index).
+fn random_subjects() -> bool {
+    std::env::var("BENCH_SUBJECTS").is_ok_and(|s| s == "random")
+}
+
+/// Issuance load over `apps` (round robin): issuance/s and its p99 (ms).
+fn issue_load(rt: &tokio::runtime::Runtime, http: &Arc<Http>, apps: Arc<Vec<App>>) -> [f64; 2] {
     let n = Arc::new(AtomicU64::new(0));
-    let (h, a, c) = (http.clone(), apps.clone(), n.clone());
-    let (issue_rate, _, issue_p99) = rt.block_on(load(32, secs(), move || {
-        let (h, a) = (h.clone(), a.clone());
-        let app = a[(c.fetch_add(1, Ordering::Relaxed) as usize) % a.len()].clone();
+    let random = random_subjects();
+    let h = http.clone();
+    let (rate, _, p99) = rt.block_on(load(32, secs(), move || {
+        let h = h.clone();
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        let app = apps[(i as usize) % apps.len()].clone();
+        let sub = if random {
+            format!("user-{}-{i}", std::process::id())
+        } else {
+            "bench".to_owned()
+        };
         async move {
             let (status, v) = post(
                 &h,
                 &format!("/apps/{}/tokens", app.id),
                 &format!("Bearer {}", app.token),
-                json!({"claims": {"sub": "bench"}}),
+                json!({"claims": {"sub": sub}}),
             )
             .await;
             assert_eq!(status, 201, "{v}");
         }
     }));
+    [rate, p99]
+}
+
+/// Issuance then introspection load over `apps` (round robin): issuance/s, its p99 (ms),
+/// introspection/s, its p99 (ms).
+fn http_load(http: &Arc<Http>, apps: Vec<App>) -> [f64; 4] {
+    let rt = rt();
+    let apps = Arc::new(apps);
+    let [issue_rate, issue_p99] = issue_load(&rt, http, apps.clone());
     let sample: Vec<App> = apps.iter().take(500).cloned().collect();
     let tokens = Arc::new(rt.block_on(tokens_for(http, &sample)));
+    let n = Arc::new(AtomicU64::new(0));
     let (h, c) = (http.clone(), n.clone());
     let (rate, _, p99) = rt.block_on(load(32, secs(), move || {
         let h = h.clone();
@@ -255,6 +278,111 @@ fn http_load(http: &Arc<Http>, apps: Vec<App>) -> [f64; 4] {
         }
     }));
     [issue_rate, issue_p99, rate, p99]
+}
+
+/// The ledger writer's totals from a server's `/metrics`: transactions, rows, seconds.
+async fn ledger_totals(http: &Http) -> [f64; 3] {
+    let text = http
+        .client
+        .get(format!("{}/metrics", http.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    [
+        value("hsm_rotator_ledger_batch_rows_count"),
+        value("hsm_rotator_ledger_batch_rows_sum"),
+        value("hsm_rotator_ledger_commit_duration_seconds_sum"),
+    ]
+}
+
+/// CPU time (user + system) `pid` has used, seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<f64> = rest.split(' ').map(|x| x.parse().unwrap_or(0.0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here; clock ticks of 1/100 s.
+    (f[11] + f[12]) / 100.0
+}
+
+/// One issuance run on the server `http` (process `pid`): issuance/s, p99 ms, mean rows per
+/// ledger transaction and mean ledger transaction time (ms) from the server's own metrics,
+/// and the server's CPU time per token (µs).
+fn issue_run(
+    rt: &tokio::runtime::Runtime,
+    (http, pid): (&Arc<Http>, &str),
+    apps: &Arc<Vec<App>>,
+) -> [f64; 5] {
+    let before = rt.block_on(ledger_totals(http));
+    let cpu = cpu_seconds(pid);
+    let [rate, p99] = issue_load(rt, http, apps.clone());
+    let cpu = cpu_seconds(pid) - cpu;
+    let after = rt.block_on(ledger_totals(http));
+    let [commits, rows, seconds] = std::array::from_fn(|i| after[i] - before[i]);
+    [
+        rate,
+        p99,
+        rows / commits.max(1.0),
+        1e3 * seconds / commits.max(1.0),
+        1e6 * cpu / (rate * secs()).max(1.0),
+    ]
+}
+
+/// `scale-issue`: ES256 issuance alone on a kept stage (`BENCH_URL`, process `BENCH_PID`, its
+/// apps in `BENCH_APPS_FILE`) and on the anchor (`BENCH_ANCHOR_URL`, `BENCH_ANCHOR_PID`),
+/// `BENCH_ROUNDS` rounds of big, anchor, anchor, big, each figure with the ledger writer's
+/// batch and transaction time and the server's CPU per token: for profiling the issuance
+/// path and comparing builds on the same store.
+pub(crate) fn issue_only() {
+    let rt = rt();
+    let big = Arc::new(Http::new());
+    let anchor = Arc::new(Http {
+        client: reqwest::Client::new(),
+        base: env("BENCH_ANCHOR_URL"),
+        root: env("BENCH_ROOT"),
+    });
+    let es = |apps: Vec<App>| -> Arc<Vec<App>> {
+        let es: Vec<App> = apps.into_iter().filter(|a| a.alg == "ES256").collect();
+        let step = (es.len() / 2000).max(1);
+        Arc::new(es.into_iter().step_by(step).collect())
+    };
+    let big_apps = es(read_apps());
+    let anchor_apps = es(read_apps_from(&env("BENCH_ANCHOR_APPS_FILE")));
+    println!(
+        "| round | stage/s | anchor/s | stage / anchor | p99 ms, stage / anchor | rows per ledger transaction, stage / anchor | ledger transaction ms, stage / anchor | server CPU µs per token, stage / anchor |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let (big_pid, anchor_pid) = (env("BENCH_PID"), env("BENCH_ANCHOR_PID"));
+    let mean = |a: [f64; 5], b: [f64; 5]| std::array::from_fn::<f64, 5, _>(|i| (a[i] + b[i]) / 2.0);
+    for round in 1..=env_usize("BENCH_ROUNDS", 3) {
+        let b1 = issue_run(&rt, (&big, &big_pid), &big_apps);
+        let a1 = issue_run(&rt, (&anchor, &anchor_pid), &anchor_apps);
+        let a2 = issue_run(&rt, (&anchor, &anchor_pid), &anchor_apps);
+        let b2 = issue_run(&rt, (&big, &big_pid), &big_apps);
+        let (b, a) = (mean(b1, b2), mean(a1, a2));
+        println!(
+            "| {round} | {:.0} | {:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} | {:.0} / {:.0} |",
+            b[0],
+            a[0],
+            b[0] / a[0],
+            b[1],
+            a[1],
+            b[2],
+            a[2],
+            b[3],
+            a[3],
+            b[4],
+            a[4]
+        );
+    }
 }
 
 /// The load figures of `apps` on `big`, and, when an anchor server is given, of its apps in

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::reconcile::{ReconcileReport, reconcile};
 use super::{KeyError, KeyService, RotationKind};
@@ -192,6 +192,8 @@ impl Scheduler {
                 total_ms = report.timings.total_ms,
                 "scheduler tick"
             );
+        } else {
+            debug!(total_ms = report.timings.total_ms, "scheduler tick");
         }
         Ok(())
     }
