@@ -217,6 +217,12 @@ impl Http {
         rb.send().await.unwrap().json().await.unwrap()
     }
 
+    /// `GET path` without credentials, its body as text (`/metrics`).
+    async fn get_text(&self, path: &str) -> String {
+        let res = self.client.get(format!("{}{path}", self.base)).send();
+        res.await.unwrap().text().await.unwrap()
+    }
+
     /// Wait until the spare pool for `spec` holds at least two keys (as between real
     /// rotations).
     async fn spares_ready(&self, spec: &str) {

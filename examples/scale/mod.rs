@@ -216,6 +216,22 @@ async fn tokens_for(http: &Http, apps: &[App]) -> Vec<(App, String)> {
     out
 }
 
+/// Up to 2,000 of `apps`, evenly spaced: the load is spread over many apps, so the handle
+/// cache, the registry and the ledger's indexes are read at many keys, not one.
+fn spread(apps: &[App]) -> Vec<App> {
+    let step = (apps.len() / 2000).max(1);
+    apps.iter().step_by(step).cloned().collect()
+}
+
+/// The anchor server at `base` (with the same root key as the measured one).
+fn anchor_http(base: String) -> Arc<Http> {
+    Arc::new(Http {
+        client: reqwest::Client::new(),
+        base,
+        root: env("BENCH_ROOT"),
+    })
+}
+
 /// Whether the issuance load gives every token its own subject (`BENCH_SUBJECTS=random`, as
 /// a service with many users sees) rather than `sub: bench` for all (the default: the
 /// ledger's best case, every app's rows at one place of its subject index).
@@ -282,15 +298,7 @@ fn http_load(http: &Arc<Http>, apps: Vec<App>) -> [f64; 4] {
 
 /// The ledger writer's totals from a server's `/metrics`: transactions, rows, seconds.
 async fn ledger_totals(http: &Http) -> [f64; 3] {
-    let text = http
-        .client
-        .get(format!("{}/metrics", http.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = http.get_text("/metrics").await;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
@@ -344,15 +352,10 @@ fn issue_run(
 pub(crate) fn issue_only() {
     let rt = rt();
     let big = Arc::new(Http::new());
-    let anchor = Arc::new(Http {
-        client: reqwest::Client::new(),
-        base: env("BENCH_ANCHOR_URL"),
-        root: env("BENCH_ROOT"),
-    });
+    let anchor = anchor_http(env("BENCH_ANCHOR_URL"));
     let es = |apps: Vec<App>| -> Arc<Vec<App>> {
         let es: Vec<App> = apps.into_iter().filter(|a| a.alg == "ES256").collect();
-        let step = (es.len() / 2000).max(1);
-        Arc::new(es.into_iter().step_by(step).collect())
+        Arc::new(spread(&es))
     };
     let big_apps = es(read_apps());
     let anchor_apps = es(read_apps_from(&env("BENCH_ANCHOR_APPS_FILE")));
@@ -518,19 +521,14 @@ pub(crate) fn measure() {
     out.push(("rss_rest_mb".into(), rss));
     let es: Vec<App> = apps.iter().filter(|a| a.alg == "ES256").cloned().collect();
     let rs: Vec<App> = apps.iter().filter(|a| a.alg == "RS256").cloned().collect();
-    // Spread the load over up to 2,000 apps, so the handle cache and registry are read at
-    // many keys, not one.
-    let step = (es.len() / 2000).max(1);
-    let es_load: Vec<App> = es.iter().step_by(step).cloned().collect();
+    let es_load = spread(&es);
     // The 10-app anchor (a copy of the first stage's token and store, its own server),
     // measured in the same window, when the script started one.
     let anchor = std::env::var("BENCH_ANCHOR_URL").ok().map(|base| {
-        let http = Arc::new(Http {
-            client: reqwest::Client::new(),
-            base,
-            root: env("BENCH_ROOT"),
-        });
-        (http, read_apps_from(&env("BENCH_ANCHOR_APPS_FILE")))
+        (
+            anchor_http(base),
+            read_apps_from(&env("BENCH_ANCHOR_APPS_FILE")),
+        )
     });
     let of = |alg: &str, apps: &[App]| -> Vec<App> {
         apps.iter().filter(|a| a.alg == alg).cloned().collect()
