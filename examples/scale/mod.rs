@@ -321,26 +321,44 @@ fn cpu_seconds(pid: &str) -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
+/// Read system calls (sockets and files alike) and bytes read from storage by process `pid`
+/// (`syscr` and `read_bytes` of `/proc/PID/io`).
+fn read_counters(pid: &str) -> [f64; 2] {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let value = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    [value("syscr:"), value("read_bytes:")]
+}
+
 /// One issuance run on the server `http` (process `pid`): issuance/s, p99 ms, mean rows per
 /// ledger transaction and mean ledger transaction time (ms) from the server's own metrics,
-/// and the server's CPU time per token (µs).
+/// the server's CPU time per token (µs), and its read system calls and KiB read from storage
+/// per token.
 fn issue_run(
     rt: &tokio::runtime::Runtime,
     (http, pid): (&Arc<Http>, &str),
     apps: &Arc<Vec<App>>,
-) -> [f64; 5] {
+) -> [f64; 7] {
     let before = rt.block_on(ledger_totals(http));
     let cpu = cpu_seconds(pid);
+    let reads = read_counters(pid);
     let [rate, p99] = issue_load(rt, http, apps.clone());
     let cpu = cpu_seconds(pid) - cpu;
+    let reads: [f64; 2] = std::array::from_fn(|i| read_counters(pid)[i] - reads[i]);
     let after = rt.block_on(ledger_totals(http));
     let [commits, rows, seconds] = std::array::from_fn(|i| after[i] - before[i]);
+    let tokens = (rate * secs()).max(1.0);
     [
         rate,
         p99,
         rows / commits.max(1.0),
         1e3 * seconds / commits.max(1.0),
-        1e6 * cpu / (rate * secs()).max(1.0),
+        1e6 * cpu / tokens,
+        reads[0] / tokens,
+        reads[1] / 1024.0 / tokens,
     ]
 }
 
@@ -360,11 +378,11 @@ pub(crate) fn issue_only() {
     let big_apps = es(read_apps());
     let anchor_apps = es(read_apps_from(&env("BENCH_ANCHOR_APPS_FILE")));
     println!(
-        "| round | stage/s | anchor/s | stage / anchor | p99 ms, stage / anchor | rows per ledger transaction, stage / anchor | ledger transaction ms, stage / anchor | server CPU µs per token, stage / anchor |"
+        "| round | stage/s | anchor/s | stage / anchor | p99 ms, stage / anchor | rows per ledger transaction, stage / anchor | ledger transaction ms, stage / anchor | server CPU µs per token, stage / anchor | read calls per token, stage / anchor | KiB from storage per token, stage / anchor |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let (big_pid, anchor_pid) = (env("BENCH_PID"), env("BENCH_ANCHOR_PID"));
-    let mean = |a: [f64; 5], b: [f64; 5]| std::array::from_fn::<f64, 5, _>(|i| (a[i] + b[i]) / 2.0);
+    let mean = |a: [f64; 7], b: [f64; 7]| std::array::from_fn::<f64, 7, _>(|i| (a[i] + b[i]) / 2.0);
     for round in 1..=env_usize("BENCH_ROUNDS", 3) {
         let b1 = issue_run(&rt, (&big, &big_pid), &big_apps);
         let a1 = issue_run(&rt, (&anchor, &anchor_pid), &anchor_apps);
@@ -372,7 +390,7 @@ pub(crate) fn issue_only() {
         let b2 = issue_run(&rt, (&big, &big_pid), &big_apps);
         let (b, a) = (mean(b1, b2), mean(a1, a2));
         println!(
-            "| {round} | {:.0} | {:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} | {:.0} / {:.0} |",
+            "| {round} | {:.0} | {:.0} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.2} / {:.2} | {:.0} / {:.0} | {:.1} / {:.1} | {:.2} / {:.2} |",
             b[0],
             a[0],
             b[0] / a[0],
@@ -383,7 +401,11 @@ pub(crate) fn issue_only() {
             b[3],
             a[3],
             b[4],
-            a[4]
+            a[4],
+            b[5],
+            a[5],
+            b[6],
+            a[6]
         );
     }
 }
