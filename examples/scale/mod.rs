@@ -321,8 +321,8 @@ fn cpu_seconds(pid: &str) -> f64 {
     (f[11] + f[12]) / 100.0
 }
 
-/// Read system calls (sockets and files alike) and bytes read from storage by process `pid`
-/// (`syscr` and `read_bytes` of `/proc/PID/io`).
+/// `read`-family system calls (`read`, `pread64`, `readv`; not `recv`) and bytes read from
+/// storage by process `pid` (`syscr` and `read_bytes` of `/proc/PID/io`).
 fn read_counters(pid: &str) -> [f64; 2] {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     let value = |name: &str| {
@@ -347,7 +347,8 @@ fn issue_run(
     let reads = read_counters(pid);
     let [rate, p99] = issue_load(rt, http, apps.clone());
     let cpu = cpu_seconds(pid) - cpu;
-    let reads: [f64; 2] = std::array::from_fn(|i| read_counters(pid)[i] - reads[i]);
+    let reads_after = read_counters(pid);
+    let reads: [f64; 2] = std::array::from_fn(|i| reads_after[i] - reads[i]);
     let after = rt.block_on(ledger_totals(http));
     let [commits, rows, seconds] = std::array::from_fn(|i| after[i] - before[i]);
     let tokens = (rate * secs()).max(1.0);
