@@ -3,8 +3,9 @@
 
 The service's SQLite schema, built by applying migrations/sqlite/*.sql in order, in a
 scratch database with ROWS rows over 2,000 apps, in WAL mode with synchronous = NORMAL as the
-service opens it; and beside it the schema before migration 0004 (the ledger's `(kid)` and
-`(exp)` indexes, since replaced), filled the same way. Rows are then inserted in transactions
+service opens it; and beside it the schema before migration 0005 (the subject index on the
+app's id and the subject digest as text, since on two integers) and before 0004 (the ledger's
+`(kid)` and `(exp)` indexes, since replaced), filled the same way. Rows are then inserted in transactions
 of 32 (what the ledger writer commits under 32 concurrent issuers) with the apps (and their
 kids) of the rows drawn from 8 or from 2,000, with one subject or random subjects. The cases
 alternate, ROUNDS times each, SECONDS each time; the table gives the mean rate of each case and
@@ -25,8 +26,14 @@ BATCH = 32
 MIGRATIONS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "migrations", "sqlite", "*.sql")))
 SCHEMAS = {
     "current": MIGRATIONS,
+    "before 0005": [m for m in MIGRATIONS if os.path.basename(m) < "0005"],
     "before 0004": [m for m in MIGRATIONS if os.path.basename(m) < "0004"],
 }
+
+
+def keyed(c):
+    """Whether the schema has the compact subject index's keys (migration 0005)."""
+    return any(r[1] == "app_key" for r in c.execute("PRAGMA table_info(tokens)"))
 
 
 def fill(path, migrations):
@@ -36,13 +43,16 @@ def fill(path, migrations):
         with open(m) as f:
             c.executescript(f.read())
     c.execute("PRAGMA cache_size = -1000000")
+    # The service keys a row by its app's number and its digest's first 7 hex digits.
+    keys = (", app_key, sub_key", ", i % 2000 + 1, (i * 2654435761) % 268435456") if keyed(c) else ("", "")
     c.execute("BEGIN")
     c.execute(
         f"""WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < {ROWS})
-        INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp)
+        INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp{keys[0]})
         SELECT printf('0%09X%016X', i, abs(random()) % 1152921504606846976),
                printf('A%025d', i % 2000), printf('K%025d', i % 2000),
-               lower(hex(randomblob(32))), i, 100000000 + i FROM c"""
+               printf('%07x', (i * 2654435761) % 268435456) || lower(substr(hex(randomblob(29)), 1, 57)),
+               i, 100000000 + i{keys[1]} FROM c"""
     )
     c.execute("COMMIT")
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -52,6 +62,7 @@ def fill(path, migrations):
 def run(path, apps, random_subjects, seq):
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA synchronous = NORMAL")
+    has_keys = keyed(c)
     one = "%064x" % 12345
     n, t0 = 0, time.monotonic()
     while time.monotonic() - t0 < SECONDS:
@@ -60,11 +71,15 @@ def run(path, apps, random_subjects, seq):
             seq += 1
             a = random.randrange(apps)
             sub = "%064x" % random.getrandbits(256) if random_subjects else one
-            rows.append(
-                ("1%09X%016X" % (seq, random.getrandbits(60)), "A%025d" % a, "K%025d" % a, sub, seq, 200000000 + seq)
-            )
+            row = ("1%09X%016X" % (seq, random.getrandbits(60)), "A%025d" % a, "K%025d" % a, sub, seq, 200000000 + seq)
+            rows.append(row + ((a + 1, int(sub[:7], 16)) if has_keys else ()))
         c.execute("BEGIN")
-        c.executemany("INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        if has_keys:
+            c.executemany(
+                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, app_key, sub_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        else:
+            c.executemany("INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp) VALUES (?, ?, ?, ?, ?, ?)", rows)
         c.execute("COMMIT")
         n += BATCH
     c.close()

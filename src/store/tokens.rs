@@ -5,13 +5,14 @@ use sqlx::Row as _;
 use super::{Dialect, Store, StoreError, Tx, opt_i64};
 
 /// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
-const LIVE: &str = "t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
+const LIVE: &str = "t.app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
     AND t.kid IN (SELECT k.kid FROM keys k WHERE k.app_id = $1 AND k.state IN ('next', 'current', 'previous')) \
     AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti)";
 
-/// A subject's sessions (see [`Store::sessions`]).
+/// A subject's sessions (see [`Store::sessions`]); `$4` is the subject's [`sub_key`].
 const SESSIONS: &str = "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t \
-    WHERE t.app_id = $1 AND t.sub_sha256 = $2 AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
+    WHERE t.app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND t.sub_key = $4 \
+    AND t.app_id = $1 AND t.sub_sha256 = $2 AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
     AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti) ORDER BY t.jti DESC";
 
 /// Per-key live counts of an app (see [`Store::live_tokens_by_kid`]).
@@ -23,8 +24,8 @@ const LIVE_OF_APP: &str =
     "SELECT COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE ";
 
 /// Unexpired tokens of one app.
-const APP_UNEXPIRED: &str =
-    "SELECT app_id, COUNT(*) AS n FROM tokens WHERE app_id = $1 AND exp > $2 GROUP BY app_id";
+const APP_UNEXPIRED: &str = "SELECT app_id, COUNT(*) AS n FROM tokens \
+    WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND app_id = $1 AND exp > $2 GROUP BY app_id";
 
 /// A subject's refresh tokens.
 const SUBJECT_REFRESH_REVOKE: &str = "UPDATE refresh_tokens SET revoked_at = $1 \
@@ -36,7 +37,8 @@ const APP_REFRESH_REVOKE: &str =
 
 /// Refresh tokens issued with the access tokens one key of an app signed.
 const KEY_REFRESH_REVOKE: &str = "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
-    AND jti IN (SELECT jti FROM tokens WHERE app_id = $2 AND kid = $3)";
+    AND jti IN (SELECT jti FROM tokens \
+    WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $2) AND app_id = $2 AND kid = $3)";
 
 /// Unexpired access tokens of a refresh family.
 const FAMILY_TOKENS: &str = "SELECT jti, exp FROM tokens WHERE family = $1 AND exp > $2";
@@ -46,7 +48,8 @@ fn key_counts_sql(keys: usize) -> String {
     let placeholders: Vec<String> = (0..keys).map(|i| format!("${}", i + 3)).collect();
     format!(
         "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens \
-         WHERE app_id = $1 AND exp > $2 AND kid IN ({})",
+         WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND app_id = $1 \
+         AND exp > $2 AND kid IN ({})",
         placeholders.join(", ")
     )
 }
@@ -80,6 +83,21 @@ const PURGED: [(&str, &str, &str); 4] = [
     ("refresh_tokens", "token_sha256", "exp <= $1"),
     ("subject_cutoffs", "app_id, sub_sha256", "expires_at <= $1"),
 ];
+
+/// A subject digest's key in `tokens_app_sub` (migration 0005): its first 7 hex digits as a
+/// number, so that the index holds two small integers an entry instead of two strings.
+/// Queries still compare the whole digest on the row. `None` for anything that is not a
+/// lowercase hex digest (no ledger row holds one).
+pub(crate) fn sub_key(sub_sha256: &str) -> Option<i64> {
+    let head = sub_sha256.get(..7)?;
+    if !head
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    i64::from_str_radix(head, 16).ok()
+}
 
 /// One issued JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,21 +178,26 @@ impl Store {
         // Multi-row VALUES in chunks keeps round trips low under load.
         for chunk in rows.chunks(100) {
             let mut sql = String::from(
-                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta) VALUES ",
+                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
+                 sub_key, app_key) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 9;
+                let b = i * 10;
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push('(');
-                for c in 1..=9 {
+                for c in 1..=10 {
                     if c > 1 {
                         sql.push_str(", ");
                     }
                     sql.push_str(&format!("${}", b + c));
                 }
-                sql.push(')');
+                // The app's key, looked up by its id (the row's second value).
+                sql.push_str(&format!(
+                    ", (SELECT a.ledger_key FROM apps a WHERE a.id = ${}))",
+                    b + 2
+                ));
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
@@ -187,7 +210,8 @@ impl Store {
                     .bind(r.exp)
                     .bind(&r.family)
                     .bind(r.refresh_exp)
-                    .bind(&r.meta);
+                    .bind(&r.meta)
+                    .bind(r.sub_sha256.as_deref().and_then(sub_key));
             }
             q.execute(&mut *tx).await?;
         }
@@ -237,6 +261,7 @@ impl Store {
             .bind(app_id)
             .bind(sub_sha256)
             .bind(now)
+            .bind(sub_key(sub_sha256))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -697,11 +722,24 @@ mod tests {
         }
     }
 
-    /// A store on a fresh SQLite file (the directory lives as long as the guard).
+    /// A store on a fresh SQLite file (the directory lives as long as the guard), with the
+    /// apps `app` and `other` (a ledger row finds its app's `ledger_key` by the app's id).
     async fn scratch_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/p.db?mode=rwc", dir.path().display());
-        (dir, Store::connect(&url).await.unwrap())
+        let store = Store::connect(&url).await.unwrap();
+        for id in ["app", "other"] {
+            sqlx::query(
+                "INSERT INTO apps (id, name, signing_alg, rsa_bits, rotation_period, verification_ttl, \
+                 token_ttl, refresh_ttl, subject_dn, access_token_sha256, created_at, updated_at) \
+                 VALUES ($1, $1, 'ES256', 0, 86400, 3600, 3600, 0, 'CN=t', $1, 0, 0)",
+            )
+            .bind(id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        (dir, store)
     }
 
     async fn count(store: &Store, sql: &str) -> i64 {

@@ -392,3 +392,136 @@ async fn every_algorithm_issues_tokens_that_introspect_and_verify_against_the_jw
         }
     }
 }
+
+/// An app row with only the columns every schema version has (no keys, no tokens).
+async fn bare_app(pool: &sqlx::AnyPool, id: &str) {
+    sqlx::query(
+        "INSERT INTO apps (id, name, signing_alg, rsa_bits, rotation_period, verification_ttl, \
+         token_ttl, refresh_ttl, subject_dn, access_token_sha256, created_at, updated_at) \
+         VALUES ($1, $1, 'ES256', 0, 86400, 3600, 3600, 0, 'CN=t', $1, 0, 0)",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Rows the ledger held before migration 0005 (the compact subject index) are keyed as new
+/// rows are: after the upgrade a subject's sessions, an app's count and the app's deletion
+/// find old and new rows alike, and an app created after it gets a key of its own. Both
+/// engines; the digests start with letters and digits, so the SQL that turns a digest's head
+/// into a number in the migration is checked against the number the service computes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_rows_from_before_the_compact_subject_index_are_found_after_it() {
+    use hsm_rotator::store::{LedgerRow, Store};
+    use sqlx::Row as _;
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/upgrade.db?mode=rwc", dir.path().display());
+    let postgres = crate::common::app::fresh_postgres_db().await;
+    let alice = format!("f0e1d2c{}", "3".repeat(57));
+    let bob = format!("0a9b8c7{}", "d".repeat(57));
+    let now = 2_000_000_000_i64;
+    for (engine, url) in [("sqlite", sqlite), ("postgres", postgres)] {
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(engine);
+        let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+        migrator.run_to(4, &pool).await.unwrap();
+        for id in ["a1", "a2", "a3"] {
+            bare_app(&pool, id).await;
+        }
+        let old = [
+            ("01A", "a1", Some(&alice)),
+            ("01B", "a1", Some(&alice)),
+            ("01C", "a1", Some(&bob)),
+            ("01D", "a1", None),
+            ("01E", "a2", Some(&alice)),
+        ];
+        for (jti, app, sub) in old {
+            sqlx::query(
+                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp) VALUES ($1, $2, 'k', $3, $4, $5)",
+            )
+            .bind(jti)
+            .bind(app)
+            .bind(sub)
+            .bind(now - 10)
+            .bind(now + 600)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::connect(&url).await.unwrap();
+        for (digest, head) in [(&alice, 0x0f0e_1d2c_i64), (&bob, 0x00a9_b8c7)] {
+            let keys: Vec<i64> = sqlx::query("SELECT sub_key FROM tokens WHERE sub_sha256 = $1")
+                .bind(digest.as_str())
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get(0).unwrap())
+                .collect();
+            assert!(
+                !keys.is_empty() && keys.iter().all(|k| *k == head),
+                "{engine}: {keys:?}"
+            );
+        }
+        // An app created after the upgrade takes a key of its own.
+        bare_app(store.pool(), "a4").await;
+        let keys = sqlx::query("SELECT COUNT(DISTINCT ledger_key) FROM apps")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(keys.try_get::<i64, _>(0).unwrap(), 4, "{engine}");
+        let new = |jti: &str, app: &str| LedgerRow {
+            jti: jti.into(),
+            app_id: app.into(),
+            kid: "k".into(),
+            sub_sha256: Some(alice.clone()),
+            iat: now,
+            exp: now + 600,
+            family: None,
+            refresh_exp: None,
+            meta: None,
+        };
+        store
+            .insert_ledger(&[new("01F", "a1"), new("01G", "a4")])
+            .await
+            .unwrap();
+
+        let jtis = async |app: &str, sub: &str| {
+            let mut j: Vec<String> = store
+                .sessions(app, sub, now)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.jti)
+                .collect();
+            j.sort();
+            j
+        };
+        assert_eq!(jtis("a1", &alice).await, ["01A", "01B", "01F"], "{engine}");
+        assert_eq!(jtis("a1", &bob).await, ["01C"], "{engine}");
+        assert_eq!(jtis("a2", &alice).await, ["01E"], "{engine}");
+        assert_eq!(jtis("a4", &alice).await, ["01G"], "{engine}");
+        assert!(jtis("a3", &alice).await.is_empty(), "{engine}");
+        let counts = store
+            .live_token_counts_per_app(Some("a1"), now)
+            .await
+            .unwrap();
+        assert_eq!(counts.get("a1"), Some(&5), "{engine}");
+
+        let mut tx = store.begin().await.unwrap();
+        assert!(store.delete_app(&mut tx, "a1").await.unwrap());
+        tx.commit().await.unwrap();
+        let left = sqlx::query("SELECT COUNT(*) FROM tokens WHERE app_id = 'a1'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(left.try_get::<i64, _>(0).unwrap(), 0, "{engine}");
+        assert_eq!(jtis("a2", &alice).await, ["01E"], "{engine}");
+    }
+}
