@@ -269,8 +269,11 @@ impl Store {
     /// Database failures.
     pub async fn delete_app(&self, tx: &mut Tx, id: &str) -> Result<bool, StoreError> {
         for sql in [
-            "DELETE FROM tokens WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) \
-             AND app_id = $1",
+            concat!(
+                "DELETE FROM tokens WHERE app_key = ",
+                app_key_of!("$1"),
+                " AND app_id = $1"
+            ),
             "DELETE FROM refresh_tokens WHERE app_id = $1",
             "DELETE FROM denied_jti WHERE app_id = $1",
             "DELETE FROM subject_cutoffs WHERE app_id = $1",

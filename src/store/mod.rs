@@ -5,6 +5,15 @@
 //! `RETURNING`, partial unique indexes); where the engines differ ([`Dialect`]) the code
 //! says so. Every state change runs in one transaction. Times are Unix seconds.
 
+/// The `ledger_key` of the app whose id is placeholder `$p`, as a scalar subquery: the
+/// ledger's `tokens_app_sub` is on `(app_key, sub_key)` (migration 0005), so every query by
+/// app finds its rows through this.
+macro_rules! app_key_of {
+    ($p:literal) => {
+        concat!("(SELECT a.ledger_key FROM apps a WHERE a.id = ", $p, ")")
+    };
+}
+
 mod apps;
 pub mod audit;
 mod error;

@@ -5,15 +5,22 @@ use sqlx::Row as _;
 use super::{Dialect, Store, StoreError, Tx, opt_i64};
 
 /// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
-const LIVE: &str = "t.app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
+const LIVE: &str = concat!(
+    "t.app_key = ",
+    app_key_of!("$1"),
+    " AND t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
     AND t.kid IN (SELECT k.kid FROM keys k WHERE k.app_id = $1 AND k.state IN ('next', 'current', 'previous')) \
-    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti)";
+    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti)"
+);
 
 /// A subject's sessions (see [`Store::sessions`]); `$4` is the subject's [`sub_key`].
-const SESSIONS: &str = "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t \
-    WHERE t.app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND t.sub_key = $4 \
-    AND t.app_id = $1 AND t.sub_sha256 = $2 AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
-    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti) ORDER BY t.jti DESC";
+const SESSIONS: &str = concat!(
+    "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t WHERE t.app_key = ",
+    app_key_of!("$1"),
+    " AND t.sub_key = $4 AND t.app_id = $1 AND t.sub_sha256 = $2 \
+    AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
+    AND NOT EXISTS (SELECT 1 FROM denied_jti d WHERE d.jti = t.jti) ORDER BY t.jti DESC"
+);
 
 /// Per-key live counts of an app (see [`Store::live_tokens_by_kid`]).
 const LIVE_BY_KID: &str =
@@ -24,8 +31,11 @@ const LIVE_OF_APP: &str =
     "SELECT COUNT(*) AS n, COUNT(DISTINCT t.sub_sha256) AS s FROM tokens t WHERE ";
 
 /// Unexpired tokens of one app.
-const APP_UNEXPIRED: &str = "SELECT app_id, COUNT(*) AS n FROM tokens \
-    WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND app_id = $1 AND exp > $2 GROUP BY app_id";
+const APP_UNEXPIRED: &str = concat!(
+    "SELECT app_id, COUNT(*) AS n FROM tokens WHERE app_key = ",
+    app_key_of!("$1"),
+    " AND app_id = $1 AND exp > $2 GROUP BY app_id"
+);
 
 /// A subject's refresh tokens.
 const SUBJECT_REFRESH_REVOKE: &str = "UPDATE refresh_tokens SET revoked_at = $1 \
@@ -36,9 +46,12 @@ const APP_REFRESH_REVOKE: &str =
     "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL";
 
 /// Refresh tokens issued with the access tokens one key of an app signed.
-const KEY_REFRESH_REVOKE: &str = "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
-    AND jti IN (SELECT jti FROM tokens \
-    WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $2) AND app_id = $2 AND kid = $3)";
+const KEY_REFRESH_REVOKE: &str = concat!(
+    "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
+    AND jti IN (SELECT jti FROM tokens WHERE app_key = ",
+    app_key_of!("$2"),
+    " AND app_id = $2 AND kid = $3)"
+);
 
 /// Unexpired access tokens of a refresh family.
 const FAMILY_TOKENS: &str = "SELECT jti, exp FROM tokens WHERE family = $1 AND exp > $2";
@@ -48,8 +61,8 @@ fn key_counts_sql(keys: usize) -> String {
     let placeholders: Vec<String> = (0..keys).map(|i| format!("${}", i + 3)).collect();
     format!(
         "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens \
-         WHERE app_key = (SELECT a.ledger_key FROM apps a WHERE a.id = $1) AND app_id = $1 \
-         AND exp > $2 AND kid IN ({})",
+         WHERE app_key = {} AND app_id = $1 AND exp > $2 AND kid IN ({})",
+        app_key_of!("$1"),
         placeholders.join(", ")
     )
 }
@@ -194,6 +207,7 @@ impl Store {
                     sql.push_str(&format!("${}", b + c));
                 }
                 // The app's key, looked up by its id (the row's second value).
+                // (`app_key_of!`, on a placeholder counted at run time.)
                 sql.push_str(&format!(
                     ", (SELECT a.ledger_key FROM apps a WHERE a.id = ${}))",
                     b + 2
