@@ -270,7 +270,9 @@ impl Store {
     pub async fn delete_app(&self, tx: &mut Tx, id: &str) -> Result<bool, StoreError> {
         for sql in [
             concat!(
-                "DELETE FROM tokens WHERE app_key = ",
+                "DELETE FROM tokens WHERE slot IN ",
+                ledger_slots!(),
+                " AND app_key = ",
                 app_key_of!("$1"),
                 " AND app_id = $1"
             ),

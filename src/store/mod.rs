@@ -6,11 +6,27 @@
 //! says so. Every state change runs in one transaction. Times are Unix seconds.
 
 /// The `ledger_key` of the app whose id is placeholder `$p`, as a scalar subquery: the
-/// ledger's `tokens_app_sub` is on `(app_key, sub_key)` (migration 0005), so every query by
-/// app finds its rows through this.
+/// ledger's `tokens_slot_app_sub` is on `(slot, app_key, sub_key)` (migrations 0005 and
+/// 0006), so every query by app finds its rows through this and [`ledger_slots!`].
 macro_rules! app_key_of {
     ($p:literal) => {
         concat!("(SELECT a.ledger_key FROM apps a WHERE a.id = ", $p, ")")
+    };
+}
+
+/// The ledger slots (migration 0006) that may hold a row still alive after time `$p`, as a
+/// list subquery for `t.slot IN ...`; with no argument, every slot not yet purged. A query
+/// by app seeks `tokens_slot_app_sub` once per slot listed (a few dozen to a few hundred).
+macro_rules! ledger_slots {
+    () => {
+        "(SELECT s.slot FROM ledger_slots s)"
+    };
+    ($p:literal) => {
+        concat!(
+            "(SELECT s.slot FROM ledger_slots s WHERE s.until > ",
+            $p,
+            ")"
+        )
     };
 }
 
@@ -52,6 +68,10 @@ pub type Tx = Transaction<'static, sqlx::Any>;
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Ledger slots this process has recorded, with the expiry recorded for each (see
+    /// `Store::insert_ledger`): a ledger write only touches `ledger_slots` when a row
+    /// outlives what is recorded.
+    slots: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<i64, i64>>>,
 }
 
 /// WAL size (frames, 4 KiB pages) at which a committing SQLite connection checkpoints the
@@ -116,7 +136,11 @@ impl Store {
             })
             .connect_with(opts)
             .await?;
-        let store = Self { pool, dialect };
+        let store = Self {
+            pool,
+            dialect,
+            slots: std::sync::Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }

@@ -6,7 +6,9 @@ use super::{Dialect, Store, StoreError, Tx, opt_i64};
 
 /// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
 const LIVE: &str = concat!(
-    "t.app_key = ",
+    "t.slot IN ",
+    ledger_slots!("$2"),
+    " AND t.app_key = ",
     app_key_of!("$1"),
     " AND t.app_id = $1 AND t.exp > $2 AND t.jti >= $3 \
     AND t.kid IN (SELECT k.kid FROM keys k WHERE k.app_id = $1 AND k.state IN ('next', 'current', 'previous')) \
@@ -15,7 +17,9 @@ const LIVE: &str = concat!(
 
 /// A subject's sessions (see [`Store::sessions`]); `$4` is the subject's [`sub_key`].
 const SESSIONS: &str = concat!(
-    "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t WHERE t.app_key = ",
+    "SELECT t.jti, t.kid, t.iat, t.exp, t.refresh_exp, t.meta FROM tokens t WHERE t.slot IN ",
+    ledger_slots!("$3"),
+    " AND t.app_key = ",
     app_key_of!("$1"),
     " AND t.sub_key = $4 AND t.app_id = $1 AND t.sub_sha256 = $2 \
     AND (t.exp > $3 OR COALESCE(t.refresh_exp, 0) > $3) \
@@ -32,7 +36,9 @@ const LIVE_OF_APP: &str =
 
 /// Unexpired tokens of one app.
 const APP_UNEXPIRED: &str = concat!(
-    "SELECT app_id, COUNT(*) AS n FROM tokens WHERE app_key = ",
+    "SELECT app_id, COUNT(*) AS n FROM tokens WHERE slot IN ",
+    ledger_slots!("$2"),
+    " AND app_key = ",
     app_key_of!("$1"),
     " AND app_id = $1 AND exp > $2 GROUP BY app_id"
 );
@@ -48,7 +54,9 @@ const APP_REFRESH_REVOKE: &str =
 /// Refresh tokens issued with the access tokens one key of an app signed.
 const KEY_REFRESH_REVOKE: &str = concat!(
     "UPDATE refresh_tokens SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL \
-    AND jti IN (SELECT jti FROM tokens WHERE app_key = ",
+    AND jti IN (SELECT jti FROM tokens WHERE slot IN ",
+    ledger_slots!("$1"),
+    " AND app_key = ",
     app_key_of!("$2"),
     " AND app_id = $2 AND kid = $3)"
 );
@@ -61,14 +69,15 @@ fn key_counts_sql(keys: usize) -> String {
     let placeholders: Vec<String> = (0..keys).map(|i| format!("${}", i + 3)).collect();
     format!(
         "SELECT COUNT(*) AS n, COUNT(DISTINCT sub_sha256) AS s FROM tokens \
-         WHERE app_key = {} AND app_id = $1 AND exp > $2 AND kid IN ({})",
+         WHERE slot IN {} AND app_key = {} AND app_id = $1 AND exp > $2 AND kid IN ({})",
+        ledger_slots!("$2"),
         app_key_of!("$1"),
         placeholders.join(", ")
     )
 }
 
 /// Unexpired tokens per app, every app. SQLite's planner, without statistics, would rather
-/// walk `tokens_app_sub` for the grouping and look every row up (3x slower at a million live
+/// walk `tokens_slot_app_sub` for the grouping and look every row up (3x slower at a million live
 /// rows than reading `(exp, app_id)` alone), hence `INDEXED BY` there.
 fn all_unexpired_sql(dialect: Dialect) -> String {
     let hint = match dialect {
@@ -97,7 +106,40 @@ const PURGED: [(&str, &str, &str); 4] = [
     ("subject_cutoffs", "app_id, sub_sha256", "expires_at <= $1"),
 ];
 
-/// A subject digest's key in `tokens_app_sub` (migration 0005): its first 7 hex digits as a
+/// The classes of ledger slots (migration 0006): `(longest lifetime, width)` in seconds. A
+/// row's slot is the start of the period of its class that holds its `iat`, plus the class's
+/// number (so that slots of different classes never share a value). Short-lived rows, the
+/// bulk, go into minutes: every new entry of `tokens_slot_app_sub` lands in the current
+/// minute's subtree, which stays small and in memory however large the ledger grows. Longer
+/// lives take wider slots, so that the slots still holding live rows, which a lookup by app
+/// seeks one by one, stay few: at most ~120 minutes, ~48 hours and ~366 days.
+const SLOT_CLASSES: [(i64, i64); 3] = [(7_200, 60), (172_800, 3_600), (i64::MAX, 86_400)];
+
+/// The expiry recorded in `ledger_slots` is rounded up to this, so that a slot's row changes
+/// about once a minute, not with every ledger write.
+const SLOT_UNTIL_ROUNDING: i64 = 60;
+
+/// When a ledger row may be purged: the later of its expiry and its refresh token's.
+fn ledger_until(r: &LedgerRow) -> i64 {
+    r.exp.max(r.refresh_exp.unwrap_or(0))
+}
+
+/// A ledger row's slot (see [`SLOT_CLASSES`]); the SQL of migration 0006 computes the same
+/// for the rows it found.
+pub(crate) fn ledger_slot(iat: i64, until: i64) -> i64 {
+    let lifetime = until - iat;
+    let mut class = 0;
+    while class + 1 < SLOT_CLASSES.len() && lifetime > SLOT_CLASSES[class].0 {
+        class += 1;
+    }
+    let width = SLOT_CLASSES[class].1;
+    iat - iat.rem_euclid(width) + class as i64
+}
+
+/// Slots whose every row has ended; run after the ledger's own purge.
+const PURGE_SLOTS: &str = "DELETE FROM ledger_slots WHERE until <= $1";
+
+/// A subject digest's key in `tokens_slot_app_sub` (migration 0005; the slot came in front in 0006): its first 7 hex digits as a
 /// number, so that the index holds two small integers an entry instead of two strings.
 /// Queries still compare the whole digest on the row. `None` for anything that is not a
 /// lowercase hex digest (no ledger row holds one).
@@ -181,26 +223,57 @@ pub(crate) const PURGE_BATCH: i64 = 5_000;
 impl Store {
     /// Append rows to the ledger in one transaction.
     ///
+    /// The rows' slots are recorded in `ledger_slots` first, in the same transaction, so a
+    /// lookup that lists the live slots finds every committed row; a slot this process has
+    /// already recorded with a late enough expiry is not written again.
+    ///
     /// # Errors
     /// Database failures (nothing is written then).
     pub async fn insert_ledger(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
+        let mut wanted = std::collections::BTreeMap::<i64, i64>::new();
+        for r in rows {
+            let until = ledger_until(r);
+            let rounded = until
+                + (SLOT_UNTIL_ROUNDING - until.rem_euclid(SLOT_UNTIL_ROUNDING))
+                    % SLOT_UNTIL_ROUNDING;
+            let e = wanted.entry(ledger_slot(r.iat, until)).or_insert(rounded);
+            *e = (*e).max(rounded);
+        }
+        {
+            let known = self
+                .slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            wanted.retain(|slot, until| known.get(slot).is_none_or(|k| k < until));
+        }
         let mut tx = self.begin().await?;
+        // In slot order: PostgreSQL replicas writing the same slots lock them in one order.
+        for (slot, until) in &wanted {
+            sqlx::query(
+                "INSERT INTO ledger_slots (slot, until) VALUES ($1, $2) ON CONFLICT (slot) \
+                 DO UPDATE SET until = excluded.until WHERE ledger_slots.until < excluded.until",
+            )
+            .bind(slot)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
         // Multi-row VALUES in chunks keeps round trips low under load.
         for chunk in rows.chunks(100) {
             let mut sql = String::from(
                 "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
-                 sub_key, app_key) VALUES ",
+                 sub_key, slot, app_key) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 10;
+                let b = i * 11;
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push('(');
-                for c in 1..=10 {
+                for c in 1..=11 {
                     if c > 1 {
                         sql.push_str(", ");
                     }
@@ -225,11 +298,28 @@ impl Store {
                     .bind(&r.family)
                     .bind(r.refresh_exp)
                     .bind(&r.meta)
-                    .bind(r.sub_sha256.as_deref().and_then(sub_key));
+                    .bind(r.sub_sha256.as_deref().and_then(sub_key))
+                    .bind(ledger_slot(r.iat, ledger_until(r)));
             }
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        if !wanted.is_empty() {
+            let mut known = self
+                .slots
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (slot, until) in wanted {
+                let e = known.entry(slot).or_insert(until);
+                *e = (*e).max(until);
+            }
+            // Slots whose rows have all expired may be purged (and written again if a late
+            // row comes): forget them.
+            if known.len() > 1_024 {
+                let oldest = rows.iter().map(|r| r.iat).min().unwrap_or(0);
+                known.retain(|_, until| *until > oldest);
+            }
+        }
         Ok(())
     }
 
@@ -367,7 +457,7 @@ impl Store {
 
     /// Unexpired tokens per app, for the app list: one app or (`None`) all of them.
     ///
-    /// One app reads its own rows through `tokens_app_sub`; all apps read only the
+    /// One app reads its own rows through `tokens_slot_app_sub`; all apps read only the
     /// `(exp, app_id)` index.
     ///
     /// # Errors
@@ -707,6 +797,12 @@ impl Store {
                 }
             }
         }
+        // Every ledger row that ended by `now` is gone, so are the slots that held only such
+        // rows (a few a minute; not counted as purged rows).
+        sqlx::query(PURGE_SLOTS)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(n)
     }
 }
@@ -717,8 +813,8 @@ mod tests {
 
     use super::{
         APP_REFRESH_REVOKE, APP_UNEXPIRED, FAMILY_TOKENS, KEY_REFRESH_REVOKE, LIVE, LIVE_BY_KID,
-        LIVE_OF_APP, LedgerRow, PURGE_BATCH, PURGED, SESSIONS, SUBJECT_REFRESH_REVOKE,
-        all_unexpired_sql, key_counts_sql, purge_sql,
+        LIVE_OF_APP, LedgerRow, PURGE_BATCH, PURGE_SLOTS, PURGED, SESSIONS, SUBJECT_REFRESH_REVOKE,
+        all_unexpired_sql, key_counts_sql, ledger_slot, purge_sql,
     };
     use crate::store::{Dialect, Store};
 
@@ -863,6 +959,7 @@ mod tests {
         for (table, key, expired) in PURGED {
             statements.push(("purge", purge_sql(table, key, expired)));
         }
+        statements.push(("purge slots", PURGE_SLOTS.to_owned()));
         for (name, sql) in statements {
             let plan: Vec<String> =
                 sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
@@ -877,6 +974,104 @@ mod tests {
                 "{name} scans: {plan:?}"
             );
         }
+    }
+
+    /// A row's slot is the minute, hour or day of its `iat` by how long it lives (its
+    /// refresh token's life counts), plus the class, so classes never share a slot.
+    #[test]
+    fn slots_follow_the_life_of_the_row() {
+        let iat = 1_999_999_999; // 2033-05-18 03:33:19 UTC
+        assert_eq!(ledger_slot(iat, iat + 1), 1_999_999_980);
+        assert_eq!(ledger_slot(iat, iat + 7_200), 1_999_999_980);
+        assert_eq!(ledger_slot(iat, iat + 7_201), 1_999_998_000 + 1);
+        assert_eq!(ledger_slot(iat, iat + 172_800), 1_999_998_000 + 1);
+        assert_eq!(ledger_slot(iat, iat + 172_801), 1_999_987_200 + 2);
+        assert_eq!(ledger_slot(iat, iat + 31_536_000 * 2), 1_999_987_200 + 2);
+    }
+
+    /// Rows of every slot class are found by every lookup by app and subject, and deleted
+    /// with their app; the purge drops the slots whose rows have all ended and keeps the
+    /// others; a late row in a slot the purge dropped records the slot again and is found.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_slot_class_is_found_purged_and_recorded_again() {
+        let (_dir, store) = scratch_store().await;
+        let now = 2_000_000_000;
+        let sub = format!("{:064x}", 3);
+        let live = |i: i64, life: i64, refresh: Option<i64>| {
+            let mut r = row(i, now + life, refresh.map(|x| now + x));
+            r.iat = now;
+            r.sub_sha256 = Some(sub.clone());
+            r
+        };
+        // A minute slot, an hour slot (its refresh token lives a day), a day slot; one row
+        // ending before the check, in a minute slot of its own; and another app's row.
+        let mut rows = vec![
+            live(1, 600, None),
+            live(2, 600, Some(86_400)),
+            live(3, 3 * 86_400, None),
+        ];
+        let mut ended = live(4, 30, None);
+        ended.iat = now - 3_000;
+        ended.exp = now - 2_900;
+        rows.push(ended);
+        let mut other = live(5, 600, None);
+        other.app_id = "other".into();
+        rows.push(other);
+        store.insert_ledger(&rows).await.unwrap();
+        let slots = count(&store, "SELECT COUNT(*) FROM ledger_slots").await;
+        assert_eq!(
+            slots, 4,
+            "three classes at `now` and the minute of the ended row"
+        );
+
+        let jtis = |v: Vec<super::SessionRow>| v.into_iter().map(|s| s.jti).collect::<Vec<_>>();
+        let sessions = jtis(store.sessions("app", &sub, now).await.unwrap());
+        assert_eq!(
+            sessions,
+            [
+                row(3, 0, None).jti,
+                row(2, 0, None).jti,
+                row(1, 0, None).jti
+            ]
+        );
+        assert_eq!(
+            store
+                .live_token_counts("app", &["kid".to_owned()], now)
+                .await
+                .unwrap(),
+            (3, 1)
+        );
+        // An hour on, the minute-slot row has expired; its refresh-token sibling has not.
+        let later = now + 3_600;
+        let sessions = jtis(store.sessions("app", &sub, later).await.unwrap());
+        assert_eq!(sessions, [row(3, 0, None).jti, row(2, 0, None).jti]);
+
+        // The purge at `now` takes the ended row and its minute, and nothing else.
+        assert_eq!(store.purge_expired(now).await.unwrap(), 1);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM ledger_slots").await, 3);
+        // Two hours on, the minute slot of `now` is dropped with its rows.
+        assert_eq!(store.purge_expired(now + 7_200).await.unwrap(), 2);
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM ledger_slots").await, 2);
+        // A late row in that minute (a replica's clock behind) records it again.
+        let mut late = live(6, 9_000, None);
+        late.exp = now + 7_000;
+        late.iat = now + 1;
+        store.insert_ledger(&[late]).await.unwrap();
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM ledger_slots").await, 3);
+        let sessions = jtis(store.sessions("app", &sub, now + 6_000).await.unwrap());
+        assert_eq!(
+            sessions,
+            [
+                row(6, 0, None).jti,
+                row(3, 0, None).jti,
+                row(2, 0, None).jti
+            ]
+        );
+
+        let mut tx = store.begin().await.unwrap();
+        assert!(store.delete_app(&mut tx, "app").await.unwrap());
+        tx.commit().await.unwrap();
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM tokens").await, 0);
     }
 
     /// A key's and an app's live counts: a subject with tokens from two keys counts once,

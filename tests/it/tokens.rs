@@ -406,11 +406,13 @@ async fn bare_app(pool: &sqlx::AnyPool, id: &str) {
     .unwrap();
 }
 
-/// Rows the ledger held before migration 0005 (the compact subject index) are keyed as new
-/// rows are: after the upgrade a subject's sessions, an app's count and the app's deletion
-/// find old and new rows alike, and an app created after it gets a key of its own. Both
-/// engines; the digests start with letters and digits, so the SQL that turns a digest's head
-/// into a number in the migration is checked against the number the service computes.
+/// Rows the ledger held before migrations 0005 (the compact subject index) and 0006 (its
+/// slots) are keyed as new rows are: after the upgrade a subject's sessions, an app's count
+/// and the app's deletion find old and new rows alike, and an app created after it gets a key
+/// of its own. Both engines; the digests start with letters and digits, so the SQL that turns
+/// a digest's head into a number in the migration is checked against the number the service
+/// computes, and the old rows live a few minutes, a day (by their refresh token) and three
+/// days, so each slot class the migration computes is checked against the service's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_rows_from_before_the_compact_subject_index_are_found_after_it() {
     use hsm_rotator::store::{LedgerRow, Store};
@@ -432,22 +434,40 @@ async fn ledger_rows_from_before_the_compact_subject_index_are_found_after_it() 
         for id in ["a1", "a2", "a3"] {
             bare_app(&pool, id).await;
         }
+        // (jti, app, subject, exp, refresh_exp, the slot the service gives such a row)
+        let minute = 1_999_999_980;
         let old = [
-            ("01A", "a1", Some(&alice)),
-            ("01B", "a1", Some(&alice)),
-            ("01C", "a1", Some(&bob)),
-            ("01D", "a1", None),
-            ("01E", "a2", Some(&alice)),
+            ("01A", "a1", Some(&alice), now + 600, None, minute),
+            (
+                "01B",
+                "a1",
+                Some(&alice),
+                now + 600,
+                Some(now + 86_400),
+                1_999_998_000 + 1,
+            ),
+            (
+                "01C",
+                "a1",
+                Some(&bob),
+                now + 3 * 86_400,
+                None,
+                1_999_987_200 + 2,
+            ),
+            ("01D", "a1", None, now + 600, None, minute),
+            ("01E", "a2", Some(&alice), now + 600, None, minute),
         ];
-        for (jti, app, sub) in old {
+        for (jti, app, sub, exp, refresh_exp, _) in old {
             sqlx::query(
-                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp) VALUES ($1, $2, 'k', $3, $4, $5)",
+                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, refresh_exp) \
+                 VALUES ($1, $2, 'k', $3, $4, $5, $6)",
             )
             .bind(jti)
             .bind(app)
             .bind(sub)
             .bind(now - 10)
-            .bind(now + 600)
+            .bind(exp)
+            .bind(refresh_exp)
             .execute(&pool)
             .await
             .unwrap();
@@ -469,6 +489,33 @@ async fn ledger_rows_from_before_the_compact_subject_index_are_found_after_it() 
                 "{engine}: {keys:?}"
             );
         }
+        for (jti, _, _, _, _, slot) in old {
+            let got = sqlx::query("SELECT slot FROM tokens WHERE jti = $1")
+                .bind(jti)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(got.try_get::<i64, _>(0).unwrap(), slot, "{engine} {jti}");
+        }
+        // Each slot is listed with its rows' latest end, rounded up to a minute.
+        let slots: Vec<(i64, i64)> =
+            sqlx::query("SELECT slot, until FROM ledger_slots ORDER BY slot")
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.try_get(0).unwrap(), r.try_get(1).unwrap()))
+                .collect();
+        let at_minute = |t: i64| (t + 59) / 60 * 60;
+        assert_eq!(
+            slots,
+            [
+                (1_999_987_200 + 2, at_minute(now + 3 * 86_400)),
+                (1_999_998_000 + 1, at_minute(now + 86_400)),
+                (minute, at_minute(now + 600)),
+            ],
+            "{engine}"
+        );
         // An app created after the upgrade takes a key of its own.
         bare_app(store.pool(), "a4").await;
         let keys = sqlx::query("SELECT COUNT(DISTINCT ledger_key) FROM apps")
@@ -513,6 +560,15 @@ async fn ledger_rows_from_before_the_compact_subject_index_are_found_after_it() 
             .await
             .unwrap();
         assert_eq!(counts.get("a1"), Some(&5), "{engine}");
+        // A day on, only the rows that live three days (or whose refresh token lives a day)
+        // are found.
+        assert_eq!(jtis("a1", &bob).await, ["01C"], "{engine}");
+        let later = store.sessions("a1", &alice, now + 3_600).await.unwrap();
+        assert_eq!(
+            later.iter().map(|s| s.jti.as_str()).collect::<Vec<_>>(),
+            ["01B"],
+            "{engine}"
+        );
 
         let mut tx = store.begin().await.unwrap();
         assert!(store.delete_app(&mut tx, "a1").await.unwrap());
