@@ -67,6 +67,9 @@ pub type Tx = Transaction<'static, sqlx::Any>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where ledger rows are written: on SQLite a connection of its own, kept open; on
+    /// PostgreSQL the pool.
+    ledger: AnyPool,
     dialect: Dialect,
     /// Ledger slots this process has recorded, with the expiry recorded for each (see
     /// `Store::insert_ledger`): a ledger write only touches `ledger_slots` when a row
@@ -81,6 +84,41 @@ pub const WAL_BACKSTOP_FRAMES: u32 = 10_000;
 
 /// Interval of the background checkpointer ([`Store::run_checkpointer`]).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Page cache of the SQLite connection that writes the ledger, KiB (the pool's connections
+/// keep SQLite's default of 2 MiB). A connection's cache only survives between its
+/// transactions while no other connection writes, so the ledger writer, nearly the only
+/// writer, keeps one connection: the pages each ledger write touches (the ends of the
+/// table and of its indexes, the current slots of `tokens_slot_app_sub`) stay in it instead
+/// of being read again from the file by whichever pooled connection comes next.
+pub const LEDGER_CACHE_KIB: u32 = 16 * 1024;
+
+/// How the store's connections are opened: `max` of them, SQLite's pragmas on each, and a
+/// page cache of `cache_kib` where given.
+fn pool_options(dialect: Dialect, max: u32, cache_kib: Option<u32>) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if dialect == Dialect::Sqlite {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_FRAMES}"
+                    )))
+                    .await?;
+                    if let Some(kib) = cache_kib {
+                        conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA cache_size = -{kib}")))
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+}
 
 /// What one checkpoint of SQLite's write-ahead log did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,28 +154,25 @@ impl Store {
             })?;
         }
         let opts = AnyConnectOptions::from_str(url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute(sqlx::AssertSqlSafe(format!(
-                            "PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_FRAMES}"
-                        )))
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
+        let max = if dialect == Dialect::Sqlite { 8 } else { 16 };
+        let pool = pool_options(dialect, max, None)
+            .connect_with(opts.clone())
             .await?;
+        // SQLite: the ledger writer's own connection (see `Store::insert_ledger`).
+        let ledger = match dialect {
+            Dialect::Sqlite => {
+                pool_options(dialect, 1, Some(LEDGER_CACHE_KIB))
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(opts)
+                    .await?
+            }
+            Dialect::Postgres => pool.clone(),
+        };
         let store = Self {
             pool,
+            ledger,
             dialect,
             slots: std::sync::Arc::default(),
         };

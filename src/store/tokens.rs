@@ -225,7 +225,8 @@ impl Store {
     ///
     /// The rows' slots are recorded in `ledger_slots` first, in the same transaction, so a
     /// lookup that lists the live slots finds every committed row; a slot this process has
-    /// already recorded with a late enough expiry is not written again.
+    /// already recorded with a late enough expiry is not written again. On SQLite the
+    /// transaction runs on the ledger's own connection ([`super::LEDGER_CACHE_KIB`]).
     ///
     /// # Errors
     /// Database failures (nothing is written then).
@@ -249,7 +250,10 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             wanted.retain(|slot, until| known.get(slot).is_none_or(|k| k < until));
         }
-        let mut tx = self.begin().await?;
+        let mut tx = match self.dialect {
+            Dialect::Sqlite => self.ledger.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.ledger.begin().await?,
+        };
         // In slot order: PostgreSQL replicas writing the same slots lock them in one order.
         for (slot, until) in &wanted {
             sqlx::query(
