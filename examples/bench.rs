@@ -6,7 +6,7 @@
 //! - `issue`: HTTP issuance rate vs the raw 2-thread `C_Sign` rate on the same key.
 //! - `introspect`: HTTP introspection rate vs in-process jsonwebtoken verification.
 //! - `rotate`: latency of `POST /apps/{id}/keys/rotate` per algorithm (p50, p99).
-//! - `scale-populate`, `scale-measure`, `scale-report`, `scale-issue`: the growth curves of
+//! - `scale-populate`, `scale-measure`, `scale-report`, `scale-issue`, `scale-sign`: the growth curves of
 //!   `scripts/bench scale` (apps created through the API, figures at each size written as
 //!   `key value` lines, then tables and the plot's data file).
 //!
@@ -596,6 +596,7 @@ fn main() {
         Some("scale-measure") => scale::measure(),
         Some("scale-report") => scale::report(),
         Some("scale-issue") => scale::issue_only(),
+        Some("scale-sign") => scale::sign_spread(),
         Some("hsm") => bench_hsm(),
         Some("issue") => bench_issue(),
         Some("introspect") => bench_introspect(),

@@ -11,6 +11,8 @@
 //!   ratios against the first stage, and `DIR/scale.dat` for gnuplot.
 //! - `scale-issue`: ES256 issuance alone, on a kept stage and its anchor, round after round,
 //!   with each server's ledger batches and transaction times (for comparing builds).
+//! - `scale-sign`: raw `C_Sign` over 2,000 of the kept stage's keys against 8 of them, in
+//!   this process: what the spread of `scale-issue`'s load costs SoftHSM2 alone.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -216,10 +218,10 @@ async fn tokens_for(http: &Http, apps: &[App]) -> Vec<(App, String)> {
     out
 }
 
-/// Up to 2,000 of `apps`, evenly spaced: the load is spread over many apps, so the handle
-/// cache, the registry and the ledger's indexes are read at many keys, not one.
+/// About `BENCH_SPREAD` (2,000) of `apps`, evenly spaced: the load is spread over many apps,
+/// so the handle cache, the registry and the ledger's indexes are read at many keys, not one.
 fn spread(apps: &[App]) -> Vec<App> {
-    let step = (apps.len() / 2000).max(1);
+    let step = (apps.len() / env_usize("BENCH_SPREAD", 2000).max(1)).max(1);
     apps.iter().step_by(step).cloned().collect()
 }
 
@@ -877,5 +879,70 @@ fn fmt_rows(n: f64) -> String {
         format!("{}k", n / 1e3)
     } else {
         format!("{n}")
+    }
+}
+
+/// `scale-sign`: SoftHSM2's own cost of a load spread over many keys, without the service.
+/// In this process, on the token of `SOFTHSM2_CONF`: raw ES256 `C_Sign` (P-256, a SHA-256
+/// digest) from 2 threads, each with its own session, round-robin over 2,000 of the
+/// token's P-256 private keys (spread evenly over them) and over 8 of them, alternated
+/// 8 / 2,000 / 2,000 / 8 for `BENCH_ROUNDS` rounds. The ratio is what SoftHSM2 alone loses
+/// to the spread that `scale-issue` puts on the server; handles come from one listing pass,
+/// so no search is timed.
+pub(crate) fn sign_spread() {
+    let pkcs11 = Pkcs11::new(MODULE).unwrap();
+    let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == env("BENCH_LABEL"))
+        .unwrap();
+    let s = pkcs11.open_ro_session(slot).unwrap();
+    let _ = s.login(UserType::User, Some(&env("BENCH_PIN").into()));
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let all = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::EcParams(p256),
+        ])
+        .unwrap();
+    let step = (all.len() / 2000).max(1);
+    let many: Vec<_> = all.iter().step_by(step).take(2000).copied().collect();
+    let few: Vec<_> = many.iter().take(8).copied().collect();
+    let digest = sha2::Sha256::digest(b"scale").to_vec();
+    let rate = |keys: &[cryptoki::object::ObjectHandle]| -> f64 {
+        let count = AtomicU64::new(0);
+        let next = AtomicUsize::new(0);
+        let t = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    let s = pkcs11.open_ro_session(slot).unwrap();
+                    while t.elapsed().as_secs_f64() < secs() {
+                        let h = keys[next.fetch_add(1, Ordering::Relaxed) % keys.len()];
+                        s.sign(&Mechanism::Ecdsa, h, &digest).unwrap();
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
+    };
+    println!(
+        "| round | C_Sign/s over {} keys | over {} keys | {} keys / {} keys |",
+        many.len(),
+        few.len(),
+        many.len(),
+        few.len()
+    );
+    println!("|---|---|---|---|");
+    for round in 1..=env_usize("BENCH_ROUNDS", 3) {
+        let f1 = rate(&few);
+        let m1 = rate(&many);
+        let m2 = rate(&many);
+        let f2 = rate(&few);
+        let (m, f) = ((m1 + m2) / 2.0, (f1 + f2) / 2.0);
+        println!("| {round} | {m:.0} | {f:.0} | {:.2} |", m / f);
     }
 }
