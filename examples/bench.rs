@@ -44,14 +44,19 @@ fn secs() -> f64 {
         .unwrap_or(3.0)
 }
 
-/// Raw `C_Sign` rate: `threads` threads, each with its own logged-in session, for `secs`.
-fn raw_rate(pkcs11: &Pkcs11, kid: Kid, alg: Algorithm, threads: usize, secs: f64) -> f64 {
-    let slot = pkcs11
+/// The slot of the bench token (`BENCH_LABEL`).
+fn bench_slot(pkcs11: &Pkcs11) -> cryptoki::slot::Slot {
+    pkcs11
         .get_slots_with_token()
         .unwrap()
         .into_iter()
         .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == env("BENCH_LABEL"))
-        .unwrap();
+        .unwrap()
+}
+
+/// Raw `C_Sign` rate: `threads` threads, each with its own logged-in session, for `secs`.
+fn raw_rate(pkcs11: &Pkcs11, kid: Kid, alg: Algorithm, threads: usize, secs: f64) -> f64 {
+    let slot = bench_slot(pkcs11);
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let input = b"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJiZW5jaCJ9".to_vec();

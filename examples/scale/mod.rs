@@ -28,7 +28,7 @@ use hsm_rotator::keys::Kid;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use super::{Http, MODULE, env, load, secs};
+use super::{Http, MODULE, bench_slot, env, load, secs};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -460,12 +460,7 @@ fn softhsm_search(kid: Kid, out: &mut Vec<(String, f64)>) {
     let t = Instant::now();
     let pkcs11 = Pkcs11::new(MODULE).unwrap();
     let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == env("BENCH_LABEL"))
-        .unwrap();
+    let slot = bench_slot(&pkcs11);
     let s = pkcs11.open_rw_session(slot).unwrap();
     let _ = s.login(UserType::User, Some(&env("BENCH_PIN").into()));
     out.push(("softhsm_open_s".into(), t.elapsed().as_secs_f64()));
@@ -892,12 +887,7 @@ fn fmt_rows(n: f64) -> String {
 pub(crate) fn sign_spread() {
     let pkcs11 = Pkcs11::new(MODULE).unwrap();
     let _ = pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = pkcs11
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == env("BENCH_LABEL"))
-        .unwrap();
+    let slot = bench_slot(&pkcs11);
     let s = pkcs11.open_ro_session(slot).unwrap();
     let _ = s.login(UserType::User, Some(&env("BENCH_PIN").into()));
     let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
