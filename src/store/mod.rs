@@ -205,9 +205,14 @@ impl Store {
     /// # Errors
     /// Connection failures.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
+        self.begin_on(&self.pool).await
+    }
+
+    /// [`Self::begin`] on `pool` (the store's pool or the ledger's connection).
+    async fn begin_on(&self, pool: &AnyPool) -> Result<Tx, StoreError> {
         Ok(match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => pool.begin().await?,
         })
     }
 

@@ -139,8 +139,8 @@ pub(crate) fn ledger_slot(iat: i64, until: i64) -> i64 {
 /// Slots whose every row has ended; run after the ledger's own purge.
 const PURGE_SLOTS: &str = "DELETE FROM ledger_slots WHERE until <= $1";
 
-/// A subject digest's key in `tokens_slot_app_sub` (migration 0005; the slot came in front in 0006): its first 7 hex digits as a
-/// number, so that the index holds two small integers an entry instead of two strings.
+/// A subject digest's key in `tokens_slot_app_sub` (migration 0005; 0006 put the slot in
+/// front): its first 7 hex digits as a number, so that the index holds two small integers an entry instead of two strings.
 /// Queries still compare the whole digest on the row. `None` for anything that is not a
 /// lowercase hex digest (no ledger row holds one).
 pub(crate) fn sub_key(sub_sha256: &str) -> Option<i64> {
@@ -234,13 +234,16 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
+        let slots: Vec<i64> = rows
+            .iter()
+            .map(|r| ledger_slot(r.iat, ledger_until(r)))
+            .collect();
         let mut wanted = std::collections::BTreeMap::<i64, i64>::new();
-        for r in rows {
-            let until = ledger_until(r);
-            let rounded = until
-                + (SLOT_UNTIL_ROUNDING - until.rem_euclid(SLOT_UNTIL_ROUNDING))
-                    % SLOT_UNTIL_ROUNDING;
-            let e = wanted.entry(ledger_slot(r.iat, until)).or_insert(rounded);
+        for (r, slot) in rows.iter().zip(&slots) {
+            let rounded = (ledger_until(r) + SLOT_UNTIL_ROUNDING - 1)
+                .div_euclid(SLOT_UNTIL_ROUNDING)
+                * SLOT_UNTIL_ROUNDING;
+            let e = wanted.entry(*slot).or_insert(rounded);
             *e = (*e).max(rounded);
         }
         {
@@ -250,10 +253,7 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             wanted.retain(|slot, until| known.get(slot).is_none_or(|k| k < until));
         }
-        let mut tx = match self.dialect {
-            Dialect::Sqlite => self.ledger.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.ledger.begin().await?,
-        };
+        let mut tx = self.begin_on(&self.ledger).await?;
         // In slot order: PostgreSQL replicas writing the same slots lock them in one order.
         for (slot, until) in &wanted {
             sqlx::query(
@@ -266,7 +266,7 @@ impl Store {
             .await?;
         }
         // Multi-row VALUES in chunks keeps round trips low under load.
-        for chunk in rows.chunks(100) {
+        for (chunk, chunk_slots) in rows.chunks(100).zip(slots.chunks(100)) {
             let mut sql = String::from(
                 "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
                  sub_key, slot, app_key) VALUES ",
@@ -291,7 +291,7 @@ impl Store {
                 ));
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for r in chunk {
+            for (r, slot) in chunk.iter().zip(chunk_slots) {
                 q = q
                     .bind(&r.jti)
                     .bind(&r.app_id)
@@ -303,7 +303,7 @@ impl Store {
                     .bind(r.refresh_exp)
                     .bind(&r.meta)
                     .bind(r.sub_sha256.as_deref().and_then(sub_key))
-                    .bind(ledger_slot(r.iat, ledger_until(r)));
+                    .bind(slot);
             }
             q.execute(&mut *tx).await?;
         }
