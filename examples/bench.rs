@@ -145,6 +145,7 @@ fn bench_hsm() {
             token_label: env("BENCH_LABEL"),
             pin: env("BENCH_PIN").into(),
             sessions: 4,
+            store_id: Some("BENCH".into()),
         }))
         .unwrap();
     let raw = Pkcs11::new(MODULE).unwrap();

@@ -65,7 +65,27 @@ struct Env {
     db: String,
 }
 
-fn start(env: &Env) -> (Child, String, Option<String>) {
+/// `hsm-rotator init --json` on the run's store: the root key.
+fn init(env: &Env) -> String {
+    let out = Command::new(&env.bin)
+        .args(["init", "--json"])
+        .env("SOFTHSM2_CONF", &env.conf)
+        .env("HSM_ROTATOR_PIN", &env.pin)
+        .env("HSM_ROTATOR_TOKEN_LABEL", &env.label)
+        .env("HSM_ROTATOR_DATA_DIR", &env.data)
+        .env("HSM_ROTATOR_DATABASE_URL", &env.db)
+        .output()
+        .expect("run init");
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("init --json");
+    v["root_key"].as_str().expect("root key").to_owned()
+}
+
+fn start(env: &Env) -> (Child, String) {
     let mut child = Command::new(&env.bin)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("SOFTHSM2_CONF", &env.conf)
@@ -93,18 +113,14 @@ fn start(env: &Env) -> (Child, String, Option<String>) {
         .spawn()
         .expect("spawn server");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut root = None;
     loop {
         let line = lines
             .next()
             .expect("server exited before listening")
             .unwrap();
-        if let Some(k) = line.strip_prefix("root key: ") {
-            root = Some(k.to_owned());
-        }
         if let Some(u) = line.strip_prefix("listening on ") {
             std::thread::spawn(move || for _ in lines {});
-            return (child, u.to_owned(), root);
+            return (child, u.to_owned());
         }
     }
 }
@@ -131,6 +147,8 @@ fn labels(env: &Env) -> HashMap<String, usize> {
             .strip_prefix("label:")
             .map(str::trim)
             .and_then(|l| l.strip_prefix("hsm-rotator/"))
+            // `<store id>/<kid>` (or a legacy `<kid>`): the kid is the last part.
+            .map(|l| l.rsplit('/').next().unwrap_or(l))
         {
             *m.entry(kid.to_owned()).or_default() += 1;
         }
@@ -403,8 +421,8 @@ fn main() {
         .build()
         .unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (mut child, mut base, root) = start(&env);
-    let root = root.expect("first start prints the root key");
+    let root = init(&env);
+    let (mut child, mut base) = start(&env);
     let apps: Vec<(String, String)> = rt.block_on(async {
         let mut apps = Vec::new();
         for (i, alg) in ["ES256", "RS256", "EdDSA"].iter().enumerate() {
@@ -447,7 +465,7 @@ fn main() {
                 e.received = Some(now);
             }
         });
-        let (c, b, _) = start(&env);
+        let (c, b) = start(&env);
         child = c;
         base = b;
         rt.block_on(check(&env, &client, &base, &root, &apps, &ledger));

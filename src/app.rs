@@ -91,13 +91,15 @@ impl AppState {
     /// # Errors
     /// Start-up failures, with context.
     pub async fn connect(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = Store::connect(&cfg.database_url()).await.with_context(|| {
+        let store = Store::open(&cfg.database_url()).await.with_context(|| {
             format!(
                 "Failed to open the store at {}",
                 crate::config::redact_url(&cfg.database_url())
             )
         })?;
-        let hsm = Hsm::connect(cfg.hsm()?)
+        let mut hsm_cfg = cfg.hsm()?;
+        hsm_cfg.store_id = Some(store.store_id().await?);
+        let hsm = Hsm::connect(hsm_cfg)
             .await
             .context("Failed to open the HSM token")?;
         let registry = Arc::new(
@@ -136,6 +138,17 @@ impl AppState {
             }),
         })
     }
+}
+
+/// Create the store at `url` as `hsm-rotator init` does: schema, store id and root key
+/// (returned when made now, to be shown once).
+///
+/// # Errors
+/// Store failures.
+pub async fn init_store(url: &str) -> Result<(Store, Option<Secret>), StoreError> {
+    let store = Store::connect(url).await?;
+    let root = init_root_key(&store, None).await?;
+    Ok((store, root))
 }
 
 /// Create the root key if the store has none; returns it (to be shown once).
@@ -186,20 +199,19 @@ impl Application {
                 "{e}. SQLite serves one process at a time: stop the other one (or use PostgreSQL for several replicas)"
             )
         })?;
+        // `serve` never creates a store nor a root key (`init` does, and shows the key once):
+        // `AppState::connect` refuses a store that `init` has not made.
         let state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
         let connected = started.elapsed();
-        if let Some(root) = init_root_key(&state.store, Some(&state.registry)).await? {
-            crate::cli::announce_root_key(&root)?;
-        }
         // Make the store and the HSM agree before serving (a crash may have left work half
         // done). With SQLite this is the only process, so no pending key is in flight.
         let min_pending_age = match state.store.dialect() {
             crate::store::Dialect::Sqlite => 0,
             crate::store::Dialect::Postgres => PENDING_GRACE,
         };
+        let opts = cfg.reconcile_options(false, min_pending_age);
         if let Err(e) =
-            crate::keys::reconcile::reconcile_at_start(&state.keys, &state.hsm, min_pending_age)
-                .await
+            crate::keys::reconcile::reconcile_at_start(&state.keys, &state.hsm, opts).await
         {
             tracing::warn!(error = %e, "start-up reconciliation failed; the scheduler will retry");
         }
@@ -229,6 +241,7 @@ impl Application {
             RECONCILE_EVERY,
             PENDING_GRACE,
         )
+        .with_orphan_grace(cfg.reconcile_options(false, PENDING_GRACE).orphan_grace)
         .with_status(state.scheduler.clone());
         tokio::spawn(scheduler.run(Duration::from_secs(cfg.scheduler_interval)));
         let router = crate::api::router(state.clone());

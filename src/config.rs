@@ -29,6 +29,17 @@ const KEYS: &[(&str, Kind)] = &[
     ("log_level", Kind::Str),
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
+    ("orphan_grace", Kind::Int),
+];
+
+/// Keys holding file paths: relative ones in a config file are taken from the file's
+/// directory, not from wherever the process happens to start.
+const PATH_KEYS: &[&str] = &[
+    "pkcs11_module",
+    "pin_file",
+    "data_dir",
+    "tls_cert",
+    "tls_key",
 ];
 
 #[derive(Clone, Copy)]
@@ -54,7 +65,7 @@ pub struct Config {
     #[serde(default = "default_token_label")]
     pub token_label: String,
     /// User PIN (prefer `pin_file` or the `HSM_ROTATOR_PIN` environment variable).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_string")]
     pin: Option<SecretString>,
     /// File holding the user PIN; must not be readable by group or others.
     #[serde(default)]
@@ -90,7 +101,51 @@ pub struct Config {
     /// PEM private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Seconds an HSM object of this store that no key row knows must have been seen by
+    /// the reconciler (in several passes) before it is destroyed.
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_grace: u64,
 }
+
+/// A PIN as a string. Any other TOML type is refused with a message that never shows the
+/// value (serde's own would: "invalid type: integer `987654`").
+fn secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    struct Visit;
+    impl<'v> serde::de::Visitor<'v> for Visit {
+        type Value = SecretString;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v.to_owned()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(SecretString::from(v))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(E::custom(PIN_NOT_A_STRING))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(E::custom(PIN_NOT_A_STRING))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(PIN_NOT_A_STRING))
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom(PIN_NOT_A_STRING))
+        }
+        fn visit_map<A: serde::de::MapAccess<'v>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(PIN_NOT_A_STRING))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'v>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(PIN_NOT_A_STRING))
+        }
+    }
+    d.deserialize_any(Visit).map(Some)
+}
+
+const PIN_NOT_A_STRING: &str =
+    "pin must be a quoted string (pin = \"...\"); its value is not shown";
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
@@ -121,6 +176,9 @@ fn default_log_format() -> String {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+fn default_orphan_grace() -> u64 {
+    crate::keys::reconcile::DEFAULT_ORPHAN_GRACE.unsigned_abs()
 }
 
 impl std::fmt::Debug for Config {
@@ -183,8 +241,16 @@ impl Config {
                     path: p.to_path_buf(),
                     source,
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", p.display())))?
+                // The message and line only: toml's own rendering quotes the line, which
+                // may hold the PIN.
+                let mut table = text.parse::<toml::Table>().map_err(|e| {
+                    let line = e.span().map_or(0, |sp| {
+                        text[..sp.start.min(text.len())].matches('\n').count() + 1
+                    });
+                    ConfigError::Invalid(format!("{} line {line}: {}", p.display(), e.message()))
+                })?;
+                resolve_paths(&mut table, p);
+                table
             }
             None => toml::Table::new(),
         };
@@ -246,13 +312,16 @@ impl Config {
         Ok(())
     }
 
-    /// The database URL, defaulting to SQLite in `data_dir`.
+    /// The database URL, defaulting to SQLite in `data_dir`. Opening it never creates a
+    /// store: `hsm-rotator init` does ([`crate::store::Store::connect`]).
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(u) => u.clone(),
             None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("hsm-rotator.db").display()
+                "sqlite://{}",
+                std::path::absolute(self.data_dir.join("hsm-rotator.db"))
+                    .unwrap_or_else(|_| self.data_dir.join("hsm-rotator.db"))
+                    .display()
             ),
         }
     }
@@ -288,6 +357,18 @@ impl Config {
         Ok(SecretString::from(pin.to_owned()))
     }
 
+    /// Reconciler options with this configuration's orphan grace.
+    pub fn reconcile_options(
+        &self,
+        dry_run: bool,
+        min_pending_age: i64,
+    ) -> crate::keys::reconcile::Options {
+        crate::keys::reconcile::Options {
+            orphan_grace: i64::try_from(self.orphan_grace).unwrap_or(i64::MAX),
+            ..crate::keys::reconcile::Options::new(dry_run, min_pending_age)
+        }
+    }
+
     /// The HSM part of the configuration.
     ///
     /// # Errors
@@ -298,7 +379,26 @@ impl Config {
             token_label: self.token_label.clone(),
             pin: self.pin()?,
             sessions: self.sessions,
+            store_id: None,
         })
+    }
+}
+
+/// Make the relative paths of a config file's [`PATH_KEYS`] relative to the file's
+/// directory (environment overrides, applied later, stay relative to the working directory).
+fn resolve_paths(table: &mut toml::Table, file: &Path) {
+    let dir = std::path::absolute(file)
+        .ok()
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    for key in PATH_KEYS {
+        if let Some(toml::Value::String(v)) = table.get_mut(*key)
+            && Path::new(v.as_str()).is_relative()
+            // A bare module name is for the dynamic loader's search path.
+            && (*key != "pkcs11_module" || v.contains('/'))
+        {
+            *v = dir.join(v.as_str()).display().to_string();
+        }
     }
 }
 
@@ -414,7 +514,9 @@ mod tests {
                     "HSM_ROTATOR_DATABASE_URL" => "postgres://u@h/db",
                     "HSM_ROTATOR_LOG_FORMAT" => "json",
                     "HSM_ROTATOR_SESSIONS" | "HSM_ROTATOR_SPARE_KEYS" => "7",
-                    "HSM_ROTATOR_JWKS_MAX_AGE" | "HSM_ROTATOR_SCHEDULER_INTERVAL" => "9",
+                    "HSM_ROTATOR_JWKS_MAX_AGE"
+                    | "HSM_ROTATOR_SCHEDULER_INTERVAL"
+                    | "HSM_ROTATOR_ORPHAN_GRACE" => "9",
                     other => other,
                 }
                 .to_owned(),
@@ -438,6 +540,7 @@ mod tests {
         assert_eq!(cfg.public_url.as_deref(), Some("https://keys.example.com"));
         assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
         assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
+        assert_eq!(cfg.orphan_grace, 9);
         assert_eq!(
             (cfg.log_format.as_str(), cfg.log_level.as_str()),
             ("json", "HSM_ROTATOR_LOG_LEVEL")
@@ -445,6 +548,52 @@ mod tests {
         assert_eq!(cfg.tls_cert, Some(PathBuf::from("HSM_ROTATOR_TLS_CERT")));
         assert_eq!(cfg.tls_key, Some(PathBuf::from("HSM_ROTATOR_TLS_KEY")));
         assert_eq!(cfg.pin().expect("pin").expose_secret(), "HSM_ROTATOR_PIN");
+    }
+
+    #[test]
+    fn a_numeric_pin_is_refused_without_showing_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "pin = 987654\n").expect("write");
+        let e = Config::load_with(Some(&p), |_| None)
+            .expect_err("a numeric pin is refused")
+            .to_string();
+        assert!(!e.contains("987654"), "{e}");
+        assert!(e.contains("pin must be a quoted string"), "{e}");
+        // A line toml cannot parse is not quoted back either.
+        std::fs::write(&p, "token_label = \"t\"\npin = 98765x4\n").expect("write");
+        let e = Config::load_with(Some(&p), |_| None)
+            .expect_err("unparsable")
+            .to_string();
+        assert!(!e.contains("98765x4"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_taken_from_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "data_dir = \"state\"\npin_file = \"secrets/pin\"\npkcs11_module = \"libsofthsm2.so\"\n",
+        )
+        .expect("write");
+        let cfg = Config::load_with(Some(&p), |_| None).expect("config");
+        let base = std::path::absolute(dir.path()).expect("absolute");
+        assert_eq!(cfg.data_dir, base.join("state"));
+        assert_eq!(cfg.pin_file, Some(base.join("secrets/pin")));
+        assert_eq!(cfg.pkcs11_module, PathBuf::from("libsofthsm2.so"));
+        assert!(
+            cfg.database_url()
+                .starts_with(&format!("sqlite://{}", base.display()))
+        );
+        assert!(!cfg.database_url().contains("mode=rwc"));
+        // An environment override stays as given.
+        let cfg = Config::load_with(Some(&p), |k| {
+            (k == "HSM_ROTATOR_DATA_DIR").then(|| "elsewhere".into())
+        })
+        .expect("config");
+        assert_eq!(cfg.data_dir, PathBuf::from("elsewhere"));
     }
 
     #[test]

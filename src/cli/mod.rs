@@ -70,8 +70,14 @@ pub enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
-    /// Create the store and print the root key once (if it has none yet).
-    Init,
+    /// Create the store (with its id) and its root key, shown once: on a terminal, as JSON
+    /// with `--json`, or into a new 0600 file with `--root-key-file`. `serve` never creates
+    /// a store nor shows a secret.
+    Init {
+        /// Write the root key into this new file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        root_key_file: Option<PathBuf>,
+    },
     /// Apps: create, list, show.
     App {
         /// What to do.
@@ -101,6 +107,14 @@ pub enum Command {
         /// Only report; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Destroy every object of this store that no key row knows now, without the grace
+        /// period or the per-pass limit (each destruction is audited).
+        #[arg(long)]
+        force: bool,
+        /// Also destroy objects with the legacy label (from before store ids) that no key row
+        /// of this store knows. Only when no other deployment shares the token.
+        #[arg(long)]
+        destroy_legacy: bool,
     },
     /// The configuration.
     Config {
@@ -306,23 +320,7 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
 async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow::Result<()> {
     match command {
         Command::Serve { .. } | Command::Config { .. } => Ok(()),
-        Command::Init => {
-            let store = crate::store::Store::connect(&cfg.database_url())
-                .await
-                .context("Failed to open the store")?;
-            let root = crate::app::init_root_key(&store, None).await?;
-            match (root, out.json) {
-                (Some(root), true) => {
-                    out.json(&serde_json::json!({"initialised": true, "root_key": root.expose()}))?;
-                }
-                (Some(root), false) => announce_root_key(&root)?,
-                (None, true) => out.json(&serde_json::json!({"initialised": false}))?,
-                (None, false) => {
-                    println!("already initialised; rotate the root key with POST /root/rotate");
-                }
-            }
-            Ok(())
-        }
+        Command::Init { root_key_file } => init(cfg, root_key_file.as_deref(), out).await,
         Command::App { command } => {
             let write = matches!(command, AppCommand::Create(_));
             let d = Direct::open(cfg, write).await?;
@@ -344,7 +342,11 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             d.close().await;
             r
         }
-        Command::Reconcile { dry_run } => {
+        Command::Reconcile {
+            dry_run,
+            force,
+            destroy_legacy,
+        } => {
             let d = Direct::open(cfg, !dry_run).await?;
             let pb = output::bar(1, "reconcile");
             let progress = |phase: &str, done: usize, total: usize| {
@@ -355,11 +357,15 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             // A server may be running next to us (PostgreSQL) and generating spares right
             // now: leave young pending keys alone (the server's start-up pass handles a
             // crash's).
+            let opts = crate::keys::reconcile::Options {
+                force,
+                destroy_legacy,
+                ..cfg.reconcile_options(dry_run, crate::app::PENDING_GRACE)
+            };
             let report = crate::keys::reconcile::reconcile_with_progress(
                 &d.state().keys,
                 &d.state().hsm,
-                dry_run,
-                crate::app::PENDING_GRACE,
+                opts,
                 &progress,
             )
             .await
@@ -377,7 +383,7 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
         Command::Audit {
             command: AuditCommand::Verify,
         } => {
-            let store = crate::store::Store::connect(&cfg.database_url())
+            let store = crate::store::Store::open(&cfg.database_url())
                 .await
                 .context("Failed to open the store")?;
             let v = crate::audit::verify(&store)
@@ -404,16 +410,104 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
                 .context("Failed to open the HSM token")?;
             hsm.ready().await.context("HSM session is not usable")?;
             let objects = hsm.list().await.context("Failed to list token objects")?;
+            let mut per_owner = std::collections::BTreeMap::<String, usize>::new();
+            for o in &objects {
+                let owner = match &o.owner {
+                    Some(crate::keys::LabelOwner::Store(s)) => format!("store {s}"),
+                    Some(crate::keys::LabelOwner::Legacy) => "no store id (legacy)".into(),
+                    None => "unreadable label".into(),
+                };
+                *per_owner.entry(owner).or_default() += 1;
+            }
             println!(
-                "token {:?}: ok, {} hsm-rotator objects ({} key pairs cached)",
+                "token {:?}: ok, {} hsm-rotator objects",
                 cfg.token_label,
                 objects.len(),
-                hsm.cached_keys()
             );
+            for (owner, n) in per_owner {
+                println!("  {n} of {owner}");
+            }
             hsm.close().await;
             Ok(())
         }
     }
+}
+
+/// `hsm-rotator init`: create the store and its root key, and show the key once where it
+/// cannot end up in a log: on a terminal, as JSON the caller asked for, or in a new 0600
+/// file. Where it would go is settled before anything is created.
+async fn init(
+    cfg: &Config,
+    root_key_file: Option<&std::path::Path>,
+    out: &output::Output,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    if root_key_file.is_none() && !out.json && !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "stdout is not a terminal, so the root key would land in a pipe or a log: pass \
+             --root-key-file FILE (written with mode 0600) or --json"
+        );
+    }
+    if let Some(f) = root_key_file
+        && f.exists()
+    {
+        anyhow::bail!("{} exists; the root key goes into a new file", f.display());
+    }
+    let url = cfg.database_url();
+    let shown = crate::config::redact_url(&url);
+    let (store, root) = crate::app::init_store(&url)
+        .await
+        .with_context(|| format!("Failed to create the store at {shown}"))?;
+    let store_id = store.store_id().await?;
+    match (root, root_key_file, out.json) {
+        (Some(root), Some(file), json) => {
+            write_private_file(file, &format!("{}\n", root.expose()))?;
+            if json {
+                out.json(&serde_json::json!({
+                    "initialised": true, "store": shown, "store_id": store_id,
+                    "root_key_file": file,
+                }))?;
+            } else {
+                println!("store created at {shown} (store id {store_id})");
+                println!(
+                    "root key written to {} (mode 0600; only its SHA-256 is kept)",
+                    file.display()
+                );
+            }
+        }
+        (Some(root), None, true) => {
+            out.json(&serde_json::json!({
+                "initialised": true, "store": shown, "store_id": store_id,
+                "root_key": root.expose(),
+            }))?;
+        }
+        (Some(root), None, false) => {
+            println!("store created at {shown} (store id {store_id})");
+            announce_root_key(&root)?;
+        }
+        (None, _, true) => out.json(&serde_json::json!({
+            "initialised": false, "store": shown, "store_id": store_id,
+        }))?,
+        (None, _, false) => println!(
+            "{shown} is already initialised (store id {store_id}); rotate the root key with \
+             POST /root/rotate"
+        ),
+    }
+    Ok(())
+}
+
+/// Create `path` with mode 0600 (failing if it exists) holding `text`.
+fn write_private_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("Failed to create {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("Failed to write {}", path.display()))
 }
 
 /// Print the new root key on stdout, once, as `root key: rk_...`.

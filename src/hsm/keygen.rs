@@ -1,7 +1,8 @@
 //! Key-pair generation inside the token.
 //!
 //! The private half is a token object that is private, sensitive, never extractable and
-//! usable only to sign; both halves carry `CKA_ID = kid` and `CKA_LABEL = hsm-rotator/<kid>`.
+//! usable only to sign; both halves carry `CKA_ID = kid` and
+//! `CKA_LABEL = hsm-rotator/<store id>/<kid>`.
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
@@ -21,7 +22,7 @@ pub(crate) fn generate_in(
     spec: KeySpec,
 ) -> Result<PublicKey, OpError> {
     let id = kid.cka_id().to_vec();
-    let label = kid.label().into_bytes();
+    let label = kid.label(core.store_id()?).into_bytes();
     let mut public = vec![
         Attribute::Token(true),
         Attribute::Private(false),

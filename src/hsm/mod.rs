@@ -45,6 +45,11 @@ pub struct HsmConfig {
     pub pin: SecretString,
     /// Pooled sessions (and so concurrent PKCS#11 calls).
     pub sessions: usize,
+    /// Id of the store whose objects this handle owns (see [`crate::store::Store::store_id`]):
+    /// new objects carry it in their label, and only objects that carry it (or the legacy
+    /// label of objects made before store ids) are cached and used. `None` (tools that
+    /// open the token without a store): nothing can be generated.
+    pub store_id: Option<String>,
 }
 
 impl std::fmt::Debug for HsmConfig {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for HsmConfig {
             .field("token_label", &self.token_label)
             .field("pin", &"<redacted>")
             .field("sessions", &self.sessions)
+            .field("store_id", &self.store_id)
             .finish()
     }
 }
@@ -202,13 +208,35 @@ impl Hsm {
             .await
     }
 
-    /// Every object of ours in the token (by label prefix), read fresh from the token.
+    /// Every object with our label prefix in the token, of every store (each says its
+    /// owner), read fresh from the token.
     ///
     /// # Errors
     /// Token failures.
     pub async fn list(&self) -> Result<Vec<TokenObject>, HsmError> {
         self.blocking(|core| core.run(None, |_, s| Ok(object::list_in(s)?)))
             .await
+    }
+
+    /// Adopt `kid`'s objects made before store ids existed (legacy label): relabel both
+    /// halves with this store's id. The caller has checked that this store knows the kid.
+    ///
+    /// # Errors
+    /// Token failures; [`HsmError::Config`] without a store id.
+    pub async fn adopt(&self, kid: Kid) -> Result<(), HsmError> {
+        self.blocking(move |core| core.run(Some(kid), |core, s| object::adopt_in(core, s, &kid)))
+            .await
+    }
+
+    /// Kids in the handle cache whose objects still carry the legacy label (made before
+    /// store ids; see [`Self::adopt`]).
+    pub fn cached_legacy(&self) -> std::collections::HashSet<Kid> {
+        self.core.legacy()
+    }
+
+    /// Objects of other stores seen in the last listing (never used or touched here).
+    pub fn foreign_objects(&self) -> usize {
+        self.core.foreign()
     }
 
     /// Whether `kid`'s private and public halves exist, searched fresh in the token (not

@@ -8,16 +8,18 @@ use cryptoki::session::Session;
 use super::error::HsmError;
 use super::pool::{Core, OpError};
 use crate::alg::{Algorithm, KeyFamily};
-use crate::keys::{Kid, LABEL_PREFIX};
+use crate::keys::{Kid, LABEL_PREFIX, LabelOwner};
 use crate::pubkey::PublicKey;
 
-/// One object of ours in the token (label starting with `hsm-rotator/`).
+/// One object with our label prefix in the token (`hsm-rotator/`), of any store.
 #[derive(Debug, Clone)]
 pub struct TokenObject {
     /// The kid from `CKA_ID`, when it is a 16-byte id.
     pub kid: Option<Kid>,
     /// `CKA_LABEL`.
     pub label: String,
+    /// The store that owns it, from the label (`None`: a label of neither form).
+    pub owner: Option<LabelOwner>,
     /// Private half (`true`) or public half.
     pub private: bool,
     pub(crate) handle: ObjectHandle,
@@ -71,6 +73,7 @@ pub(crate) fn list_in(session: &Session) -> Result<Vec<TokenObject>, CkError> {
             if label.starts_with(LABEL_PREFIX) {
                 out.push(TokenObject {
                     kid,
+                    owner: crate::keys::label_owner(&label),
                     label,
                     private,
                     handle,
@@ -234,6 +237,17 @@ pub(crate) fn private_flags_in(
         _ => false,
     });
     Ok(f)
+}
+
+/// Relabel `kid`'s halves with this store's id (adoption of a legacy object).
+pub(crate) fn adopt_in(core: &Core, session: &Session, kid: &Kid) -> Result<(), OpError> {
+    let label = kid.label(core.store_id()?);
+    let handles = core.handles(session, kid)?;
+    for h in [handles.private, handles.public].into_iter().flatten() {
+        session.update_attributes(h, &[Attribute::Label(label.clone().into_bytes())])?;
+    }
+    core.adopted(kid);
+    Ok(())
 }
 
 /// Destroy both halves of `kid`; `Ok(false)` when neither exists.

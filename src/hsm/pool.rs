@@ -84,6 +84,10 @@ pub(crate) struct Core {
     ctx: Mutex<Option<Ctx>>,
     idle: Mutex<Vec<Pooled>>,
     cache: RwLock<HashMap<Kid, Handles>>,
+    /// Kids in `cache` whose objects carry the legacy label (no store id yet).
+    legacy: Mutex<std::collections::HashSet<Kid>>,
+    /// Objects of other stores in the last listing (left alone).
+    foreign: std::sync::atomic::AtomicUsize,
     generation: AtomicU64,
     last_init_attempt: Mutex<Option<Instant>>,
     last_forced: Mutex<Option<Instant>>,
@@ -136,6 +140,8 @@ impl Core {
             ctx: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             cache: RwLock::new(HashMap::new()),
+            legacy: Mutex::new(std::collections::HashSet::new()),
+            foreign: std::sync::atomic::AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             last_init_attempt: Mutex::new(None),
             last_forced: Mutex::new(None),
@@ -472,13 +478,63 @@ impl Core {
         Ok(handles)
     }
 
-    /// Rebuild the handle cache in one listing pass over our objects.
+    /// This handle's store id (what new objects' labels carry).
+    pub(crate) fn store_id(&self) -> Result<&str, HsmError> {
+        self.cfg.store_id.as_deref().ok_or_else(|| {
+            HsmError::Config("this HSM handle has no store id, so it cannot make objects".into())
+        })
+    }
+
+    /// Whether an object with this owner is ours to cache and use: our store's, or a
+    /// legacy one (adopted by the store that knows its kid). Without a store id (tools),
+    /// every object is.
+    fn owns(&self, owner: Option<&crate::keys::LabelOwner>) -> Option<bool> {
+        use crate::keys::LabelOwner;
+        match (owner, self.cfg.store_id.as_deref()) {
+            (None, _) => None,
+            (Some(LabelOwner::Legacy), _) => Some(true),
+            (Some(LabelOwner::Store(_)), None) => Some(false),
+            (Some(LabelOwner::Store(s)), Some(mine)) => Some(s == mine),
+        }
+        .map(|ours| ours || self.cfg.store_id.is_none())
+    }
+
+    /// `kid`'s objects now carry our store id.
+    pub(crate) fn adopted(&self, kid: &Kid) {
+        lock(&self.legacy).remove(kid);
+    }
+
+    /// Kids whose cached objects still carry the legacy label.
+    pub(crate) fn legacy(&self) -> std::collections::HashSet<Kid> {
+        lock(&self.legacy).clone()
+    }
+
+    /// Objects of other stores in the last listing.
+    pub(crate) fn foreign(&self) -> usize {
+        self.foreign.load(Ordering::Relaxed)
+    }
+
+    /// Rebuild the handle cache in one listing pass over our objects (this store's and
+    /// legacy ones; other stores' objects are counted, never cached).
     pub(crate) fn reload_cache(&self) -> Result<(), HsmError> {
         let started = Instant::now();
         let objects = self.run(None, |_, s| Ok(super::object::list_in(s)?))?;
         let mut map: HashMap<Kid, Handles> = HashMap::with_capacity(objects.len() / 2 + 1);
+        let mut legacy = std::collections::HashSet::new();
+        let mut foreign = 0;
         for o in objects {
             let Some(kid) = o.kid else { continue };
+            match self.owns(o.owner.as_ref()) {
+                Some(true) => {}
+                Some(false) => {
+                    foreign += 1;
+                    continue;
+                }
+                None => continue,
+            }
+            if o.owner == Some(crate::keys::LabelOwner::Legacy) {
+                legacy.insert(kid);
+            }
             let e = map.entry(kid).or_insert(Handles {
                 private: None,
                 public: None,
@@ -491,8 +547,11 @@ impl Core {
         }
         let n = map.len();
         *self.cache_write() = map;
+        *lock(&self.legacy) = legacy;
+        self.foreign.store(foreign, Ordering::Relaxed);
         info!(
             keys = n,
+            other_stores_objects = foreign,
             ms = started.elapsed().as_millis(),
             "HSM handle cache loaded"
         );

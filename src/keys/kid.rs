@@ -1,4 +1,8 @@
 //! Key ids: a ULID that is also the HSM objects' `CKA_ID` (its 16 bytes) and label suffix.
+//!
+//! An object's label also names the store that owns it (`hsm-rotator/<store id>/<kid>`), so
+//! that two deployments can share a token and an instance never touches the other's keys.
+//! Objects made before store ids existed carry `hsm-rotator/<kid>` ([`LabelOwner::Legacy`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,9 +34,36 @@ impl Kid {
         Some(Self(Ulid::from_bytes(bytes)))
     }
 
-    /// The `CKA_LABEL`: `hsm-rotator/<kid>`.
-    pub fn label(&self) -> String {
-        format!("{LABEL_PREFIX}{}", self.0)
+    /// The `CKA_LABEL` of this key's objects in the store `store_id`:
+    /// `hsm-rotator/<store id>/<kid>`.
+    pub fn label(&self, store_id: &str) -> String {
+        format!("{LABEL_PREFIX}{store_id}/{}", self.0)
+    }
+}
+
+/// Who owns an object, as its `CKA_LABEL` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelOwner {
+    /// `hsm-rotator/<kid>`: made before store ids existed; owned by whichever store knows
+    /// the kid (it adopts the object), never destroyed as an orphan.
+    Legacy,
+    /// `hsm-rotator/<store id>/<kid>`: the store with that id.
+    Store(String),
+}
+
+/// The owner named by a label with our prefix, or `None` for a label that is not ours or
+/// not of either form.
+pub fn label_owner(label: &str) -> Option<LabelOwner> {
+    let rest = label.strip_prefix(LABEL_PREFIX)?;
+    match rest.split_once('/') {
+        None => parse_ulid(rest).ok().map(|_| LabelOwner::Legacy),
+        Some((store, kid)) => {
+            let ok = parse_ulid(kid).is_ok()
+                && !store.is_empty()
+                && store.len() <= 64
+                && store.bytes().all(|b| b.is_ascii_alphanumeric());
+            ok.then(|| LabelOwner::Store(store.to_owned()))
+        }
     }
 }
 
@@ -96,7 +127,19 @@ mod tests {
     fn cka_id_round_trips() {
         let k = Kid::generate();
         assert_eq!(Kid::from_cka_id(&k.cka_id()), Some(k));
-        assert!(k.label().starts_with(LABEL_PREFIX));
+        let store = Kid::generate().to_string();
+        assert!(k.label(&store).starts_with(LABEL_PREFIX));
+        assert_eq!(
+            label_owner(&k.label(&store)),
+            Some(LabelOwner::Store(store.clone()))
+        );
+        assert_eq!(
+            label_owner(&format!("{LABEL_PREFIX}{k}")),
+            Some(LabelOwner::Legacy)
+        );
+        assert_eq!(label_owner("hsm-rotator/not-a-kid"), None);
+        assert_eq!(label_owner(&format!("other/{k}")), None);
+        assert_eq!(label_owner(&format!("{LABEL_PREFIX}../{k}")), None);
         assert_eq!(k.to_string().parse::<Kid>().ok(), Some(k));
     }
 

@@ -10,7 +10,7 @@ pub mod service;
 pub mod spares;
 mod state;
 
-pub use kid::{BadId, Kid, LABEL_PREFIX, monotonic_ulid, parse_ulid};
+pub use kid::{BadId, Kid, LABEL_PREFIX, LabelOwner, label_owner, monotonic_ulid, parse_ulid};
 pub use registry::{LiveKey, Registry};
 pub use service::{CreatedApp, KeyError, KeyService, Revocation, Rotation, RotationKind};
 pub use spares::SparePool;

@@ -99,6 +99,7 @@ pub struct Scheduler {
     keys: KeyService,
     reconcile_every: u64,
     min_pending_age: i64,
+    orphan_grace: i64,
     status: Arc<SchedulerStatus>,
 }
 
@@ -109,8 +110,16 @@ impl Scheduler {
             keys,
             reconcile_every: reconcile_every.max(1),
             min_pending_age,
+            orphan_grace: super::reconcile::DEFAULT_ORPHAN_GRACE,
             status: Arc::default(),
         }
+    }
+
+    /// Destroy orphans of this store only after they were seen for `secs` seconds.
+    #[must_use]
+    pub fn with_orphan_grace(mut self, secs: i64) -> Self {
+        self.orphan_grace = secs;
+        self
     }
 
     /// Report each tick into `status` (shared with the HTTP handlers).
@@ -173,7 +182,11 @@ impl Scheduler {
             warn!(error = %e, "could not seal the audit log; will retry");
         }
         if n.is_multiple_of(self.reconcile_every) {
-            let pass = reconcile(&self.keys, self.keys.hsm(), false, self.min_pending_age);
+            let opts = super::reconcile::Options {
+                orphan_grace: self.orphan_grace,
+                ..super::reconcile::Options::new(false, self.min_pending_age)
+            };
+            let pass = reconcile(&self.keys, self.keys.hsm(), opts);
             match crate::audit::scope("reconciler", "", pass).await {
                 Ok(r) => report.reconcile = Some(r),
                 Err(e) => warn!(error = %e, "reconciler pass failed; will retry"),

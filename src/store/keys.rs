@@ -514,6 +514,61 @@ impl Store {
         Ok(out)
     }
 
+    /// Record one reconciler pass's sightings of orphans (objects of this store that no
+    /// row knows): each kid in `seen` gets a pass counted (first seen now if new), every
+    /// sighting not in `seen` is forgotten. Returns each seen kid's `(first_seen, passes)`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn sight_orphans(
+        &self,
+        seen: &[Kid],
+        now: i64,
+    ) -> Result<std::collections::HashMap<Kid, (i64, i64)>, StoreError> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query("SELECT kid FROM hsm_orphans")
+            .fetch_all(&mut *tx)
+            .await?;
+        let wanted: std::collections::HashSet<String> =
+            seen.iter().map(ToString::to_string).collect();
+        for r in rows {
+            let k: String = r.try_get("kid")?;
+            if !wanted.contains(&k) {
+                sqlx::query("DELETE FROM hsm_orphans WHERE kid = $1")
+                    .bind(k)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let mut out = std::collections::HashMap::with_capacity(seen.len());
+        for kid in seen {
+            let r = sqlx::query(
+                "INSERT INTO hsm_orphans (kid, first_seen, last_seen, passes) VALUES ($1, $2, $2, 1) \
+                 ON CONFLICT (kid) DO UPDATE SET last_seen = $2, passes = hsm_orphans.passes + 1 \
+                 RETURNING first_seen, passes",
+            )
+            .bind(kid.to_string())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            out.insert(*kid, (r.try_get("first_seen")?, r.try_get("passes")?));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Forget the sighting of an orphan (destroyed, or claimed by a row).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn forget_orphan(&self, kid: Kid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM hsm_orphans WHERE kid = $1")
+            .bind(kid.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Keys that should have HSM objects (spare, next, current, previous).
     ///
     /// # Errors

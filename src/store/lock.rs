@@ -41,7 +41,9 @@ pub struct StoreLock {
 
 impl StoreLock {
     /// Take the lock of the store at `url` without waiting. `Ok(None)` for stores that need
-    /// none (PostgreSQL, in-memory SQLite).
+    /// none (PostgreSQL, in-memory SQLite) and for a SQLite file that does not exist: no
+    /// store, nothing to guard (opening it then fails, and nothing, not even a directory,
+    /// is left behind).
     ///
     /// # Errors
     /// [`LockError::Held`] if another process has it; [`LockError::Io`] if the lock file
@@ -51,15 +53,10 @@ impl StoreLock {
             return Ok(None);
         };
         let db = PathBuf::from(db);
-        let path = PathBuf::from(format!("{}.lock", db.display()));
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|source| LockError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        if !db.is_file() {
+            return Ok(None);
         }
+        let path = PathBuf::from(format!("{}.lock", db.display()));
         let mut opts = OpenOptions::new();
         opts.create(true).truncate(false).write(true);
         #[cfg(unix)]
@@ -92,6 +89,8 @@ mod tests {
     fn a_second_holder_is_refused_until_the_first_lets_go() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/s.db?mode=rwc", dir.path().display());
+        assert!(StoreLock::try_acquire(&url).expect("no store").is_none());
+        std::fs::write(dir.path().join("s.db"), b"").expect("store file");
         let first = StoreLock::try_acquire(&url)
             .expect("first")
             .expect("sqlite");

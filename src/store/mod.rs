@@ -51,6 +51,9 @@ pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use tokens::{LedgerRow, RefreshRow, SessionRow};
 
+/// Setting that holds the store's id (see [`Store::store_id`]).
+pub const STORE_ID_SETTING: &str = "store_id";
+
 /// Which engine the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -133,11 +136,79 @@ static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sq
 static MIGRATE_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Store {
-    /// Connect to `url` (`sqlite://...` or `postgres://...`) and run the migrations.
+    /// Create the store at `url` if it does not exist (the directory and file of a SQLite
+    /// store), run the migrations and give the store its id: what `hsm-rotator init` does
+    /// (and tests that need a bare store). `serve` and the other commands use
+    /// [`Self::open`], which never creates a store.
     ///
     /// # Errors
     /// Connection or migration failures.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect_pool(url, true).await?;
+        store.migrate().await?;
+        store.ensure_store_id().await?;
+        Ok(store)
+    }
+
+    /// Open the store that `hsm-rotator init` made at `url`, and bring its schema up to
+    /// date. A missing SQLite file, a database without our tables, or a store without a
+    /// root key is refused ([`StoreError::Missing`], naming where it looked): a mistyped
+    /// `database_url` or a start from another directory must not make a fresh, empty
+    /// store next to the real one (issue 25).
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] as above; connection or migration failures.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        use sqlx::Row as _;
+        let shown = crate::config::redact_url(url);
+        let init_hint = "run `hsm-rotator init` with the same configuration first";
+        if url.starts_with("sqlite:") {
+            let Some(path) = sqlite_path(url) else {
+                return Err(StoreError::Missing(format!(
+                    "{shown} is an in-memory SQLite store, which no `init` can have made"
+                )));
+            };
+            if !std::path::Path::new(&path).is_file() {
+                let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone().into());
+                return Err(StoreError::Missing(format!(
+                    "no hsm-rotator store at {} (from {shown}): {init_hint}",
+                    abs.display()
+                )));
+            }
+        }
+        let store = Self::connect_pool(url, false).await?;
+        let made = match sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations")
+            .fetch_one(&store.pool)
+            .await
+        {
+            Ok(r) => r.try_get::<i64, _>("n")? > 0,
+            // No migrations table: a database that `init` never touched.
+            Err(sqlx::Error::Database(_)) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let root = if made {
+            store
+                .setting(crate::keys::registry::ROOT_SETTING)
+                .await?
+                .is_some()
+        } else {
+            false
+        };
+        if !made || !root {
+            store.pool.close().await;
+            store.ledger.close().await;
+            return Err(StoreError::Missing(format!(
+                "{shown} holds no initialised hsm-rotator store{}: {init_hint}",
+                if made { " (it has no root key)" } else { "" }
+            )));
+        }
+        store.migrate().await?;
+        store.ensure_store_id().await?;
+        Ok(store)
+    }
+
+    /// The pools on `url`; `create`: make a SQLite store's directory.
+    async fn connect_pool(url: &str, create: bool) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -145,6 +216,7 @@ impl Store {
             Dialect::Postgres
         };
         if dialect == Dialect::Sqlite
+            && create
             && let Some(path) = sqlite_path(url)
             && let Some(dir) = std::path::Path::new(&path).parent()
             && !dir.as_os_str().is_empty()
@@ -153,7 +225,14 @@ impl Store {
                 StoreError::corrupt(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let opts = AnyConnectOptions::from_str(url)?;
+        // `init` makes the SQLite file; everything else opens an existing one.
+        let url = match dialect {
+            Dialect::Sqlite if create && !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_owned(),
+        };
+        let opts = AnyConnectOptions::from_str(&url)?;
         let max = if dialect == Dialect::Sqlite { 8 } else { 16 };
         let pool = pool_options(dialect, max, None)
             .connect_with(opts.clone())
@@ -170,14 +249,38 @@ impl Store {
             }
             Dialect::Postgres => pool.clone(),
         };
-        let store = Self {
+        Ok(Self {
             pool,
             ledger,
             dialect,
             slots: std::sync::Arc::default(),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
+    }
+
+    /// Give the store its id (a ULID, once; a store from before ids existed gets one now).
+    async fn ensure_store_id(&self) -> Result<(), StoreError> {
+        if self.setting(STORE_ID_SETTING).await?.is_none()
+            && self
+                .insert_setting_if_absent(
+                    STORE_ID_SETTING,
+                    &crate::keys::monotonic_ulid().to_string(),
+                )
+                .await?
+        {
+            tracing::info!("store id assigned; new HSM objects carry it in their labels");
+        }
+        Ok(())
+    }
+
+    /// The store's id: every HSM object it makes carries it in its label, and the
+    /// reconciler only ever touches objects that carry it.
+    ///
+    /// # Errors
+    /// Store failures; [`StoreError::Missing`] if the store has none (not initialised).
+    pub async fn store_id(&self) -> Result<String, StoreError> {
+        self.setting(STORE_ID_SETTING).await?.ok_or_else(|| {
+            StoreError::Missing("the store has no id; run `hsm-rotator init`".into())
+        })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

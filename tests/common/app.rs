@@ -54,6 +54,50 @@ pub async fn fresh_postgres_db() -> String {
     }
 }
 
+/// The binary with the environment every test process gets: the test's token, `database_url`,
+/// a data directory in the token's, small pools, then `env`.
+pub fn command(token: &TestToken, database_url: &str, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
+    cmd.envs(token.env())
+        .env("HSM_ROTATOR_PKCS11_MODULE", token.module.path())
+        .env("HSM_ROTATOR_PIN", &token.pin)
+        .env("HSM_ROTATOR_TOKEN_LABEL", &token.label)
+        .env("HSM_ROTATOR_DATA_DIR", token.path().join("data"))
+        .env("HSM_ROTATOR_DATABASE_URL", database_url)
+        .env("HSM_ROTATOR_SESSIONS", "4")
+        // Tests rotate back to back; the guardrail has its own test.
+        .env("HSM_ROTATOR_JWKS_MAX_AGE", "0")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// `hsm-rotator init --json` on `database_url`: the store, as an operator makes it before
+/// the first `serve`. Returns the root key.
+pub async fn init_store(token: &TestToken, database_url: &str, env: &[(&str, &str)]) -> String {
+    let out = command(token, database_url, env)
+        .args(["init", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run hsm-rotator init");
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("init --json prints JSON");
+    v["root_key"]
+        .as_str()
+        .expect("a new store has a root key")
+        .to_owned()
+}
+
 impl TestApp {
     /// Start the service for `test_name` on `engine`.
     pub async fn spawn(test_name: &str, engine: Engine) -> Self {
@@ -71,10 +115,11 @@ impl TestApp {
             Engine::Sqlite => format!("sqlite://{}/store.db?mode=rwc", token.path().display()),
             Engine::Postgres => fresh_postgres_db().await,
         };
-        let mut app = Self::start(std::sync::Arc::new(token), database_url, env).await;
-        assert!(!app.root_key.is_empty(), "first start printed no root key");
-        app.client = reqwest::Client::new();
-        app
+        let token = std::sync::Arc::new(token);
+        let root_key = init_store(&token, &database_url, env).await;
+        Self::start(token, database_url, env)
+            .await
+            .with_root(&root_key)
     }
 
     /// Start a (second) process on an existing token and database.
@@ -87,36 +132,20 @@ impl TestApp {
             .path()
             .join(format!("stderr-{}.log", ulid::Ulid::new()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
+        let mut cmd = command(&token, &database_url, env);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .envs(token.env())
-            .env("HSM_ROTATOR_PKCS11_MODULE", token.module.path())
-            .env("HSM_ROTATOR_PIN", &token.pin)
-            .env("HSM_ROTATOR_TOKEN_LABEL", &token.label)
-            .env("HSM_ROTATOR_DATA_DIR", token.path().join("data"))
-            .env("HSM_ROTATOR_DATABASE_URL", &database_url)
-            .env("HSM_ROTATOR_SESSIONS", "4")
-            // Tests rotate back to back; the guardrail has its own test.
-            .env("HSM_ROTATOR_JWKS_MAX_AGE", "0")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("spawn hsm-rotator");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let mut root_key = String::new();
         let base = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(k) = line.strip_prefix("root key: ") {
-                    root_key = k.trim().to_owned();
-                }
+                assert!(
+                    !line.contains("rk_"),
+                    "serve printed a root key on stdout: {line}"
+                );
                 if let Some(url) = line.strip_prefix("listening on ") {
                     return url.trim().to_owned();
                 }
@@ -133,7 +162,7 @@ impl TestApp {
         Self {
             token,
             base,
-            root_key,
+            root_key: String::new(),
             client: reqwest::Client::new(),
             database_url,
             stderr_path,
@@ -298,8 +327,22 @@ impl TestApp {
     }
 
     /// Labels of the token's objects, read by a second process (pkcs11-tool).
+    /// Labels of the token's objects, each of ours written `hsm-rotator/<kid>` whatever
+    /// store id it carries (tests of the store id read [`TestToken::labels`]).
     pub fn token_labels(&self) -> Vec<String> {
-        self.token.labels()
+        self.token
+            .labels()
+            .into_iter()
+            .map(|l| {
+                match l
+                    .strip_prefix("hsm-rotator/")
+                    .and_then(|r| r.split_once('/'))
+                {
+                    Some((_, kid)) => format!("hsm-rotator/{kid}"),
+                    None => l,
+                }
+            })
+            .collect()
     }
 }
 

@@ -38,6 +38,9 @@ impl Fixture {
     }
 }
 
+/// The store id the fixture's objects carry.
+pub const STORE_ID: &str = "01HSMTESTSTORE";
+
 /// Set up the test's own token and connect to it with a pool of `sessions`.
 pub fn fixture(test_name: &str, sessions: usize) -> Fixture {
     let token = TestToken::new(test_name);
@@ -52,6 +55,7 @@ pub fn fixture(test_name: &str, sessions: usize) -> Fixture {
         token_label: token.label.clone(),
         pin: token.pin.clone().into(),
         sessions,
+        store_id: Some(STORE_ID.into()),
     };
     let hsm = rt.block_on(Hsm::connect(cfg)).unwrap();
     Fixture { token, rt, hsm }

@@ -74,7 +74,7 @@ fn key_created_by_another_process_is_found_on_cache_miss() {
             "--id",
             &hex(&kid.cka_id()),
             "--label",
-            &kid.label(),
+            &kid.label(crate::STORE_ID),
         ]);
         assert!(
             out.status.success(),

@@ -59,6 +59,7 @@ fn scheduled_rotation_and_retirement_follow_the_clock() {
     rt.block_on(async {
         let t0 = 1_900_000_000;
         let clock = FixedClock::at(t0);
+        hsm_rotator::app::init_store(&db).await.unwrap();
         let state = AppState::connect(&cfg, clock.clone() as Arc<dyn Clock>)
             .await
             .unwrap();

@@ -61,7 +61,7 @@ fn every_algorithm_generates_signs_verifies_and_destroys() {
                 .filter(|o| o.kid == Some(kid))
                 .collect();
             assert_eq!(ours.len(), 2, "{spec}: both halves listed");
-            assert!(ours.iter().all(|o| o.label == kid.label()));
+            assert!(ours.iter().all(|o| o.label == kid.label(crate::STORE_ID)));
 
             assert!(f.hsm.destroy(kid).await.unwrap());
             assert!(

@@ -109,14 +109,34 @@ async fn direct_mode_creates_rotates_issues_verifies_and_revokes() {
     let env = direct_env(&token, &db);
     let mut runs = Vec::new();
 
-    let init = cli(&env, &["init"], None).await;
+    // Not a terminal: init refuses to print the root key into a pipe, and makes nothing.
+    let piped = cli(&env, &["init"], None).await;
+    assert!(!piped.ok, "{}", piped.all());
+    assert!(piped.stderr.contains("--root-key-file"), "{}", piped.all());
+    assert!(!piped.all().contains("rk_"), "{}", piped.all());
+    assert!(
+        !token.path().join("store.db").exists(),
+        "init made a store anyway"
+    );
+    let key_file = token.path().join("root-key");
+    let init = cli(
+        &env,
+        &["init", "--root-key-file", key_file.to_str().unwrap()],
+        None,
+    )
+    .await;
     assert!(init.ok, "{}", init.all());
-    let root = init
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("root key: "))
-        .expect("init printed the root key")
+    assert!(!init.all().contains("rk_"), "{}", init.all());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "root key file mode {mode:o}");
+    }
+    let root = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
         .to_owned();
+    assert!(root.starts_with("rk_"), "the file holds the root key");
 
     let created = cli(
         &env,
@@ -522,7 +542,7 @@ async fn config_check_passes_on_a_good_config_and_names_each_problem() {
     assert!(fresh.stdout.contains("hsm-rotator init"), "{}", fresh.all());
     runs.push(fresh);
 
-    assert!(cli(&env, &["init"], None).await.ok);
+    assert!(cli(&env, &["init", "--json"], None).await.ok);
     let good = cli(&env, &["config", "check", "--json"], None).await;
     assert!(good.ok, "{}", good.all());
     let report = good.json();

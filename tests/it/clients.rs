@@ -450,10 +450,13 @@ async fn pkcs11_tool_sees_every_private_key_sensitive_and_never_extractable() {
     }
     // Every key the API calls live is there, under its kid, of the right type.
     for (kid, alg) in &live {
-        let label = format!("hsm-rotator/{kid}");
+        let suffix = format!("/{kid}");
         let o = privs
             .iter()
-            .find(|o| o.field("label") == Some(label.as_str()))
+            .find(|o| {
+                o.field("label")
+                    .is_some_and(|l| l.starts_with("hsm-rotator/") && l.ends_with(&suffix))
+            })
             .unwrap_or_else(|| panic!("{kid} ({alg}) not on the token:\n{text}"));
         let kind = o.header.rsplit(';').next().unwrap().trim();
         let want = match alg.as_str() {

@@ -87,7 +87,10 @@ async fn database_away_fails_writes_cleanly_and_recovers() {
     let proxy = Proxy::start(hostport.to_owned()).await;
     let via_proxy = format!("{creds}@127.0.0.1:{}/{db}", proxy.port);
     let token = crate::common::token::TestToken::new("db_fault");
-    let app = TestApp::start(std::sync::Arc::new(token), via_proxy, &[]).await;
+    let root = crate::common::app::init_store(&token, &via_proxy, &[]).await;
+    let app = TestApp::start(std::sync::Arc::new(token), via_proxy, &[])
+        .await
+        .with_root(&root);
     let (id, pk, _) = app
         .create_app(json!({"name": "Before", "signing_alg": "ES256"}))
         .await;

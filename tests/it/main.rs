@@ -16,6 +16,7 @@ mod hostile;
 mod hygiene;
 mod metrics;
 mod openapi;
+mod ownership;
 mod replicas;
 mod revocation;
 mod rotation;

@@ -256,7 +256,8 @@ async fn replicas_recover_and_converge_after_the_database_comes_back() {
     let proxy = Proxy::start(hostport.to_owned()).await;
     let via = format!("{creds}@127.0.0.1:{}/{db}", proxy.port);
     let token = std::sync::Arc::new(crate::common::token::TestToken::new("replicas_db"));
-    let a = TestApp::start(token, via, LB).await;
+    let root = crate::common::app::init_store(&token, &via, LB).await;
+    let a = TestApp::start(token, via, LB).await.with_root(&root);
     let b = a.replica(LB).await;
     let (id, pk, _) = a
         .create_app(json!({"name": "Outage", "signing_alg": "ES256"}))
