@@ -165,7 +165,8 @@ pub async fn init_root_key(
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
-    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: crate::listener::Limits,
     router: Router,
     state: AppState,
     /// On SQLite, this process's exclusive hold on the store (see [`crate::store::lock`]).
@@ -235,10 +236,14 @@ impl Application {
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("Failed to listen on {}", cfg.listen))?;
-        let tls = cfg.tls_cert.clone().zip(cfg.tls_key.clone());
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         Ok(Self {
             listener,
             tls,
+            limits: crate::listener::Limits::from_config(cfg),
             router,
             state,
             store_lock,
@@ -266,6 +271,7 @@ impl Application {
         let Self {
             listener,
             tls,
+            limits,
             router,
             state,
             store_lock,
@@ -275,35 +281,14 @@ impl Application {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        let mut graceful = stop_rx.clone();
-        let make = router.into_make_service_with_connect_info::<crate::tls::ClientAddr>();
-        let graceful = async move {
-            let _ = graceful.wait_for(|stop| *stop).await;
-        };
-        let serve: std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
-        > = match tls {
-            Some((cert, key)) => {
-                let listener = crate::tls::TlsListener::new(listener, &cert, &key)?;
-                Box::pin(
-                    axum::serve(listener, make)
-                        .with_graceful_shutdown(graceful)
-                        .into_future(),
-                )
-            }
-            None => Box::pin(
-                axum::serve(listener, make)
-                    .with_graceful_shutdown(graceful)
-                    .into_future(),
-            ),
-        };
+        let serve = crate::listener::serve(listener, tls, router, limits, stop_rx.clone());
         // Requests in flight get SHUTDOWN_GRACE to finish; then the process exits anyway.
         let deadline = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         tokio::select! {
-            r = serve => r.context("HTTP server failed")?,
+            () = serve => {},
             () = deadline => tracing::warn!("requests still in flight after the shutdown grace period; exiting"),
         }
         state.hsm.close().await;

@@ -29,6 +29,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("log_level", Kind::Str),
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
+    ("header_read_timeout", Kind::Int),
+    ("idle_timeout", Kind::Int),
+    ("max_connections", Kind::Int),
 ];
 
 #[derive(Clone, Copy)]
@@ -90,6 +93,17 @@ pub struct Config {
     /// PEM private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a request's headers (and, with TLS, to complete its
+    /// handshake) once it connects or starts a request; then the connection is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: u64,
+    /// Seconds a keep-alive connection may wait, idle, for its next request.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Open client connections at most; beyond it new connections wait in the listen
+    /// backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_listen() -> String {
@@ -116,6 +130,15 @@ fn default_jwks_max_age() -> u64 {
 fn default_scheduler_interval() -> u64 {
     30
 }
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_log_format() -> String {
     "human".into()
 }
@@ -139,6 +162,9 @@ impl std::fmt::Debug for Config {
             )
             .field("sessions", &self.sessions)
             .field("spare_keys", &self.spare_keys)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -230,6 +256,15 @@ impl Config {
         }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");
+        }
+        if !(1..=300).contains(&self.header_read_timeout) {
+            return bad("header_read_timeout must be between 1 and 300 seconds");
+        }
+        if !(1..=3600).contains(&self.idle_timeout) {
+            return bad("idle_timeout must be between 1 and 3600 seconds");
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return bad("max_connections must be between 1 and 1000000");
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -415,6 +450,9 @@ mod tests {
                     "HSM_ROTATOR_LOG_FORMAT" => "json",
                     "HSM_ROTATOR_SESSIONS" | "HSM_ROTATOR_SPARE_KEYS" => "7",
                     "HSM_ROTATOR_JWKS_MAX_AGE" | "HSM_ROTATOR_SCHEDULER_INTERVAL" => "9",
+                    "HSM_ROTATOR_HEADER_READ_TIMEOUT" => "4",
+                    "HSM_ROTATOR_IDLE_TIMEOUT" => "5",
+                    "HSM_ROTATOR_MAX_CONNECTIONS" => "6",
                     other => other,
                 }
                 .to_owned(),
@@ -438,6 +476,14 @@ mod tests {
         assert_eq!(cfg.public_url.as_deref(), Some("https://keys.example.com"));
         assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
         assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
+        assert_eq!(
+            (
+                cfg.header_read_timeout,
+                cfg.idle_timeout,
+                cfg.max_connections
+            ),
+            (4, 5, 6)
+        );
         assert_eq!(
             (cfg.log_format.as_str(), cfg.log_level.as_str()),
             ("json", "HSM_ROTATOR_LOG_LEVEL")
