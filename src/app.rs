@@ -60,6 +60,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Per-address limit on authentication failures.
     pub limiter: Arc<crate::api::AuthLimiter>,
+    /// The last `GET /readyz` probe (shared, reused while fresh).
+    pub readiness: Arc<crate::api::Readiness>,
     /// What `GET /metrics` exposes.
     pub metrics: prometheus::Registry,
     /// What this process's scheduler last did (replica id, leader, last tick).
@@ -128,6 +130,7 @@ impl AppState {
             tokens,
             clock,
             limiter: Arc::default(),
+            readiness: Arc::default(),
             metrics: crate::metrics::registry().context("Failed to set up metrics")?,
             scheduler: Arc::default(),
             settings: Arc::new(Settings {

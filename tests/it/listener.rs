@@ -1,10 +1,12 @@
 //! The listener under slow, silent and too many clients: TLS handshakes off the accept
-//! loop, header-read and idle timeouts, the connection cap, HSTS.
+//! loop, header-read and idle timeouts, the connection cap, HSTS, and a `/readyz` that
+//! does not sign on every call.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -254,4 +256,47 @@ async fn beyond_max_connections_clients_wait_and_are_served_once_sockets_close()
         app.stderr().contains("connection limit reached"),
         "the cap is logged"
     );
+}
+
+/// Total signatures the service has made (every algorithm), from `/metrics`.
+async fn signatures(app: &TestApp) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("hsm_rotator_hsm_sign_duration_seconds_count"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_readyz_calls_cost_a_handful_of_signatures() {
+    let app = TestApp::spawn("readyz_cache", Engine::Sqlite).await;
+    app.create_app(json!({"name": "Probe", "signing_alg": "ES256"}))
+        .await;
+    let before = signatures(&app).await;
+    // 25 at once (they share one probe), then 25 one after another (the result is reused).
+    let concurrent: Vec<_> = (0..25)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/readyz"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for c in concurrent {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    for _ in 0..25 {
+        let (s, v) = app.call("GET", "/readyz", None, None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["hsm"], "ok", "{v}");
+    }
+    let made = signatures(&app).await - before;
+    assert!(made >= 1.0, "readyz never probed the HSM");
+    assert!(made <= 5.0, "50 readyz calls made {made} signatures");
 }
