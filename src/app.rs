@@ -60,6 +60,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Per-address limit on authentication failures.
     pub limiter: Arc<crate::api::AuthLimiter>,
+    /// The last `GET /readyz` probe (shared, reused while fresh).
+    pub readiness: Arc<crate::api::Readiness>,
     /// What `GET /metrics` exposes.
     pub metrics: prometheus::Registry,
     /// What this process's scheduler last did (replica id, leader, last tick).
@@ -130,6 +132,7 @@ impl AppState {
             tokens,
             clock,
             limiter: Arc::default(),
+            readiness: Arc::default(),
             metrics: crate::metrics::registry().context("Failed to set up metrics")?,
             scheduler: Arc::default(),
             settings: Arc::new(Settings {
@@ -178,7 +181,8 @@ pub async fn init_root_key(
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
-    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: crate::listener::Limits,
     router: Router,
     state: AppState,
     /// On SQLite, this process's exclusive hold on the store (see [`crate::store::lock`]).
@@ -248,10 +252,14 @@ impl Application {
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("Failed to listen on {}", cfg.listen))?;
-        let tls = cfg.tls_cert.clone().zip(cfg.tls_key.clone());
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         Ok(Self {
             listener,
             tls,
+            limits: crate::listener::Limits::from_config(cfg),
             router,
             state,
             store_lock,
@@ -279,6 +287,7 @@ impl Application {
         let Self {
             listener,
             tls,
+            limits,
             router,
             state,
             store_lock,
@@ -288,35 +297,14 @@ impl Application {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        let mut graceful = stop_rx.clone();
-        let make = router.into_make_service_with_connect_info::<crate::tls::ClientAddr>();
-        let graceful = async move {
-            let _ = graceful.wait_for(|stop| *stop).await;
-        };
-        let serve: std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
-        > = match tls {
-            Some((cert, key)) => {
-                let listener = crate::tls::TlsListener::new(listener, &cert, &key)?;
-                Box::pin(
-                    axum::serve(listener, make)
-                        .with_graceful_shutdown(graceful)
-                        .into_future(),
-                )
-            }
-            None => Box::pin(
-                axum::serve(listener, make)
-                    .with_graceful_shutdown(graceful)
-                    .into_future(),
-            ),
-        };
+        let serve = crate::listener::serve(listener, tls, router, limits, stop_rx.clone());
         // Requests in flight get SHUTDOWN_GRACE to finish; then the process exits anyway.
         let deadline = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
         tokio::select! {
-            r = serve => r.context("HTTP server failed")?,
+            () = serve => {},
             () = deadline => tracing::warn!("requests still in flight after the shutdown grace period; exiting"),
         }
         state.hsm.close().await;

@@ -30,6 +30,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
     ("orphan_grace", Kind::Int),
+    ("header_read_timeout", Kind::Int),
+    ("idle_timeout", Kind::Int),
+    ("max_connections", Kind::Int),
 ];
 
 /// Keys holding file paths: relative ones in a config file are taken from the file's
@@ -105,6 +108,17 @@ pub struct Config {
     /// the reconciler (in several passes) before it is destroyed.
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace: u64,
+    /// Seconds a client has to send a request's headers (and, with TLS, to complete its
+    /// handshake) once it connects or starts a request; then the connection is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: u64,
+    /// Seconds a keep-alive connection may wait, idle, for its next request.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Open client connections at most; beyond it new connections wait in the listen
+    /// backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// A PIN as a string. Any other TOML type is refused with a message that never shows the
@@ -171,6 +185,15 @@ fn default_jwks_max_age() -> u64 {
 fn default_scheduler_interval() -> u64 {
     30
 }
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_log_format() -> String {
     "human".into()
 }
@@ -197,6 +220,9 @@ impl std::fmt::Debug for Config {
             )
             .field("sessions", &self.sessions)
             .field("spare_keys", &self.spare_keys)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -296,6 +322,15 @@ impl Config {
         }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");
+        }
+        if !(1..=300).contains(&self.header_read_timeout) {
+            return bad("header_read_timeout must be between 1 and 300 seconds");
+        }
+        if !(1..=3600).contains(&self.idle_timeout) {
+            return bad("idle_timeout must be between 1 and 3600 seconds");
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return bad("max_connections must be between 1 and 1000000");
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -517,6 +552,9 @@ mod tests {
                     "HSM_ROTATOR_JWKS_MAX_AGE"
                     | "HSM_ROTATOR_SCHEDULER_INTERVAL"
                     | "HSM_ROTATOR_ORPHAN_GRACE" => "9",
+                    "HSM_ROTATOR_HEADER_READ_TIMEOUT" => "4",
+                    "HSM_ROTATOR_IDLE_TIMEOUT" => "5",
+                    "HSM_ROTATOR_MAX_CONNECTIONS" => "6",
                     other => other,
                 }
                 .to_owned(),
@@ -541,6 +579,14 @@ mod tests {
         assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
         assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
         assert_eq!(cfg.orphan_grace, 9);
+        assert_eq!(
+            (
+                cfg.header_read_timeout,
+                cfg.idle_timeout,
+                cfg.max_connections
+            ),
+            (4, 5, 6)
+        );
         assert_eq!(
             (cfg.log_format.as_str(), cfg.log_level.as_str()),
             ("json", "HSM_ROTATOR_LOG_LEVEL")

@@ -21,6 +21,7 @@ pub mod config;
 pub mod hsm;
 pub mod jwt;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod pubkey;
 pub mod store;

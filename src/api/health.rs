@@ -1,6 +1,7 @@
 //! Liveness and readiness.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -42,7 +43,8 @@ pub(crate) struct Ready {
     pool: Pool,
 }
 
-/// `GET /readyz` when not ready (503).
+/// `GET /readyz` when not ready (503). Which dependency failed, never why: the reason goes
+/// to the log.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct NotReady {
     /// `not_ready`.
@@ -51,28 +53,87 @@ pub(crate) struct NotReady {
     error: String,
     /// Human sentence.
     message: String,
-    /// `ok` or why the HSM cannot sign.
+    /// `ok` or `unavailable`.
     hsm: String,
-    /// `ok` or why the store does not answer.
+    /// `ok` or `unavailable`.
     store: String,
 }
 
-/// Liveness: 200 while the process lives.
-#[utoipa::path(get, path = "/healthz", tag = TAG_HEALTH,
-    responses((status = 200, description = "Alive", body = Status)))]
-async fn healthz() -> Json<Status> {
-    Json(Status::ok())
+/// How long a "ready" result is reused (unless the token fails or recovers meanwhile).
+pub(crate) const READY_FRESH: Duration = Duration::from_secs(5);
+/// How long a "not ready" result is reused (unless the token recovers meanwhile).
+pub(crate) const NOT_READY_FRESH: Duration = Duration::from_secs(1);
+
+/// The last readiness probe, shared by every `GET /readyz`: one probe at a time (callers
+/// that arrive during it wait for its result), and its result reused while fresh, so that
+/// an unauthenticated caller cannot make the HSM sign (and take a session from issuance)
+/// at will.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    last: tokio::sync::Mutex<Last>,
 }
 
-/// Readiness: 200 only while a pooled HSM session can sign and the store answers.
-#[utoipa::path(get, path = "/readyz", tag = TAG_HEALTH,
-    responses(
-        (status = 200, description = "Ready to sign", body = Ready),
-        (status = 503, description = "Cannot sign now", body = NotReady),
-    ))]
-async fn readyz(State(state): State<AppState>) -> Response {
-    // "Ready" means a signature can be made now: sign a probe with an app's current key
-    // (or, before any app exists, check that a pooled session is logged in).
+#[derive(Debug, Default)]
+struct Last {
+    probe: Option<Probe>,
+    /// The failure last logged (so a lasting one is logged once).
+    logged: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    at: Instant,
+    /// [`crate::hsm::Hsm::health_changes`] before the probe ran.
+    hsm_changes: u64,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Ready { spares: BTreeMap<String, usize> },
+    NotReady { hsm: bool, store: bool },
+}
+
+impl Probe {
+    fn fresh(&self, hsm_changes: u64) -> bool {
+        let ttl = match self.outcome {
+            Outcome::Ready { .. } => READY_FRESH,
+            Outcome::NotReady { .. } => NOT_READY_FRESH,
+        };
+        self.hsm_changes == hsm_changes && self.at.elapsed() < ttl
+    }
+}
+
+impl Readiness {
+    async fn get(&self, state: &AppState) -> Outcome {
+        let mut last = self.last.lock().await;
+        let changes = state.hsm.health_changes();
+        if let Some(p) = &last.probe
+            && p.fresh(changes)
+        {
+            return p.outcome.clone();
+        }
+        let (outcome, failure) = probe(state).await;
+        match (&failure, &last.logged) {
+            (Some(f), Some(l)) if f == l => {}
+            (Some(f), _) => tracing::warn!(reason = %f, "not ready"),
+            (None, Some(_)) => tracing::info!("ready again"),
+            (None, None) => {}
+        }
+        last.logged = failure;
+        last.probe = Some(Probe {
+            at: Instant::now(),
+            hsm_changes: changes,
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+}
+
+/// "Ready" means a signature can be made now: sign a probe with an app's current key
+/// (or, before any app exists, check that a pooled session is logged in), and the store
+/// answers. Returns the outcome and, when not ready, the reasons (for the log only).
+async fn probe(state: &AppState) -> (Outcome, Option<String>) {
     let hsm = match state.tokens.probe().await {
         Ok(true) => Ok(()),
         Ok(false) => state.hsm.ready().await,
@@ -89,32 +150,65 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .into_iter()
                 .map(|(spec, n)| (spec.to_string(), n))
                 .collect();
-            Json(Ready {
-                status: "ready".into(),
-                hsm: "ok".into(),
-                store: "ok".into(),
-                spares,
-                pool: Pool {
-                    size: state.hsm.pool_size(),
-                    in_use: state.hsm.pool_in_use(),
-                },
-            })
-            .into_response()
+            (Outcome::Ready { spares }, None)
         }
         (h, s) => {
-            let reason = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(NotReady {
-                    status: "not_ready".into(),
-                    error: "not_ready".into(),
-                    message: "the service cannot sign right now".into(),
-                    hsm: reason(h.map_err(|e| e.to_string())),
-                    store: reason(s),
-                }),
-            )
-                .into_response()
+            let mut reasons = Vec::new();
+            if let Err(e) = &h {
+                reasons.push(format!("HSM: {e}"));
+            }
+            if let Err(e) = &s {
+                reasons.push(format!("store: {e}"));
+            }
+            let outcome = Outcome::NotReady {
+                hsm: h.is_ok(),
+                store: s.is_ok(),
+            };
+            (outcome, Some(reasons.join("; ")))
         }
+    }
+}
+
+/// Liveness: 200 while the process lives.
+#[utoipa::path(get, path = "/healthz", tag = TAG_HEALTH,
+    responses((status = 200, description = "Alive", body = Status)))]
+async fn healthz() -> Json<Status> {
+    Json(Status::ok())
+}
+
+/// Readiness: 200 only while a pooled HSM session can sign and the store answers. The
+/// probe's result is reused for a few seconds (1 s when not ready), and for no longer than
+/// the token keeps behaving as it did; concurrent calls share one probe.
+#[utoipa::path(get, path = "/readyz", tag = TAG_HEALTH,
+    responses(
+        (status = 200, description = "Ready to sign", body = Ready),
+        (status = 503, description = "Cannot sign now", body = NotReady),
+    ))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" }.to_owned();
+    match state.readiness.get(&state).await {
+        Outcome::Ready { spares } => Json(Ready {
+            status: "ready".into(),
+            hsm: "ok".into(),
+            store: "ok".into(),
+            spares,
+            pool: Pool {
+                size: state.hsm.pool_size(),
+                in_use: state.hsm.pool_in_use(),
+            },
+        })
+        .into_response(),
+        Outcome::NotReady { hsm, store } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(NotReady {
+                status: "not_ready".into(),
+                error: "not_ready".into(),
+                message: "the service cannot sign right now".into(),
+                hsm: word(hsm),
+                store: word(store),
+            }),
+        )
+            .into_response(),
     }
 }
 

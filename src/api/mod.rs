@@ -28,6 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::Actor;
 pub use error::{ApiError, error_chain};
+pub use health::Readiness;
 pub use layers::AuthLimiter;
 
 use crate::app::AppState;

@@ -123,6 +123,13 @@ pub(crate) fn map(err: CkError) -> HsmError {
 }
 
 impl HsmError {
+    /// Whether the token failed to do what was asked (unreachable, refusing, lost a key
+    /// that must exist), as opposed to being asked for something it cannot do: what the
+    /// readiness cache listens for (see [`super::Hsm::health_changes`]).
+    pub(crate) fn is_fault(&self) -> bool {
+        !matches!(self, Self::Algorithm(_) | Self::Unsupported(_))
+    }
+
     /// Whether the token is unreachable (503) rather than the request being wrong.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Login(_) | Self::Worker)

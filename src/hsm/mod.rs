@@ -17,6 +17,7 @@ mod sign;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
@@ -70,6 +71,30 @@ pub struct Hsm {
     core: Arc<Core>,
     permits: Arc<Semaphore>,
     sessions: usize,
+    health: Arc<Health>,
+}
+
+/// Whether the token's last call succeeded, and how often that has changed.
+#[derive(Debug, Default)]
+struct Health {
+    failing: AtomicBool,
+    changes: AtomicU64,
+}
+
+impl Health {
+    fn record<T>(&self, result: &Result<T, HsmError>) {
+        let failing = match result {
+            Ok(_) => false,
+            Err(e) if e.is_fault() => true,
+            Err(_) => return,
+        };
+        // Read first: the common case (no change) writes nothing to the shared line.
+        if self.failing.load(Ordering::Relaxed) != failing
+            && self.failing.swap(failing, Ordering::Relaxed) != failing
+        {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Hsm {
@@ -96,10 +121,12 @@ impl Hsm {
             core: Arc::new(core),
             permits: Arc::new(Semaphore::new(sessions)),
             sessions,
+            health: Arc::default(),
         })
     }
 
-    /// Run `f` off the async executor once a pool permit is free.
+    /// Run `f` off the async executor once a pool permit is free, and note whether the
+    /// token failed (see [`Self::health_changes`]).
     ///
     /// On a multi-threaded runtime the call runs in place (`block_in_place`): this worker
     /// thread leaves the executor, whose other tasks move to another worker, so the
@@ -107,6 +134,16 @@ impl Hsm {
     /// small VM two thread hand-offs per call cost more than an ES256 signature). Elsewhere
     /// it runs on the blocking pool.
     async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> Result<T, HsmError> + Send + 'static,
+    ) -> Result<T, HsmError> {
+        let result = self.blocking_inner(f).await;
+        self.health.record(&result);
+        result
+    }
+
+    /// [`Self::blocking`] without the health note.
+    async fn blocking_inner<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Core) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, HsmError> {
@@ -182,7 +219,15 @@ impl Hsm {
             .core
             .run(Some(kid), |core, s| sign::sign_in(core, s, &kid, alg, data));
         crate::metrics::hsm_sign(alg, started.elapsed().as_secs_f64());
+        self.health.record(&sig);
         sig
+    }
+
+    /// How many times the token has gone from answering to failing or back (a call
+    /// failing because of the token, then one succeeding). Cached readiness is stale once
+    /// this moves.
+    pub fn health_changes(&self) -> u64 {
+        self.health.changes.load(Ordering::Relaxed)
     }
 
     /// Read `kid`'s public half.

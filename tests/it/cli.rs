@@ -295,6 +295,7 @@ async fn many_apps_in_one_command() {
     let token = SoftHsm::new("cli_count");
     let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
     let env = direct_env(&token, &db);
+    assert!(cli(&env, &["init", "--json"], None).await.ok);
     let out = cli(
         &env,
         &[

@@ -51,6 +51,11 @@ async fn hsm_away_gives_503_and_recovers_without_restart() {
     assert!(v["error"].as_str().unwrap().starts_with("hsm_"), "{v}");
     let (s, v) = app.call("GET", "/readyz", None, None).await;
     assert_eq!(s, 503, "readyz while the token is away: {v}");
+    assert_eq!(
+        (v["hsm"].as_str(), v["store"].as_str()),
+        (Some("unavailable"), Some("ok")),
+        "which dependency failed, not the error text: {v}"
+    );
     assert!(
         app.active(&id, &pk, &before).await,
         "introspection keeps working from memory"
