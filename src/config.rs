@@ -29,12 +29,15 @@ const KEYS: &[(&str, Kind)] = &[
     ("log_level", Kind::Str),
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
+    ("trusted_proxies", Kind::List),
 ];
 
 #[derive(Clone, Copy)]
 enum Kind {
     Str,
     Int,
+    /// Comma-separated in the environment, an array in the file.
+    List,
 }
 
 /// Service configuration.
@@ -90,6 +93,10 @@ pub struct Config {
     /// PEM private key of `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Address blocks (CIDR) of reverse proxies whose `Forwarded` / `X-Forwarded-For` are
+    /// believed; empty (the default): those headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -139,6 +146,7 @@ impl std::fmt::Debug for Config {
             )
             .field("sessions", &self.sessions)
             .field("spare_keys", &self.spare_keys)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +205,14 @@ impl Config {
                     Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| {
                         ConfigError::Invalid(format!("{var} must be a whole number"))
                     })?),
+                    Kind::List => toml::Value::Array(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|v| !v.is_empty())
+                            .map(|v| toml::Value::String(v.to_owned()))
+                            .collect(),
+                    ),
                 };
             table.insert((*key).to_owned(), v);
         }
@@ -228,6 +244,9 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together");
         }
+        if let Err(e) = self.trusted_proxies() {
+            return Err(ConfigError::Invalid(format!("trusted_proxies: {e}")));
+        }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");
         }
@@ -255,6 +274,16 @@ impl Config {
                 self.data_dir.join("hsm-rotator.db").display()
             ),
         }
+    }
+
+    /// `trusted_proxies`, parsed.
+    ///
+    /// # Errors
+    /// The first entry that is not an address block.
+    pub fn trusted_proxies(
+        &self,
+    ) -> Result<Vec<crate::auth::proxies::Cidr>, crate::auth::proxies::BadCidr> {
+        crate::auth::proxies::parse_list(&self.trusted_proxies)
     }
 
     /// The user PIN: `pin` (or `HSM_ROTATOR_PIN`), else the contents of `pin_file`.
@@ -415,6 +444,7 @@ mod tests {
                     "HSM_ROTATOR_LOG_FORMAT" => "json",
                     "HSM_ROTATOR_SESSIONS" | "HSM_ROTATOR_SPARE_KEYS" => "7",
                     "HSM_ROTATOR_JWKS_MAX_AGE" | "HSM_ROTATOR_SCHEDULER_INTERVAL" => "9",
+                    "HSM_ROTATOR_TRUSTED_PROXIES" => "10.0.0.0/8, 2001:db8::/32",
                     other => other,
                 }
                 .to_owned(),
@@ -445,6 +475,24 @@ mod tests {
         assert_eq!(cfg.tls_cert, Some(PathBuf::from("HSM_ROTATOR_TLS_CERT")));
         assert_eq!(cfg.tls_key, Some(PathBuf::from("HSM_ROTATOR_TLS_KEY")));
         assert_eq!(cfg.pin().expect("pin").expose_secret(), "HSM_ROTATOR_PIN");
+        assert_eq!(cfg.trusted_proxies, ["10.0.0.0/8", "2001:db8::/32"]);
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_address_blocks() {
+        let bad = Config::load_with(None, |k| {
+            (k == "HSM_ROTATOR_TRUSTED_PROXIES").then(|| "10.0.0.0/8,proxy.internal".into())
+        });
+        let msg = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("trusted_proxies") && msg.contains("proxy.internal"),
+            "{msg}"
+        );
+        let cfg = Config::load_with(None, |_| None).expect("defaults");
+        assert!(
+            cfg.trusted_proxies.is_empty(),
+            "no proxy is trusted by default"
+        );
     }
 
     #[test]
