@@ -601,6 +601,32 @@ async fn an_app_revoking_its_keys_in_a_loop_is_limited_and_others_are_not() {
         )
         .await;
     assert_eq!(s, 200, "another app has its own budget: {v}");
+    // The spares the loop took are made again in the background, not on others' requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let es256 = text
+            .lines()
+            .find(|l| l.starts_with("hsm_rotator_spare_keys{alg=\"ES256\""))
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.parse::<f64>().unwrap());
+        if es256.is_some_and(|n| n >= 2.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spare pool was not refilled: {es256:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
