@@ -39,6 +39,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// JWKS `max-age`, seconds.
     pub jwks_max_age: u64,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<crate::auth::proxies::Cidr>,
 }
 
 /// Shared state handed to every handler.
@@ -58,10 +60,12 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Handler settings.
     pub settings: Arc<Settings>,
-    /// Per-address limit on authentication failures.
+    /// Per-source budget of authentication failures.
     pub limiter: Arc<crate::api::AuthLimiter>,
     /// The last `GET /readyz` probe (shared, reused while fresh).
     pub readiness: Arc<crate::api::Readiness>,
+    /// Per-app budget of key-changing calls made with an app's own token.
+    pub key_changes: Arc<crate::api::KeyChangeLimiter>,
     /// What `GET /metrics` exposes.
     pub metrics: prometheus::Registry,
     /// What this process's scheduler last did (replica id, leader, last tick).
@@ -133,11 +137,13 @@ impl AppState {
             clock,
             limiter: Arc::default(),
             readiness: Arc::default(),
+            key_changes: Arc::default(),
             metrics: crate::metrics::registry().context("Failed to set up metrics")?,
             scheduler: Arc::default(),
             settings: Arc::new(Settings {
                 public_url: cfg.public_url.clone(),
                 jwks_max_age: cfg.jwks_max_age,
+                trusted_proxies: cfg.trusted_proxies().context("Invalid trusted_proxies")?,
             }),
         })
     }

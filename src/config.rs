@@ -33,6 +33,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("header_read_timeout", Kind::Int),
     ("idle_timeout", Kind::Int),
     ("max_connections", Kind::Int),
+    ("trusted_proxies", Kind::List),
 ];
 
 /// Keys holding file paths: relative ones in a config file are taken from the file's
@@ -49,6 +50,8 @@ const PATH_KEYS: &[&str] = &[
 enum Kind {
     Str,
     Int,
+    /// Comma-separated in the environment, an array in the file.
+    List,
 }
 
 /// Service configuration.
@@ -119,6 +122,10 @@ pub struct Config {
     /// backlog until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Address blocks (CIDR) of reverse proxies whose `Forwarded` / `X-Forwarded-For` are
+    /// believed; empty (the default): those headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// A PIN as a string. Any other TOML type is refused with a message that never shows the
@@ -223,6 +230,7 @@ impl std::fmt::Debug for Config {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -289,6 +297,14 @@ impl Config {
                     Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| {
                         ConfigError::Invalid(format!("{var} must be a whole number"))
                     })?),
+                    Kind::List => toml::Value::Array(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|v| !v.is_empty())
+                            .map(|v| toml::Value::String(v.to_owned()))
+                            .collect(),
+                    ),
                 };
             table.insert((*key).to_owned(), v);
         }
@@ -319,6 +335,9 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together");
+        }
+        if let Err(e) = self.trusted_proxies() {
+            return Err(ConfigError::Invalid(format!("trusted_proxies: {e}")));
         }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");
@@ -359,6 +378,16 @@ impl Config {
                     .display()
             ),
         }
+    }
+
+    /// `trusted_proxies`, parsed.
+    ///
+    /// # Errors
+    /// The first entry that is not an address block.
+    pub fn trusted_proxies(
+        &self,
+    ) -> Result<Vec<crate::auth::proxies::Cidr>, crate::auth::proxies::BadCidr> {
+        crate::auth::proxies::parse_list(&self.trusted_proxies)
     }
 
     /// The user PIN: `pin` (or `HSM_ROTATOR_PIN`), else the contents of `pin_file`.
@@ -555,6 +584,7 @@ mod tests {
                     "HSM_ROTATOR_HEADER_READ_TIMEOUT" => "4",
                     "HSM_ROTATOR_IDLE_TIMEOUT" => "5",
                     "HSM_ROTATOR_MAX_CONNECTIONS" => "6",
+                    "HSM_ROTATOR_TRUSTED_PROXIES" => "10.0.0.0/8, 2001:db8::/32",
                     other => other,
                 }
                 .to_owned(),
@@ -594,6 +624,24 @@ mod tests {
         assert_eq!(cfg.tls_cert, Some(PathBuf::from("HSM_ROTATOR_TLS_CERT")));
         assert_eq!(cfg.tls_key, Some(PathBuf::from("HSM_ROTATOR_TLS_KEY")));
         assert_eq!(cfg.pin().expect("pin").expose_secret(), "HSM_ROTATOR_PIN");
+        assert_eq!(cfg.trusted_proxies, ["10.0.0.0/8", "2001:db8::/32"]);
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_address_blocks() {
+        let bad = Config::load_with(None, |k| {
+            (k == "HSM_ROTATOR_TRUSTED_PROXIES").then(|| "10.0.0.0/8,proxy.internal".into())
+        });
+        let msg = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("trusted_proxies") && msg.contains("proxy.internal"),
+            "{msg}"
+        );
+        let cfg = Config::load_with(None, |_| None).expect("defaults");
+        assert!(
+            cfg.trusted_proxies.is_empty(),
+            "no proxy is trusted by default"
+        );
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     ledger_commit_seconds: Histogram,
     ledger_batch_rows: Histogram,
+    auth_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -179,6 +181,16 @@ impl Metrics {
                 )
                 .buckets(BATCH_BUCKETS.to_vec()),
             )?,
+            auth_failures: counter_vec(
+                "hsm_rotator_auth_failures_total",
+                "Invalid or misplaced credentials, by what was presented (root_key, access_token, unrecognised, access_token_of_another_app, app_token_on_root_route, root_key_on_app_route).",
+                &["credential"],
+            )?,
+            rate_limited: counter_vec(
+                "hsm_rotator_rate_limited_total",
+                "Requests answered 429, by the budget that ran out (auth_failures: a source's invalid credentials; key_changes: an app's rotations and revocations).",
+                &["limit"],
+            )?,
         })
     }
 
@@ -199,6 +211,8 @@ impl Metrics {
             Box::new(self.store_errors.clone()),
             Box::new(self.ledger_commit_seconds.clone()),
             Box::new(self.ledger_batch_rows.clone()),
+            Box::new(self.auth_failures.clone()),
+            Box::new(self.rate_limited.clone()),
         ]
     }
 }
@@ -354,6 +368,24 @@ pub fn ledger_batch(rows: usize, seconds: f64) {
     if let Some(m) = m() {
         m.ledger_batch_rows.observe(rows as f64);
         m.ledger_commit_seconds.observe(seconds);
+    }
+}
+
+/// An invalid or misplaced credential of kind `credential` (a bounded set).
+pub fn auth_failure(credential: &str) {
+    if let Some(c) = m().and_then(|m| {
+        m.auth_failures
+            .get_metric_with_label_values(&[credential])
+            .ok()
+    }) {
+        c.inc();
+    }
+}
+
+/// A request answered 429 because `limit` ran out (`auth_failures`, `key_changes`).
+pub fn rate_limited(limit: &str) {
+    if let Some(c) = m().and_then(|m| m.rate_limited.get_metric_with_label_values(&[limit]).ok()) {
+        c.inc();
     }
 }
 

@@ -13,8 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiError;
-use super::auth::{existing_app, require_root, require_root_or_app};
-use super::extract::{ApiJson, Credential, HostHeader};
+use super::auth::{existing_app, key_change_allowed, require_root, require_root_or_app};
+use super::extract::{Credential, HostHeader, Later};
 use super::openapi::{AlgorithmName, AppId, NativeErrors, TAG_APPS, TAG_KEYS};
 use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
 use crate::alg::Algorithm;
@@ -258,9 +258,10 @@ async fn create(
     State(state): State<AppState>,
     Credential(cred): Credential,
     host: HostHeader,
-    ApiJson(req): ApiJson<CreateApp>,
+    body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
     require_root(&state, cred.as_deref()).await?;
+    let req: CreateApp = body.json().await?;
     let row = new_app_row(req, String::new(), 0, 0)?;
     let created = state.keys.create_app(row).await?;
     super::layers::record_app(&created.app.id);
@@ -320,9 +321,10 @@ async fn patch(
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<PatchApp>,
+    body: Later,
 ) -> Result<Json<AppView>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
+    let req: PatchApp = body.json().await?;
     let app = existing_app(&state, &id).await?;
     if let Some(n) = &req.name {
         policy::validate_name(n)?;
@@ -425,7 +427,8 @@ async fn rotate(
     Credential(cred): Credential,
     Path(id): Path<String>,
 ) -> Result<Json<Rotation>, ApiError> {
-    require_root_or_app(&state, cred.as_deref(), &id).await?;
+    let (actor, _) = require_root_or_app(&state, cred.as_deref(), &id).await?;
+    key_change_allowed(&state, &actor)?;
     let r = state
         .keys
         .rotate(&id, crate::keys::RotationKind::Manual)
@@ -449,8 +452,9 @@ async fn revoke(
     Credential(cred): Credential,
     Path((id, kid)): Path<(String, String)>,
 ) -> Result<Json<wire::Revocation>, ApiError> {
-    require_root_or_app(&state, cred.as_deref(), &id).await?;
+    let (actor, _) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     let kid: Kid = kid.parse().map_err(|_| ApiError::NotFound("key"))?;
+    key_change_allowed(&state, &actor)?;
     let r = state.keys.revoke_key(&id, kid).await?;
     Ok(Json(wire::Revocation {
         revoked: r.revoked.first().map(wire::Key::new),

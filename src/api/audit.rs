@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::auth::require_root;
-use super::extract::{ApiQuery, Credential};
+use super::extract::{Credential, Later};
 use super::openapi::{NativeErrors, TAG_AUDIT};
 use crate::app::AppState;
 use crate::store::audit::{AuditFilter, AuditRow};
@@ -100,9 +100,10 @@ fn nonempty(s: Option<String>) -> Option<String> {
 async fn page(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    ApiQuery(p): ApiQuery<Page>,
+    query: Later,
 ) -> Result<Json<AuditPage>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
+    let p: Page = query.query().await?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || p.after < 0 || p.before < 0 {
         return Err(ApiError::bad_request(

@@ -69,11 +69,14 @@ pub enum ApiError {
         /// Human sentence.
         message: String,
     },
-    /// 429.
-    #[error("too many failed authentication attempts; retry later")]
+    /// 429 with `Retry-After`: too many invalid credentials from one source, or too many
+    /// key changes by one app.
+    #[error("{message}")]
     TooManyRequests {
         /// Seconds until a retry may succeed.
         retry_after: u64,
+        /// Human sentence: which budget ran out.
+        message: &'static str,
     },
     /// 503: a dependency cannot serve this now.
     #[error("{message}")]
@@ -253,7 +256,7 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Self::TooManyRequests { retry_after } | Self::TooSoon { retry_after, .. } = &self
+        if let Self::TooManyRequests { retry_after, .. } | Self::TooSoon { retry_after, .. } = &self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);

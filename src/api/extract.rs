@@ -113,6 +113,45 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonOrForm<T> {
     }
 }
 
+/// The request's body and query string, read only when the handler asks for them: after
+/// it has checked the credential, so that a request without a valid one is answered 401
+/// or 403 (RFC 9110), never with a complaint about its body or query. The body limit
+/// still applies (it travels with the request).
+#[derive(Debug)]
+pub(super) struct Later(Request);
+
+impl<S: Send + Sync> FromRequest<S> for Later {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(req))
+    }
+}
+
+impl Later {
+    /// The body as [`ApiJson`].
+    pub(super) async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        ApiJson::<T>::from_request(self.0, &())
+            .await
+            .map(|ApiJson(v)| v)
+    }
+
+    /// The body as [`JsonOrForm`].
+    pub(super) async fn json_or_form<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        JsonOrForm::<T>::from_request(self.0, &())
+            .await
+            .map(|JsonOrForm(v)| v)
+    }
+
+    /// The query string as [`ApiQuery`].
+    pub(super) async fn query<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        let (mut parts, _) = self.0.into_parts();
+        ApiQuery::<T>::from_request_parts(&mut parts, &())
+            .await
+            .map(|ApiQuery(v)| v)
+    }
+}
+
 /// The credential in the `Authorization` header (raw or `Bearer`), if any.
 #[derive(Debug, Clone)]
 pub(super) struct Credential(pub Option<String>);

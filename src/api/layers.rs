@@ -1,18 +1,22 @@
-//! Cross-cutting HTTP layers: request ids and the audit context, security headers, a
-//! request timeout, and the per-address limit on authentication failures.
+//! Cross-cutting HTTP layers: request ids, the client's address (through
+//! `trusted_proxies`) and the audit context, security headers, a request timeout, the
+//! per-source budget of authentication failures and the per-app budget of key changes.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hashlink::LruCache;
+
 use axum::extract::rejection::RawPathParamsRejection;
-use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request};
+use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use crate::app::AppState;
 
 /// Header carrying the request id.
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -70,11 +74,36 @@ pub(crate) fn record_kid(kid: &dyn std::fmt::Display) {
     tracing::Span::current().record("kid", tracing::field::display(kid));
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy, what the
+/// proxies' `Forwarded` / `X-Forwarded-For` say (see [`crate::auth::proxies`]).
+fn client_address(
+    trusted: &[crate::auth::proxies::Cidr],
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> IpAddr {
+    if trusted.is_empty() {
+        return peer;
+    }
+    let values = |name: &'static str| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    crate::auth::proxies::client_address(
+        peer,
+        trusted,
+        values("forwarded"),
+        values("x-forwarded-for"),
+    )
+}
+
 /// Give every request an id (the client's `X-Request-Id` if it is sane, else a ULID),
 /// run it inside the audit context and a `request` span (route template, method, request
-/// id, app and kid), bound its time, add security headers, count it in the HTTP metrics
+/// id, client, app and kid), bound its time, add security headers, count it in the HTTP metrics
 /// and log one completion event.
 pub(crate) async fn request_context(
+    State(state): State<AppState>,
     params: Result<RawPathParams, RawPathParamsRejection>,
     req: Request,
     next: Next,
@@ -85,7 +114,7 @@ pub(crate) async fn request_context(
         .get(&REQUEST_ID)
         .and_then(sane_request_id)
         .unwrap_or_else(|| crate::keys::monotonic_ulid().to_string());
-    let client = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<crate::tls::ClientAddr>>()
         .map(|c| c.0.0.ip())
@@ -94,6 +123,7 @@ pub(crate) async fn request_context(
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip())
         });
+    let client = peer.map(|p| client_address(&state.settings.trusted_proxies, p, req.headers()));
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route
         .as_ref()
@@ -104,9 +134,13 @@ pub(crate) async fn request_context(
         route,
         method,
         request_id = %id,
+        client = tracing::field::Empty,
         app = tracing::field::Empty,
         kid = tracing::field::Empty,
     );
+    if let Some(c) = client {
+        span.record("client", tracing::field::display(c));
+    }
     if let Ok(params) = &params {
         for (name, value) in params {
             if APP_PARAMS.contains(&name)
@@ -163,50 +197,246 @@ pub(crate) async fn request_context(
     res
 }
 
-/// Per-address limit on authentication failures: after `MAX_FAILURES` in a window, every
-/// authenticated request from that address gets 429 until the window ends.
-#[derive(Debug, Default)]
-pub struct AuthLimiter {
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+/// Longest a source's window of authentication failures lasts.
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+/// Invalid credentials a source may present per window before it is answered 429.
+pub(crate) const MAX_FAILURES: u32 = 20;
+/// Sources remembered at once; the least recently failing is forgotten first.
+const MAX_SOURCES: usize = 65_536;
+
+/// One source's current window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    failures: u32,
 }
 
-/// Failures allowed per address per window.
-pub(crate) const MAX_FAILURES: u32 = 20;
-/// The window.
-pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+/// What one authentication failure means for its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// The source's block: its IPv4 address or its IPv6 /64.
+    pub(crate) source: IpAddr,
+    /// Failures from the source in the current window, this one included.
+    pub(crate) in_window: u32,
+    /// Seconds until the window ends, when the source is over its budget.
+    pub(crate) throttled: Option<u64>,
+    /// Whether this failure gets an audit record: the first of a window (which also
+    /// carries the total of the window before) and the one that goes over the budget.
+    /// The others are only counted, so a flood cannot fill the audit log.
+    pub(crate) audit: bool,
+    /// Failures in the source's previous window, when this one opened a new window.
+    pub(crate) previous_window: Option<u32>,
+}
+
+/// Per-source budget of authentication failures (IPv4 address, IPv6 /64).
+///
+/// Only failures are counted, after the credential was checked: a valid credential is
+/// never refused because of what others sent from the same address (a shared proxy or
+/// NAT). A source over its budget gets 429 for further *invalid* credentials until its
+/// window ends. Memory is bounded (an LRU of [`MAX_SOURCES`] windows, O(1) per failure,
+/// no scan under the lock); forgetting a source only resets its count.
+pub struct AuthLimiter {
+    sources: Mutex<LruCache<IpAddr, Window, RandomState>>,
+}
+
+impl std::fmt::Debug for AuthLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthLimiter")
+    }
+}
+
+impl Default for AuthLimiter {
+    fn default() -> Self {
+        Self::with_capacity(MAX_SOURCES)
+    }
+}
 
 impl AuthLimiter {
-    /// 429 if `ip` is over its limit.
-    pub(crate) fn check(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        let Some(ip) = ip else { return Ok(()) };
-        let w = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match w.get(&ip) {
-            Some((start, n)) if start.elapsed() < WINDOW && *n >= MAX_FAILURES => {
-                Err(ApiError::TooManyRequests {
-                    retry_after: WINDOW.saturating_sub(start.elapsed()).as_secs().max(1),
-                })
-            }
-            _ => Ok(()),
+    fn with_capacity(n: usize) -> Self {
+        // SipHash with a random key: the keys are chosen by clients.
+        Self {
+            sources: Mutex::new(LruCache::with_hasher(n, RandomState::new())),
         }
     }
 
-    /// Count a failure from `ip`.
-    pub(crate) fn failed(&self, ip: Option<IpAddr>) {
-        let Some(ip) = ip else { return };
-        let mut w = self
-            .windows
+    /// Count one invalid credential from `client` (`None`: an unknown address, counted
+    /// as one source) at `now`.
+    pub(crate) fn failed(&self, client: Option<IpAddr>, now: Instant) -> Failure {
+        let source = client.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |c| {
+            crate::auth::proxies::source_block(c)
+        });
+        let mut sources = self
+            .sources
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if w.len() > 100_000 {
-            w.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        let (w, previous_window) = match sources.get_mut(&source) {
+            Some(w) if now.saturating_duration_since(w.started) < WINDOW => {
+                w.failures = w.failures.saturating_add(1);
+                (*w, None)
+            }
+            Some(w) => {
+                let previous = w.failures;
+                *w = Window {
+                    started: now,
+                    failures: 1,
+                };
+                (*w, Some(previous))
+            }
+            None => {
+                let w = Window {
+                    started: now,
+                    failures: 1,
+                };
+                sources.insert(source, w);
+                (w, Some(0))
+            }
+        };
+        drop(sources);
+        let throttled = (w.failures > MAX_FAILURES).then(|| {
+            WINDOW
+                .saturating_sub(now.saturating_duration_since(w.started))
+                .as_secs()
+                .max(1)
+        });
+        Failure {
+            source,
+            in_window: w.failures,
+            throttled,
+            audit: w.failures == 1 || w.failures == MAX_FAILURES + 1,
+            previous_window: previous_window.filter(|_| w.failures == 1),
         }
-        let e = w.entry(ip).or_insert((Instant::now(), 0));
-        if e.0.elapsed() >= WINDOW {
-            *e = (Instant::now(), 0);
+    }
+}
+
+/// Per-app budget of key-changing calls made with the app's own access token (rotate,
+/// revoke, emergency rotation): each may take keys from the shared spare pool or make
+/// one in the HSM, so one app looping on them would starve the others. A token bucket:
+/// [`KEY_CHANGE_BURST`] at once, one more every [`KEY_CHANGE_REFILL`]. Calls with the
+/// root key are not counted: the operator is never kept out of an emergency rotation.
+pub struct KeyChangeLimiter {
+    apps: Mutex<LruCache<String, Bucket, RandomState>>,
+}
+
+/// Key-changing calls an app may make at once.
+pub(crate) const KEY_CHANGE_BURST: f64 = 5.0;
+/// Time for one more.
+pub(crate) const KEY_CHANGE_REFILL: Duration = Duration::from_secs(12);
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl std::fmt::Debug for KeyChangeLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyChangeLimiter")
+    }
+}
+
+impl Default for KeyChangeLimiter {
+    fn default() -> Self {
+        Self {
+            apps: Mutex::new(LruCache::with_hasher(MAX_SOURCES, RandomState::new())),
         }
-        e.1 += 1;
+    }
+}
+
+impl KeyChangeLimiter {
+    /// Take one call from `app_id`'s bucket at `now`: `Err(seconds)` until one is free.
+    pub(crate) fn take(&self, app_id: &str, now: Instant) -> Result<(), u64> {
+        let mut apps = self
+            .apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let per_sec = 1.0 / KEY_CHANGE_REFILL.as_secs_f64();
+        let b = match apps.get_mut(app_id) {
+            Some(b) => b,
+            None => {
+                apps.insert(
+                    app_id.to_owned(),
+                    Bucket {
+                        tokens: KEY_CHANGE_BURST,
+                        at: now,
+                    },
+                );
+                apps.get_mut(app_id).ok_or(1_u64)?
+            }
+        };
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * per_sec).min(KEY_CHANGE_BURST);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.tokens) / per_sec).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_throttled_per_source_with_audit_once_per_window() {
+        let l = AuthLimiter::default();
+        let t0 = Instant::now();
+        let a = Some("192.0.2.1".parse().unwrap());
+        let mut audited = 0;
+        for i in 1..=100 {
+            let f = l.failed(a, t0);
+            audited += usize::from(f.audit);
+            assert_eq!(f.in_window, i);
+            assert_eq!(f.throttled.is_some(), i > MAX_FAILURES, "failure {i}");
+        }
+        assert_eq!(audited, 2, "the first failure and the one over budget");
+        // Another address is its own source; another host of the same IPv6 /64 is not.
+        assert!(
+            l.failed(Some("192.0.2.2".parse().unwrap()), t0)
+                .throttled
+                .is_none()
+        );
+        for _ in 0..=MAX_FAILURES {
+            l.failed(Some("2001:db8:1:2::1".parse().unwrap()), t0);
+        }
+        let f = l.failed(Some("2001:db8:1:2:ffff::9".parse().unwrap()), t0);
+        assert!(f.throttled.is_some());
+        // A new window: the count starts again and the old window's total is carried.
+        let f = l.failed(a, t0 + WINDOW);
+        assert_eq!(
+            (f.in_window, f.throttled, f.audit, f.previous_window),
+            (1, None, true, Some(100))
+        );
+    }
+
+    #[test]
+    fn remembered_sources_are_bounded() {
+        let l = AuthLimiter::with_capacity(4);
+        let t0 = Instant::now();
+        for i in 0..100_u8 {
+            l.failed(Some(IpAddr::from([10, 0, 0, i])), t0);
+        }
+        let n = l
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        assert_eq!(n, 4);
+    }
+
+    #[test]
+    fn key_changes_are_a_token_bucket_per_app() {
+        let l = KeyChangeLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert!(l.take("a", t0).is_ok());
+        }
+        let wait = l.take("a", t0).unwrap_err();
+        assert!((1..=KEY_CHANGE_REFILL.as_secs()).contains(&wait), "{wait}");
+        assert!(l.take("b", t0).is_ok(), "another app has its own bucket");
+        assert!(l.take("a", t0 + KEY_CHANGE_REFILL).is_ok(), "refilled");
+        assert!(l.take("a", t0 + KEY_CHANGE_REFILL).is_err());
     }
 }

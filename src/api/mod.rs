@@ -23,13 +23,13 @@ pub mod wire;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::middleware::from_fn;
+use axum::middleware::{from_fn, from_fn_with_state};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::Actor;
 pub use error::{ApiError, error_chain};
 pub use health::Readiness;
-pub use layers::AuthLimiter;
+pub use layers::{AuthLimiter, KeyChangeLimiter};
 
 use crate::app::AppState;
 
@@ -80,6 +80,6 @@ pub fn router(state: AppState) -> Router {
         .merge(audit)
         .merge(metrics::router())
         .layer(from_fn(error::log_errors))
-        .layer(from_fn(layers::request_context))
+        .layer(from_fn_with_state(state.clone(), layers::request_context))
         .with_state(state)
 }

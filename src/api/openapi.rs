@@ -103,7 +103,10 @@ impl utoipa::IntoResponses for NativeErrors {
                     422,
                     "Well-formed but not acceptable (unknown field, bad policy)",
                 ),
-                (429, "Too many failed authentications from this address"),
+                (
+                    429,
+                    "Too many invalid credentials from this address, or too many key changes by this app (`Retry-After` says when to retry)",
+                ),
                 (500, "The store failed (cause in the server log)"),
                 (503, "The HSM is unavailable or the request timed out"),
             ],

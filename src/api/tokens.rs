@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::auth::{require_app, require_root_or_app};
-use super::extract::{ApiJson, ApiQuery, Credential, HostHeader, JsonOrForm};
+use super::extract::{Credential, HostHeader, Later};
 use super::openapi::{AppId, NativeErrors, TAG_TOKENS};
 use super::wire::{
     self, Flushed, Introspection, IssuedToken, Session, Sessions, Status, TokenRevoked,
@@ -94,9 +94,10 @@ async fn issue(
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<IssueRequest>,
+    body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
+    let req: IssueRequest = body.json().await?;
     let issued = state
         .tokens
         .issue(&app, req.claims, &native_opts(&state, &host, &id, req.ttl))
@@ -123,9 +124,10 @@ async fn refresh(
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-    JsonOrForm(req): JsonOrForm<RefreshRequest>,
+    body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
+    let req: RefreshRequest = body.json_or_form().await?;
     let issued = state
         .tokens
         .refresh(
@@ -156,9 +158,10 @@ async fn introspect(
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-    JsonOrForm(req): JsonOrForm<TokenParam>,
+    body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
+    let req: TokenParam = body.json_or_form().await?;
     let body = match state
         .tokens
         .verify(&app, &state.issuer(&host, &id), &req.token)
@@ -200,9 +203,10 @@ async fn revoke(
     Credential(cred): Credential,
     host: HostHeader,
     Path(id): Path<String>,
-    JsonOrForm(req): JsonOrForm<TokenParam>,
+    body: Later,
 ) -> Result<Json<TokenRevoked>, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
+    let req: TokenParam = body.json_or_form().await?;
     state
         .tokens
         .revoke(&app, &state.issuer(&host, &id), &req.token)
@@ -248,9 +252,10 @@ async fn sessions(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<SubQuery>,
+    query: Later,
 ) -> Result<Json<Sessions>, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
+    let q: SubQuery = query.query().await?;
     check_sub(&q.sub)?;
     let rows = state.tokens.sessions(&app, &q.sub).await?;
     Ok(Json(Sessions {
@@ -276,9 +281,10 @@ async fn logout(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<SubQuery>,
+    query: Later,
 ) -> Result<Json<Status>, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
+    let q: SubQuery = query.query().await?;
     check_sub(&q.sub)?;
     state.tokens.logout_subject(&app, &q.sub).await?;
     Ok(Json(Status::ok()))

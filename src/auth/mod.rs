@@ -13,6 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::pubkey::hex;
 
+pub mod proxies;
+
 /// Prefix of the root key.
 pub const ROOT_PREFIX: &str = "rk_";
 /// Prefix of app access tokens.

@@ -109,7 +109,11 @@ async fn auth(app: &TestApp) {
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
     let wrong_root = format!("rk_{}", "A".repeat(43));
     let (s, v) = app.call("GET", "/apps", Some(&wrong_root), None).await;
-    assert_eq!((s, v["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (401, Some("unauthorized")),
+        "a wrong root key is an invalid credential (RFC 9110: 401)"
+    );
     let (s, _) = app
         .call(
             "GET",

@@ -208,7 +208,7 @@ async fn audit_filters_and_verify(app: &TestApp) {
     let (s, _) = app
         .call("GET", "/apps", Some("Bearer rk_wrong"), None)
         .await;
-    assert_eq!(s, 403);
+    assert_eq!(s, 401);
 
     let get = |q: String| async move {
         let (s, v) = app.root("GET", &format!("/audit?{q}"), None).await;

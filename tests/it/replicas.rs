@@ -146,7 +146,7 @@ async fn changes_on_one_replica_reach_the_other_within_a_second() {
     assert_eq!(s, 200);
     let root2 = v["new-key"].as_str().unwrap().to_owned();
     within(one_second, "root-key change on B", || async {
-        b.call("GET", "/apps", Some(&a.root_key), None).await.0 == 403
+        b.call("GET", "/apps", Some(&a.root_key), None).await.0 == 401
             && b.call("GET", "/apps", Some(&root2), None).await.0 == 200
     })
     .await;

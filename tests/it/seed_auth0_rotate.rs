@@ -65,8 +65,7 @@ async fn seed_auth0(app: &TestApp) {
         );
     }
     let (s, v) = app
-        .bearer(
-            &pk,
+        .root(
             "POST",
             &format!("/connections/{id}/keys/rotate"),
             Some(json!({"signing_alg": "ES384"})),
@@ -149,4 +148,57 @@ async fn refused_rotation_keeps_the_algorithm() {
     let (s, a) = app.root("GET", &format!("/apps/{id}"), None).await;
     assert_eq!(s, 200, "{a}");
     assert_eq!(a["signing_alg"], "RS256", "policy unchanged: {a}");
+}
+
+/// Changing a connection's `signing_alg` changes the app's policy, which natively needs the
+/// root key (`PATCH /apps/{id}`): with the app's own access token Auth0's rotate answers
+/// 403 `insufficient_scope` in Auth0's shape and changes nothing. The same token may still
+/// rotate (without `signing_alg`, or naming the algorithm the app already has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_token_cannot_change_the_connection_algorithm() {
+    let app = TestApp::spawn("a0_policy_root_only", crate::common::app::Engine::Sqlite).await;
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Conn", "signing_alg": "RS256"}))
+        .await;
+    let next = kids_in(&app.keys(&id).await, "next");
+    for prefix in ["", "/api/v2"] {
+        let (s, v) = app
+            .bearer(
+                &pk,
+                "POST",
+                &format!("{prefix}/connections/{id}/keys/rotate"),
+                Some(json!({"signing_alg": "PS512"})),
+            )
+            .await;
+        assert_eq!(s, 403, "{v}");
+        assert_eq!(v["statusCode"], 403, "{v}");
+        assert_eq!(v["error"], "Forbidden", "{v}");
+        assert_eq!(v["errorCode"], "insufficient_scope", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("root key"), "{v}");
+    }
+    let (s, a) = app.root("GET", &format!("/apps/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(a["signing_alg"], "RS256", "policy unchanged: {a}");
+    assert_eq!(
+        kids_in(&app.keys(&id).await, "next"),
+        next,
+        "no rotation happened"
+    );
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(json!({"signing_alg": "RS256"})),
+        )
+        .await;
+    assert_eq!((s, v["algorithm"].as_str()), (201, Some("RS256")), "{v}");
+    let (s, v) = app
+        .root(
+            "POST",
+            &format!("/connections/{id}/keys/rotate"),
+            Some(json!({"signing_alg": "PS512"})),
+        )
+        .await;
+    assert_eq!((s, v["algorithm"].as_str()), (201, Some("PS512")), "{v}");
 }

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::alg::Algorithm;
 use crate::api::ApiError;
-use crate::api::auth::require_root_or_app;
+use crate::api::auth::{Actor, key_change_allowed, require_root_or_app};
 use crate::api::extract::Credential;
 use crate::api::openapi::{AppId, TAG_AUTH0};
 use crate::api::wire::cert_fingerprints;
@@ -57,7 +57,10 @@ impl utoipa::IntoResponses for A0ErrorResponses {
                 (409, "Rotation not allowed now"),
                 (413, "Body over 64 KiB"),
                 (422, "Not acceptable (`invalid_body`)"),
-                (429, "Too many failed authentications from this address"),
+                (
+                    429,
+                    "Too many invalid credentials from this address, or too many rotations by this app's token (`too_many_requests`, with `Retry-After`)",
+                ),
                 (500, "Store failure"),
                 (503, "HSM unavailable, or a certificate still being made"),
             ],
@@ -92,6 +95,7 @@ impl IntoResponse for A0Error {
             StatusCode::FORBIDDEN => "insufficient_scope",
             StatusCode::NOT_FOUND => "inexistent_connection",
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             _ => self.0.code(),
         };
         let body = A0ErrorBody {
@@ -100,16 +104,9 @@ impl IntoResponse for A0Error {
             message: self.0.public_message(),
             error_code: error_code.to_owned(),
         };
-        let cause = self
-            .0
-            .into_response()
-            .extensions()
-            .get::<crate::api::error::ErrorCause>()
-            .cloned();
+        let native = self.0.into_response();
         let mut res = (status, Json(body)).into_response();
-        if let Some(c) = cause {
-            res.extensions_mut().insert(c);
-        }
+        super::carry(&native, &mut res);
         res
     }
 }
@@ -215,7 +212,11 @@ fn parse_signing_alg(body: &Bytes) -> Result<Option<Algorithm>, ApiError> {
     }
 }
 
-/// Graceful rotation of a connection's keys (optionally to a new algorithm).
+/// What Auth0 says to a token without the scope a call needs.
+const NEEDS_ROOT_FOR_ALG: &str = "Insufficient scope: changing a connection's signing_alg needs the root key (an app's access token may rotate keys, not change their algorithm)";
+
+/// Graceful rotation of a connection's keys (optionally to a new algorithm, which only the
+/// root key may ask for: it changes the app's policy, as native `PATCH /apps/{id}` does).
 #[utoipa::path(post, path = "/connections/{id}/keys/rotate", tag = TAG_AUTH0,
     params(AppId),
     request_body(content = Option<A0RotateBody>, content_type = "application/json"),
@@ -227,8 +228,12 @@ async fn rotate(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, A0Error> {
-    let (_, app) = require_root_or_app(&state, cred.as_deref(), &id).await?;
+    let (actor, app) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     let alg = parse_signing_alg(&body)?;
+    if matches!(actor, Actor::App(_)) && alg.is_some_and(|a| a != app.signing_alg) {
+        return Err(ApiError::Forbidden(NEEDS_ROOT_FOR_ALG.into()).into());
+    }
+    key_change_allowed(&state, &actor)?;
     // A new algorithm is applied inside the rotation: a refused rotation changes nothing.
     let policy = alg.filter(|a| *a != app.signing_alg).map(|alg| AppPolicy {
         name: app.name.clone(),

@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use crate::alg::{Algorithm, KeyFamily};
 use crate::api::ApiError;
 use crate::api::apps::{CreateApp, new_app_row};
-use crate::api::auth::{is_root, token_app};
+use crate::api::auth::{auth_failed, is_root, kind, token_app};
 use crate::api::extract::{Credential, HostHeader};
 use crate::api::openapi::{JpAppId, TAG_JWTPLUS};
 use crate::api::wire::Status;
@@ -107,7 +107,6 @@ impl utoipa::IntoResponses for JpErrorResponses {
                 (409, "Not allowed in the key's state"),
                 (413, "Body over 64 KiB"),
                 (422, "Not acceptable (e.g. a reserved claim)"),
-                (429, "Too many failed authentications from this address"),
                 (500, "Store failure: `{\"message\": \"error\"}`"),
                 (503, "HSM unavailable: `{\"message\": \"error\"}`"),
             ],
@@ -166,6 +165,8 @@ impl IntoResponse for JpError {
             ),
             Self::NotFound(b) => (StatusCode::NOT_FOUND, b),
             Self::Api(e) => {
+                // JWTPlus has no 429: nothing on these routes answers it (a source over
+                // its budget of invalid credentials still gets JWTPlus's 403).
                 let status = e.status_code();
                 let body = match status {
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -177,15 +178,9 @@ impl IntoResponse for JpError {
                         errors: JpErrors::Fields(vec![JpErrorBody::field("", e.public_message())]),
                     },
                 };
-                let cause = e
-                    .into_response()
-                    .extensions()
-                    .get::<crate::api::error::ErrorCause>()
-                    .cloned();
+                let native = e.into_response();
                 let mut res = (status, Json(body)).into_response();
-                if let Some(c) = cause {
-                    res.extensions_mut().insert(c);
-                }
+                super::carry(&native, &mut res);
                 return res;
             }
         };
@@ -201,17 +196,20 @@ fn ok_status() -> Response {
 
 // ---- auth ----------------------------------------------------------------------------
 
+/// JWTPlus answers every authentication failure 403 and has no 429, so failures are
+/// counted and audited (in aggregate, per source) but never throttled here.
 async fn root_guard(state: &AppState, cred: Option<&str>) -> Result<String, JpError> {
-    crate::api::auth::not_rate_limited(state)?;
     let Some(c) = cred.filter(|c| c.starts_with(ROOT_PREFIX)) else {
-        crate::api::auth::auth_failed(state, "root key", "root").await;
+        if let Some(c) = cred {
+            let _ = auth_failed(state, kind(c), None).await;
+        }
         return Err(JpError::Auth("invalid root token"));
     };
     if is_root(state, c) {
         crate::audit::set_actor("root");
         Ok(digest(c))
     } else {
-        crate::api::auth::auth_failed(state, "root key", "root").await;
+        let _ = auth_failed(state, kind(c), None).await;
         Err(JpError::Auth("invalid root key"))
     }
 }
@@ -221,7 +219,6 @@ async fn app_guard(
     cred: Option<&str>,
     app_id: &str,
 ) -> Result<std::sync::Arc<AppRow>, JpError> {
-    crate::api::auth::not_rate_limited(state)?;
     if parse_ulid(app_id).is_err() {
         return Err(JpError::Auth("invalid app id"));
     }
@@ -234,8 +231,14 @@ async fn app_guard(
             crate::audit::set_actor(&format!("app:{}", a.id));
             Ok(a)
         }
-        _ => {
-            crate::api::auth::auth_failed(state, "access token", app_id).await;
+        Some(_) => {
+            let _ = auth_failed(state, "access_token_of_another_app", Some(app_id)).await;
+            Err(JpError::Auth("invalid app key or id"))
+        }
+        None => {
+            if let Some(c) = cred {
+                let _ = auth_failed(state, kind(c), Some(app_id)).await;
+            }
             Err(JpError::Auth("invalid app key or id"))
         }
     }

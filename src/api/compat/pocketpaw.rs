@@ -40,7 +40,10 @@ impl utoipa::IntoResponses for PpErrorResponses {
             "PpErrorBody",
             &[
                 (401, "Missing or invalid access token"),
-                (429, "Too many failed authentications from this address"),
+                (
+                    429,
+                    "Too many invalid tokens from this address (`Too many requests`, with `Retry-After`)",
+                ),
                 (500, "Store failure"),
                 (503, "HSM unavailable"),
             ],
@@ -60,21 +63,14 @@ impl From<ApiError> for PpError {
 impl IntoResponse for PpError {
     fn into_response(self) -> Response {
         let status = self.0.status_code();
+        // PocketPaw's own sentences for what it answers itself.
         let detail = match status {
             StatusCode::UNAUTHORIZED => "Unauthorized".to_owned(),
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests".to_owned(),
             _ => self.0.public_message(),
         };
-        // Keep the cause for the logging middleware.
         let mut res = (status, Json(PpErrorBody { detail })).into_response();
-        if let Some(c) = self
-            .0
-            .into_response()
-            .extensions()
-            .get::<crate::api::error::ErrorCause>()
-            .cloned()
-        {
-            res.extensions_mut().insert(c);
-        }
+        super::carry(&self.0.into_response(), &mut res);
         res
     }
 }
@@ -102,14 +98,14 @@ async fn regenerate(
     State(state): State<AppState>,
     Credential(cred): Credential,
 ) -> Result<Response, PpError> {
-    crate::api::auth::not_rate_limited(&state)?;
-    let app = match cred.as_deref() {
-        Some(c) => token_app(&state, c).await?,
-        None => None,
-    };
-    let Some(app) = app else {
-        crate::api::auth::auth_failed(&state, "access token", "pocketpaw").await;
+    // PocketPaw answers 401 to a missing or invalid token, and 429 (`Too many requests`,
+    // `Retry-After`) to a client over its limit: a source over its budget of invalid
+    // tokens gets the latter. A valid token is never limited.
+    let Some(c) = cred.as_deref() else {
         return Err(ApiError::Unauthorized.into());
+    };
+    let Some(app) = token_app(&state, c).await? else {
+        return Err(crate::api::auth::invalid(&state, c, None).await.into());
     };
     crate::audit::set_actor(&format!("app:{}", app.id));
     let token = state
