@@ -538,6 +538,7 @@ async fn config_check_passes_on_a_good_config_and_names_each_problem() {
         names,
         [
             "config",
+            "issuer",
             "pin",
             "pkcs11 module",
             "token",
@@ -567,6 +568,29 @@ async fn config_check_passes_on_a_good_config_and_names_each_problem() {
         assert!(!run.ok, "a failed check exits non-zero");
         check["detail"].as_str().unwrap().to_owned()
     };
+
+    // Listening on every address without public_url: tokens would name 0.0.0.0, which no
+    // client uses. A warning, not a failure.
+    let open = cli(
+        &with("HSM_ROTATOR_LISTEN", "0.0.0.0:8080"),
+        &["config", "check", "--json"],
+        None,
+    )
+    .await;
+    assert!(open.ok, "a warning does not fail the check: {}", open.all());
+    let issuer = open.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "issuer")
+        .cloned()
+        .unwrap();
+    assert_eq!(issuer["status"], "WARNING", "{issuer}");
+    assert!(
+        issuer["detail"].as_str().unwrap().contains("public_url"),
+        "{issuer}"
+    );
+    runs.push(open);
 
     let wrong_pin = "WrongPin-5e1d7c";
     let bad_pin = cli(
