@@ -87,8 +87,14 @@ impl TestApp {
             .path()
             .join(format!("stderr-{}.log", ulid::Ulid::new()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        // `HSM_ROTATOR_LISTEN` in `env` fixes the address (a restart on the same port);
+        // otherwise a free port.
+        let listen = env
+            .iter()
+            .find(|(k, _)| *k == "HSM_ROTATOR_LISTEN")
+            .map_or("127.0.0.1:0", |(_, v)| *v);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .envs(token.env())
             .env("HSM_ROTATOR_PKCS11_MODULE", token.module.path())
             .env("HSM_ROTATOR_PIN", &token.pin)
