@@ -277,21 +277,6 @@ impl Store {
         Ok(())
     }
 
-    /// When the app's JWKS was last served, as recorded (`None`: never, or no such app).
-    ///
-    /// # Errors
-    /// Database failures.
-    pub async fn jwks_served_at(&self, id: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT jwks_served_at FROM apps WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => super::opt_i64(&r, "jwks_served_at")?,
-            None => None,
-        })
-    }
-
     /// Delete an app row and its ledger, refresh and deny-list rows (its keys were revoked
     /// by the caller in the same transaction and keep their rows for the audit trail).
     ///

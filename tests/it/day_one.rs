@@ -503,3 +503,63 @@ async fn tokens_survive_a_restart_and_a_new_public_url_listed_in_issuer_aliases(
         "{v}"
     );
 }
+
+/// Keys published before migration 0008 keep the guard they had (publication +
+/// `jwks_max_age`), and apps that existed count as served at the upgrade: the migration
+/// never makes an existing `next` key promotable early. Both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_before_the_served_record_keep_the_old_guard() {
+    use hsm_rotator::store::Store;
+    use sqlx::Row as _;
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/upgrade.db?mode=rwc", dir.path().display());
+    let postgres = crate::common::app::fresh_postgres_db().await;
+    for (engine, url) in [("sqlite", sqlite), ("postgres", postgres)] {
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(engine);
+        let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+        migrator.run_to(6, &pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO apps (id, name, signing_alg, rsa_bits, rotation_period, verification_ttl, \
+             token_ttl, refresh_ttl, subject_dn, access_token_sha256, created_at, updated_at) \
+             VALUES ('a1', 'a1', 'ES256', 0, 86400, 3600, 3600, 0, 'CN=t', 'x', 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO keys (kid, app_id, algorithm, rsa_bits, state, created_at, published_at) \
+             VALUES ('01ARZ3NDEKTSV4RRFFQ69G5FAV', 'a1', 'ES256', 0, 'next', 1000, 1000)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = Store::connect(&url).await.unwrap();
+        let key = store
+            .key("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.served_at_publish, Some(1000), "{engine}");
+        assert_eq!(
+            hsm_rotator::keys::policy::signs_from(1000, key.served_at_publish, 60),
+            1060,
+            "{engine}"
+        );
+        let served: Option<i64> = sqlx::query("SELECT jwks_served_at FROM apps WHERE id = 'a1'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert!(
+            served.is_some_and(|t| t > 1_700_000_000),
+            "{engine}: {served:?}"
+        );
+    }
+}
