@@ -135,13 +135,11 @@ const JWTPLUS: &[u16] = &[200, 400, 403, 404, 500, 503];
 const AUTH0: &[u16] = &[200, 201, 400, 401, 403, 404, 429, 500, 503];
 const POCKETPAW: &[u16] = &[200, 401, 403, 429, 500, 503];
 
-/// Drive `calls` (label, method, path, auth, body) and return the ones whose status is not
-/// in `allowed`.
-async fn outside(
-    app: &TestApp,
-    allowed: &[u16],
-    calls: Vec<(String, &str, String, Option<String>, Option<Value>)>,
-) -> Vec<String> {
+/// One request of a status walk: label, method, path, `Authorization`, body.
+type Call<'a> = (String, &'a str, String, Option<String>, Option<Value>);
+
+/// Drive `calls` and return the ones whose status is not in `allowed`.
+async fn outside(app: &TestApp, allowed: &[u16], calls: Vec<Call<'_>>) -> Vec<String> {
     let mut bad = Vec::new();
     for (label, method, path, auth, body) in calls {
         let (s, v) = app.call(method, &path, auth.as_deref(), body).await;
