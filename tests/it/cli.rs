@@ -427,8 +427,13 @@ async fn url_mode_drives_a_running_server_and_direct_writes_are_refused_meanwhil
     .await;
     assert!(keys.ok, "{}", keys.all());
     assert_eq!(
-        keys.json(),
-        serde_json::json!({"keys": server.keys(&id).await})
+        keys.json()["keys"],
+        serde_json::json!(server.keys(&id).await)
+    );
+    assert_eq!(
+        keys.json()["rotation_safe_in"],
+        0,
+        "the harness's max-age is 0"
     );
     runs.push(keys);
 

@@ -561,3 +561,70 @@ async fn keys_from_before_the_served_record_keep_the_old_guard() {
         );
     }
 }
+
+/// With TLS on, the issuer, discovery URLs and `jwks_uri` are `https://` (issue 25).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_discovery_advertises_https() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl req");
+    let app = TestApp::spawn_with(
+        "d1_tls_discovery",
+        Engine::Sqlite,
+        &[
+            ("HSM_ROTATOR_TLS_CERT", cert.to_str().unwrap()),
+            ("HSM_ROTATOR_TLS_KEY", key.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert!(app.base.starts_with("https://"), "{}", app.base);
+    let curl = |args: &[&str]| -> Value {
+        let out = Command::new("curl").arg("-sk").args(args).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let created = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: {}", app.root_key),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"name": "Tls"}"#,
+        &format!("{}/apps", app.base),
+    ]);
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(created["issuer"], format!("{}/apps/{id}", app.base));
+    let d = curl(&[&format!(
+        "{}/apps/{id}/.well-known/openid-configuration",
+        app.base
+    )]);
+    assert_eq!(d["issuer"], format!("{}/apps/{id}", app.base), "{d}");
+    assert!(
+        d["jwks_uri"].as_str().unwrap().starts_with("https://"),
+        "{d}"
+    );
+}
