@@ -248,6 +248,9 @@ async function loadApp(id) {
     const [app, keys] = await Promise.all([api('GET', `/apps/${id}`), api('GET', `/apps/${id}/keys`)]);
     state.app = app;
     state.keys = keys.keys;
+    state.rotationSafeAt = keys.rotation_safe_at;
+    // Seconds until a rotation is no longer refused, counted from the server's answer.
+    state.rotationSafeBy = Date.now() + 1000 * (keys.rotation_safe_in ?? 0);
     renderApp();
     loadAppAudit(id);
   } catch (e) {
@@ -274,6 +277,7 @@ function renderApp() {
     ...fact('Token lifetime', duration(a.token_ttl)),
     ...fact('Last rotation', timeEl(a.last_rotation_at)),
     ...fact('Next rotation', timeEl(a.next_rotation_at)),
+    ...fact('Rotation safe', rotationSafeIn() > 0 ? timeEl(state.rotationSafeAt) : 'now'),
     ...fact('Live tokens', String(a.live_tokens ?? 0)),
     ...fact('Token cut-off', timeEl(a.cutoff_at)),
   );
@@ -323,10 +327,43 @@ async function afterAction(msg) {
   if (state.app) await loadApp(state.app.id);
 }
 
+/** Seconds until the next key may sign without a verifier lacking it (0: now). */
+function rotationSafeIn() {
+  return Math.max(0, Math.ceil(((state.rotationSafeBy ?? 0) - Date.now()) / 1000));
+}
+
+/** Ask before an early rotation; true to force it. */
+function confirmEarly(wait) {
+  return confirmAction({
+    title: `Rotate ${state.app.name} early?`,
+    body: [
+      h('p', {}, `The next key is safe to sign in ${duration(wait)}: verifiers that cached this app's JWKS before it was published may reject its tokens until then.`),
+      h('p', {}, 'Rotating now is recorded in the audit log as an early rotation.'),
+    ],
+    requireName: false,
+    okLabel: 'Rotate now',
+  });
+}
+
 async function rotate() {
   const a = state.app;
+  let force = false;
+  const wait = rotationSafeIn();
+  if (wait > 0) {
+    if (!(await confirmEarly(wait))) return;
+    force = true;
+  }
   try {
-    const r = await api('POST', `/apps/${a.id}/keys/rotate`);
+    let r;
+    try {
+      r = await api('POST', `/apps/${a.id}/keys/rotate`, force ? { force: true } : undefined);
+    } catch (e) {
+      // Another operator or a replica published a newer next key meanwhile.
+      if (!(e instanceof ApiError && e.code === 'rotation_too_soon')) throw e;
+      const fresh = await api('GET', `/apps/${a.id}/keys`);
+      if (!(await confirmEarly(Math.max(1, fresh.rotation_safe_in ?? 1)))) return;
+      r = await api('POST', `/apps/${a.id}/keys/rotate`, { force: true });
+    }
     await afterAction(`Rotated: ${shortKid(r.current.kid)} now signs, ${shortKid(r.next.kid)} is next.`);
   } catch (e) {
     failed(e);

@@ -11,12 +11,11 @@ use anyhow::Context as _;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::api::extract_host::HostHeader;
 use crate::auth::{ROOT_PREFIX, Secret};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::hsm::Hsm;
-use crate::jwt::TokenService;
+use crate::jwt::{Issuers, TokenService};
 use crate::keys::registry::ROOT_SETTING;
 use crate::keys::{KeyService, Registry};
 use crate::store::{Store, StoreError};
@@ -35,8 +34,8 @@ pub const RECONCILE_EVERY: u64 = 10;
 /// Settings the handlers read.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Public base URL, if configured.
-    pub public_url: Option<String>,
+    /// The base URL of issuers, discovery and JWKS URLs, and its aliases.
+    pub issuers: Issuers,
     /// JWKS `max-age`, seconds.
     pub jwks_max_age: u64,
     /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed.
@@ -78,18 +77,20 @@ impl AppState {
         self.store.ping().await.map_err(|e| e.to_string())
     }
 
-    /// Base URL: `public_url`, else `http://<Host>`.
-    pub fn base_url(&self, host: &HostHeader) -> String {
-        match (&self.settings.public_url, &host.0) {
-            (Some(u), _) => u.trim_end_matches('/').to_owned(),
-            (None, Some(h)) => format!("http://{h}"),
-            (None, None) => "http://localhost".to_owned(),
-        }
+    /// Base URL: `public_url`, else the address bound at start-up; never the request's
+    /// `Host` (see [`Issuers`]).
+    pub fn base_url(&self) -> &str {
+        self.settings.issuers.base()
     }
 
     /// An app's issuer: `<base>/apps/<id>`; the `iss` of every token of the app.
-    pub fn issuer(&self, host: &HostHeader, app_id: &str) -> String {
-        format!("{}/apps/{app_id}", self.base_url(host))
+    pub fn issuer(&self, app_id: &str) -> String {
+        self.settings.issuers.issuer(app_id)
+    }
+
+    /// The issuers whose tokens verify: the current one and `issuer_aliases`.
+    pub fn issuers(&self) -> &Issuers {
+        &self.settings.issuers
     }
 
     /// Connect the store and the HSM and assemble the services.
@@ -141,7 +142,7 @@ impl AppState {
             metrics: crate::metrics::registry().context("Failed to set up metrics")?,
             scheduler: Arc::default(),
             settings: Arc::new(Settings {
-                public_url: cfg.public_url.clone(),
+                issuers: configured_issuers(cfg, &cfg.listen),
                 jwks_max_age: cfg.jwks_max_age,
                 trusted_proxies: cfg.trusted_proxies().context("Invalid trusted_proxies")?,
             }),
@@ -158,6 +159,47 @@ pub async fn init_store(url: &str) -> Result<(Store, Option<Secret>), StoreError
     let store = Store::connect(url).await?;
     let root = init_root_key(&store, None).await?;
     Ok((store, root))
+}
+
+/// The issuers of `cfg` for a service listening on `listen` (an address as configured, or
+/// the one bound).
+pub fn configured_issuers(cfg: &Config, listen: &str) -> Issuers {
+    Issuers::new(
+        cfg.public_url.as_deref(),
+        listen,
+        cfg.tls_cert.is_some(),
+        &cfg.issuer_aliases,
+    )
+}
+
+/// Why the issuer base may be wrong for clients: `public_url` unset while listening on a
+/// non-loopback address (the issuer then names that address, which clients elsewhere may
+/// reach by another name).
+pub fn issuer_warning(cfg: &Config, bound: Option<SocketAddr>) -> Option<String> {
+    if cfg.public_url.is_some() {
+        return None;
+    }
+    let loopback = match bound {
+        Some(a) => a.ip().is_loopback(),
+        None => {
+            let host = cfg
+                .listen
+                .rsplit_once(':')
+                .map_or(cfg.listen.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    };
+    (!loopback).then(|| {
+        format!(
+            "public_url is not set and the service listens on {}, not a loopback address: token issuers and discovery URLs name that address; set public_url to the URL clients use",
+            bound.map_or_else(|| cfg.listen.clone(), |a| a.to_string())
+        )
+    })
 }
 
 /// Create the root key if the store has none; returns it (to be shown once).
@@ -211,7 +253,7 @@ impl Application {
         })?;
         // `serve` never creates a store nor a root key (`init` does, and shows the key once):
         // `AppState::connect` refuses a store that `init` has not made.
-        let state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
+        let mut state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
         let connected = started.elapsed();
         // Make the store and the HSM agree before serving (a crash may have left work half
         // done). With SQLite this is the only process, so no pending key is in flight.
@@ -254,10 +296,22 @@ impl Application {
         .with_orphan_grace(cfg.reconcile_options(false, PENDING_GRACE).orphan_grace)
         .with_status(state.scheduler.clone());
         tokio::spawn(scheduler.run(Duration::from_secs(cfg.scheduler_interval)));
-        let router = crate::api::router(state.clone());
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("Failed to listen on {}", cfg.listen))?;
+        // The issuer is fixed now, from the address actually bound (port 0 resolved).
+        let bound = listener.local_addr().ok();
+        if let Some(addr) = bound {
+            state.settings = Arc::new(Settings {
+                issuers: configured_issuers(cfg, &addr.to_string()),
+                jwks_max_age: cfg.jwks_max_age,
+                trusted_proxies: state.settings.trusted_proxies.clone(),
+            });
+        }
+        if let Some(w) = issuer_warning(cfg, bound) {
+            tracing::warn!("{w}");
+        }
+        let router = crate::api::router(state.clone());
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
@@ -278,6 +332,11 @@ impl Application {
     /// If the socket has no local address.
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// The base URL of every issuer, discovery document and JWKS URL.
+    pub fn base_url(&self) -> &str {
+        self.state.base_url()
     }
 
     /// `https` when TLS is configured, else `http`.

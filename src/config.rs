@@ -15,6 +15,7 @@ use crate::hsm::{DEFAULT_MODULE, HsmConfig};
 const KEYS: &[(&str, Kind)] = &[
     ("listen", Kind::Str),
     ("public_url", Kind::Str),
+    ("issuer_aliases", Kind::List),
     ("pkcs11_module", Kind::Str),
     ("token_label", Kind::Str),
     ("pin", Kind::Str),
@@ -61,9 +62,15 @@ pub struct Config {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Public base URL (`https://keys.example.com`); default: from the request's `Host`.
+    /// Public base URL (`https://keys.example.com`) of issuers, discovery and JWKS URLs;
+    /// default: the address bound at start-up (`http://127.0.0.1:8080`).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Earlier base URLs (an old `public_url`, or the address served before): tokens whose
+    /// `iss` is under one of them keep verifying until they expire; new tokens carry the
+    /// current issuer.
+    #[serde(default)]
+    pub issuer_aliases: Vec<String>,
     /// PKCS#11 module path.
     #[serde(default = "default_module")]
     pub pkcs11_module: PathBuf,
@@ -216,6 +223,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("public_url", &self.public_url)
+            .field("issuer_aliases", &self.issuer_aliases)
             .field("pkcs11_module", &self.pkcs11_module)
             .field("token_label", &self.token_label)
             .field("pin", &self.pin.as_ref().map(|_| "<redacted>"))
@@ -355,6 +363,13 @@ impl Config {
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
             return bad("public_url must start with http:// or https://");
+        }
+        if self
+            .issuer_aliases
+            .iter()
+            .any(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return bad("issuer_aliases must be URLs starting with http:// or https://");
         }
         if let Some(u) = &self.database_url
             && !(u.starts_with("sqlite:")
@@ -575,6 +590,9 @@ mod tests {
             Some(
                 match k {
                     "HSM_ROTATOR_PUBLIC_URL" => "https://keys.example.com",
+                    "HSM_ROTATOR_ISSUER_ALIASES" => {
+                        "http://127.0.0.1:8080, https://old.example.com"
+                    }
                     "HSM_ROTATOR_DATABASE_URL" => "postgres://u@h/db",
                     "HSM_ROTATOR_LOG_FORMAT" => "json",
                     "HSM_ROTATOR_SESSIONS" | "HSM_ROTATOR_SPARE_KEYS" => "7",
@@ -606,6 +624,10 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("HSM_ROTATOR_DATA_DIR"));
         assert_eq!(cfg.database_url.as_deref(), Some("postgres://u@h/db"));
         assert_eq!(cfg.public_url.as_deref(), Some("https://keys.example.com"));
+        assert_eq!(
+            cfg.issuer_aliases,
+            ["http://127.0.0.1:8080", "https://old.example.com"]
+        );
         assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
         assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
         assert_eq!(cfg.orphan_grace, 9);

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::auth::{existing_app, key_change_allowed, require_root, require_root_or_app};
-use super::extract::{Credential, HostHeader, Later};
+use super::extract::{Credential, Later};
 use super::openapi::{AlgorithmName, AppId, NativeErrors, TAG_APPS, TAG_KEYS};
 use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
 use crate::alg::Algorithm;
@@ -231,13 +231,13 @@ impl AppStats {
     }
 }
 
-fn app_view(state: &AppState, host: &HostHeader, a: &AppRow, stats: &AppStats) -> AppView {
+fn app_view(state: &AppState, a: &AppRow, stats: &AppStats) -> AppView {
     let activated = state
         .registry
         .current(&a.id)
         .and_then(|k| k.row.activated_at);
     AppView {
-        app: wire::App::new(a, &state.issuer(host, &a.id)),
+        app: wire::App::new(a, &state.issuer(&a.id)),
         key_summary: key_summary(state, &a.id),
         key_counts: stats.key_counts(&a.id),
         last_rotation_at: activated.map(rfc3339),
@@ -257,7 +257,6 @@ fn app_view(state: &AppState, host: &HostHeader, a: &AppRow, stats: &AppStats) -
 async fn create(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
     require_root(&state, cred.as_deref()).await?;
@@ -266,7 +265,7 @@ async fn create(
     let created = state.keys.create_app(row).await?;
     super::layers::record_app(&created.app.id);
     let body = CreatedApp {
-        app: wire::App::new(&created.app, &state.issuer(&host, &created.app.id)),
+        app: wire::App::new(&created.app, &state.issuer(&created.app.id)),
         access_token: created.access_token.expose().to_owned(),
         keys: created.keys.iter().map(wire::Key::new).collect(),
     };
@@ -280,16 +279,12 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
 ) -> Result<Json<AppList>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let apps = state.store.apps().await?;
     let stats = AppStats::load(&state, None).await?;
     Ok(Json(AppList {
-        apps: apps
-            .iter()
-            .map(|a| app_view(&state, &host, a, &stats))
-            .collect(),
+        apps: apps.iter().map(|a| app_view(&state, a, &stats)).collect(),
     }))
 }
 
@@ -301,13 +296,12 @@ async fn list(
 async fn show(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(id): Path<String>,
 ) -> Result<Json<AppView>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     let app = existing_app(&state, &id).await?;
     let stats = AppStats::load(&state, Some(&id)).await?;
-    Ok(Json(app_view(&state, &host, &app, &stats)))
+    Ok(Json(app_view(&state, &app, &stats)))
 }
 
 /// Change an app's policy; only the fields given change (algorithm and bits apply to future keys).
@@ -319,7 +313,6 @@ async fn show(
 async fn patch(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(id): Path<String>,
     body: Later,
 ) -> Result<Json<AppView>, ApiError> {
@@ -377,7 +370,7 @@ async fn patch(
         )
         .await?;
     let stats = AppStats::load(&state, Some(&id)).await?;
-    Ok(Json(app_view(&state, &host, &updated, &stats)))
+    Ok(Json(app_view(&state, &updated, &stats)))
 }
 
 /// Delete an app: every key revoked and destroyed in the HSM, every token rejected.
@@ -412,26 +405,68 @@ async fn keys(
 ) -> Result<Json<KeyList>, ApiError> {
     require_root_or_app(&state, cred.as_deref(), &id).await?;
     let keys = state.store.app_keys(&id).await?;
+    let safe_at = keys
+        .iter()
+        .find(|k| k.state == KeyState::Next)
+        .map(|k| state.keys.signs_from(k));
     Ok(Json(KeyList {
         keys: keys.iter().map(wire::Key::new).collect(),
+        rotation_safe_at: safe_at.map(rfc3339),
+        rotation_safe_in: safe_at.map(|t| (t - state.clock.now()).max(0)),
     }))
 }
 
+/// `POST /apps/{id}/keys/rotate` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateBody {
+    /// Rotate even though the `next` key may not sign yet (a verifier may still cache a
+    /// JWKS without it and reject the new tokens until its cache expires). The rotation is
+    /// audited as early, with the age of the key it promoted.
+    #[serde(default)]
+    force: bool,
+}
+
+/// An optional JSON body: empty means the defaults.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::unprocessable("invalid_field", e.to_string())
+        }
+        _ => ApiError::bad_request("invalid_json", "the body is not valid JSON"),
+    })
+}
+
 /// Graceful rotation: `next` becomes `current`, a new `next` is published.
+///
+/// Refused with 409 `rotation_too_soon` and `Retry-After` while the `next` key may be
+/// missing from a verifier's cached JWKS (`GET /apps/{id}/keys` gives `rotation_safe_at`);
+/// `{"force": true}` rotates anyway and audits the rotation as early.
 #[utoipa::path(post, path = "/apps/{id}/keys/rotate", tag = TAG_KEYS,
     params(AppId),
+    request_body(content = Option<RotateBody>, content_type = "application/json"),
     security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
     responses((status = 200, description = "The keys after the rotation", body = Rotation), NativeErrors))]
 async fn rotate(
     State(state): State<AppState>,
     Credential(cred): Credential,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Rotation>, ApiError> {
     let (actor, _) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     key_change_allowed(&state, &actor)?;
+    let req: RotateBody = optional_json(&body)?;
+    let early = if req.force {
+        crate::keys::Early::Allow("force")
+    } else {
+        crate::keys::Early::Refuse
+    };
     let r = state
         .keys
-        .rotate(&id, crate::keys::RotationKind::Manual)
+        .rotate_with(&id, crate::keys::RotationKind::Manual, None, early)
         .await?;
     super::layers::record_kid(&r.current.kid);
     Ok(Json(Rotation {

@@ -3,7 +3,7 @@
 use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -169,32 +169,4 @@ impl<S: Send + Sync> FromRequestParts<S> for Credential {
                 .filter(|v| !v.is_empty()),
         ))
     }
-}
-
-/// The request's `Host` header (for issuer URLs when `public_url` is not configured).
-#[derive(Debug, Clone)]
-pub struct HostHeader(pub Option<String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for HostHeader {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|v| v.to_str().ok())
-            .filter(|h| valid_host(h))
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-        Ok(Self(host))
-    }
-}
-
-/// A Host header we are willing to echo into URLs: host[:port], no paths or spaces.
-fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-        })
 }

@@ -11,7 +11,6 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::auth::existing_app;
-use super::extract::HostHeader;
 use super::openapi::{AppId, PublicErrors, TAG_PUBLICATION};
 use crate::alg::ALL;
 use crate::app::AppState;
@@ -106,9 +105,12 @@ fn strings(v: &[&str]) -> Vec<String> {
 async fn jwks(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     existing_app(&state, &id).await?;
     let keys = state.registry.published(&id);
+    // The rotation guard needs to know when a JWKS was last handed out (at most one store
+    // write per app per second).
+    state.keys.jwks_served(&id).await;
     let mut res = Json(crate::jwt::jwks::jwks(&keys)).into_response();
     // Short enough that a verifier sees a new `next` key before it signs: the service never
-    // promotes a key published less than this long ago.
+    // promotes a key while a JWKS served without it may still be cached.
     if let Ok(v) =
         HeaderValue::from_str(&format!("public, max-age={}", state.settings.jwks_max_age))
     {
@@ -123,11 +125,10 @@ async fn jwks(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
     responses((status = 200, description = "Discovery document", body = Discovery), PublicErrors))]
 async fn discovery(
     State(state): State<AppState>,
-    host: HostHeader,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let app = existing_app(&state, &id).await?;
-    let issuer = state.issuer(&host, &id);
+    let issuer = state.issuer(&id);
     let mut algs: Vec<String> = vec![app.signing_alg.as_str().to_owned()];
     for k in state.registry.published(&id) {
         let a = k.row.algorithm.as_str();
@@ -149,7 +150,7 @@ async fn discovery(
         subject_types_supported: strings(&["public"]),
         grant_types_supported: strings(&["refresh_token"]),
         claims_supported: strings(&["iss", "sub", "aud", "exp", "nbf", "iat", "jti"]),
-        service_documentation: format!("{}/docs", state.base_url(&host)),
+        service_documentation: format!("{}/docs", state.base_url()),
         x_supported_algorithms: ALL.iter().map(|a| a.as_str().to_owned()).collect(),
     };
     let mut res = Json(body).into_response();

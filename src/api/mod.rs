@@ -6,10 +6,6 @@ mod compat;
 pub(crate) mod error;
 pub(crate) mod extract;
 
-/// Request extractors other layers name.
-pub mod extract_host {
-    pub use super::extract::HostHeader;
-}
 mod audit;
 mod console;
 mod health;

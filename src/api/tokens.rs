@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::ApiError;
 use super::auth::{require_app, require_root_or_app};
-use super::extract::{Credential, HostHeader, Later};
+use super::extract::{Credential, Later};
 use super::openapi::{AppId, NativeErrors, TAG_TOKENS};
 use super::wire::{
     self, Flushed, Introspection, IssuedToken, Session, Sessions, Status, TokenRevoked,
@@ -67,14 +67,9 @@ pub(crate) fn issued_body(i: &Issued) -> IssuedToken {
     IssuedToken::new(i)
 }
 
-fn native_opts(
-    state: &AppState,
-    host: &HostHeader,
-    app_id: &str,
-    ttl: Option<i64>,
-) -> IssueOptions {
+fn native_opts(state: &AppState, app_id: &str, ttl: Option<i64>) -> IssueOptions {
     IssueOptions {
-        issuer: state.issuer(host, app_id),
+        issuer: state.issuer(app_id),
         ttl,
         with_jid: false,
         refresh: RefreshFormat::Opaque,
@@ -92,7 +87,6 @@ fn native_opts(
 async fn issue(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(id): Path<String>,
     body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -100,7 +94,7 @@ async fn issue(
     let req: IssueRequest = body.json().await?;
     let issued = state
         .tokens
-        .issue(&app, req.claims, &native_opts(&state, &host, &id, req.ttl))
+        .issue(&app, req.claims, &native_opts(&state, &id, req.ttl))
         .await?;
     super::layers::record_kid(&issued.kid);
     Ok((
@@ -122,7 +116,6 @@ async fn issue(
 async fn refresh(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(id): Path<String>,
     body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -130,11 +123,7 @@ async fn refresh(
     let req: RefreshRequest = body.json_or_form().await?;
     let issued = state
         .tokens
-        .refresh(
-            &app,
-            &req.refresh_token,
-            &native_opts(&state, &host, &id, None),
-        )
+        .refresh(&app, &req.refresh_token, &native_opts(&state, &id, None))
         .await?;
     super::layers::record_kid(&issued.kid);
     Ok((
@@ -156,17 +145,12 @@ async fn refresh(
 async fn introspect(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(id): Path<String>,
     body: Later,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = require_app(&state, cred.as_deref(), &id).await?;
     let req: TokenParam = body.json_or_form().await?;
-    let body = match state
-        .tokens
-        .verify(&app, &state.issuer(&host, &id), &req.token)
-        .await
-    {
+    let body = match state.tokens.verify(&app, state.issuers(), &req.token).await {
         Ok(mut claims) => {
             // `active` and `token_type` are ours, whatever the token carries.
             claims.remove("active");
@@ -201,7 +185,6 @@ async fn introspect(
 async fn revoke(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(id): Path<String>,
     body: Later,
 ) -> Result<Json<TokenRevoked>, ApiError> {
@@ -209,7 +192,7 @@ async fn revoke(
     let req: TokenParam = body.json_or_form().await?;
     state
         .tokens
-        .revoke(&app, &state.issuer(&host, &id), &req.token)
+        .revoke(&app, state.issuers(), &req.token)
         .await?;
     Ok(Json(TokenRevoked { revoked: true }))
 }

@@ -282,6 +282,12 @@ pub struct Deleted {
 pub struct KeyList {
     /// Every key of the app, retired and revoked too.
     pub keys: Vec<Key>,
+    /// From when the `next` key may sign, so a rotation is not refused as too soon
+    /// (RFC 3339; null without a `next` key). Before then, verifiers may still cache a
+    /// JWKS that lacks it.
+    pub rotation_safe_at: Option<String>,
+    /// Seconds until then (0: a rotation is safe now).
+    pub rotation_safe_in: Option<i64>,
 }
 
 /// `POST /apps/{id}/keys/rotate`.

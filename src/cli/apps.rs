@@ -9,7 +9,7 @@ use super::output::{self, Output, s};
 use super::remote::Cred;
 use super::{AppCommand, CreateArgs, Direct, KeysCommand, Remote};
 use crate::api::wire;
-use crate::keys::{KeyError, Kid, RotationKind};
+use crate::keys::{Early, KeyError, KeyState, Kid, RotationKind};
 
 /// Where a command goes.
 #[derive(Debug)]
@@ -22,7 +22,28 @@ pub(crate) enum Target<'a> {
 
 /// A lifecycle error in the operator's words.
 fn key_error(e: KeyError) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
+    match e {
+        KeyError::TooSoon { .. } => too_soon(&e.to_string()),
+        e => anyhow::anyhow!("{e}"),
+    }
+}
+
+/// A rotation refused as too soon, with the way out.
+fn too_soon(why: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{why}. Wait, or add --force to rotate now: verifiers that cached the JWKS without the next key reject its tokens until their cache expires, and the rotation is audited as early"
+    )
+}
+
+/// When a rotation stops being refused as too soon, for people.
+fn rotation_safe_line(v: &Value) -> Option<String> {
+    let at = v["rotation_safe_at"].as_str()?;
+    Some(match v["rotation_safe_in"].as_i64() {
+        Some(n) if n > 0 => {
+            format!("a rotation is safe from {at} (in {n} s); before then it needs --force")
+        }
+        _ => "a rotation is safe now".to_owned(),
+    })
 }
 
 /// An app id as the API would check it (a ULID).
@@ -271,8 +292,15 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
                         anyhow::bail!("app {app} not found");
                     }
                     let keys = store.app_keys(&app).await?;
+                    let safe_at = keys
+                        .iter()
+                        .find(|k| k.state == KeyState::Next)
+                        .map(|k| d.state().keys.signs_from(k));
+                    let now = d.state().keys.clock_now();
                     json!(wire::KeyList {
                         keys: keys.iter().map(wire::Key::new).collect(),
+                        rotation_safe_at: safe_at.map(crate::clock::rfc3339),
+                        rotation_safe_in: safe_at.map(|t| (t - now).max(0)),
                     })
                 }
             };
@@ -280,19 +308,39 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
                 for k in v["keys"].as_array().cloned().unwrap_or_default() {
                     print_key_line(&k);
                 }
+                if let Some(line) = rotation_safe_line(&v) {
+                    println!("{line}");
+                }
                 return Ok(());
             }
             v
         }
-        KeysCommand::Rotate { app } => {
+        KeysCommand::Rotate { app, force } => {
             let path = format!("{}/keys/rotate", app_path(&app)?);
             let v = match &t {
-                Target::Remote(r) => r.call(Method::POST, &path, Cred::RootOrApp, None).await?,
+                Target::Remote(r) => {
+                    let body = force.then(|| json!({"force": true}));
+                    r.call(Method::POST, &path, Cred::RootOrApp, body.as_ref())
+                        .await
+                        .map_err(|e| {
+                            let msg = e.to_string();
+                            if msg.contains("rotation_too_soon") {
+                                too_soon(&msg)
+                            } else {
+                                e
+                            }
+                        })?
+                }
                 Target::Direct(d) => {
+                    let early = if force {
+                        Early::Allow("force")
+                    } else {
+                        Early::Refuse
+                    };
                     let r = d
                         .state()
                         .keys
-                        .rotate(&app, RotationKind::Manual)
+                        .rotate_with(&app, RotationKind::Manual, None, early)
                         .await
                         .map_err(key_error)?;
                     json!(wire::Rotation {

@@ -18,6 +18,8 @@ use crate::store::Store;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     Ok,
+    /// Works, but probably not as meant; does not fail the check run.
+    Warning,
     Failed,
     Skipped,
 }
@@ -26,6 +28,7 @@ impl Status {
     fn word(self) -> &'static str {
         match self {
             Self::Ok => "ok",
+            Self::Warning => "WARNING",
             Self::Failed => "FAILED",
             Self::Skipped => "skipped",
         }
@@ -163,6 +166,17 @@ pub(crate) async fn run(path: Option<&Path>, out: &Output) -> anyhow::Result<()>
         }
     };
     if let Some(cfg) = &cfg {
+        let base = crate::app::configured_issuers(cfg, &cfg.listen);
+        match crate::app::issuer_warning(cfg, None) {
+            Some(w) => r.0.push(("issuer", Status::Warning, w)),
+            None => r.push(
+                "issuer",
+                Ok(format!(
+                    "tokens name {}/apps/<id> (public_url, else the listen address)",
+                    base.base()
+                )),
+            ),
+        }
         let pin = match cfg.pin() {
             Ok(p) => {
                 r.push("pin", Ok(pin_source(cfg)));
@@ -195,6 +209,7 @@ pub(crate) async fn run(path: Option<&Path>, out: &Output) -> anyhow::Result<()>
         );
     } else {
         for name in [
+            "issuer",
             "pin",
             "pkcs11 module",
             "token",

@@ -11,13 +11,14 @@ use crate::store::{LockError, StoreLock};
 /// The store and the HSM, opened in this process.
 pub struct Direct {
     state: AppState,
-    base: String,
     _lock: Option<StoreLock>,
 }
 
 impl std::fmt::Debug for Direct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Direct").field("base", &self.base).finish()
+        f.debug_struct("Direct")
+            .field("base", &self.state.base_url())
+            .finish()
     }
 }
 
@@ -40,18 +41,11 @@ impl Direct {
         } else {
             None
         };
+        // Its issuers are those a server on this configuration advertises: `public_url`,
+        // else the listen address (set public_url when tokens issued here must verify at a
+        // server behind a proxy, or listening on port 0).
         let state = AppState::connect(cfg, Arc::new(crate::clock::SystemClock)).await?;
-        // The issuer a server would advertise: `public_url`, else the listen address (set
-        // public_url when tokens issued here must verify at a server behind a proxy).
-        let base = cfg.public_url.as_deref().map_or_else(
-            || format!("http://{}", cfg.listen),
-            |u| u.trim_end_matches('/').to_owned(),
-        );
-        Ok(Self {
-            state,
-            base,
-            _lock: lock,
-        })
+        Ok(Self { state, _lock: lock })
     }
 
     /// The services.
@@ -61,7 +55,7 @@ impl Direct {
 
     /// An app's issuer (`<base>/apps/<id>`), as the server computes it.
     pub fn issuer(&self, app_id: &str) -> String {
-        format!("{}/apps/{app_id}", self.base)
+        self.state.issuer(app_id)
     }
 
     /// Log out of the token.

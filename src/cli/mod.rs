@@ -185,6 +185,10 @@ pub enum KeysCommand {
     Rotate {
         /// App id.
         app: String,
+        /// Rotate even though the next key may still be missing from verifiers' cached
+        /// JWKS (refused otherwise, with the time left); audited as an early rotation.
+        #[arg(long)]
+        force: bool,
     },
     /// Revoke one key: every token it signed is rejected, its HSM objects destroyed.
     Revoke {
@@ -310,9 +314,15 @@ async fn serve(cfg: &Config) -> anyhow::Result<()> {
     let addr = app.local_addr()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}://{addr}", app.scheme()).context("Failed to write to stdout")?;
+    writeln!(
+        out,
+        "issuer base {} (each app's issuer is <base>/apps/<id>)",
+        app.base_url()
+    )
+    .context("Failed to write to stdout")?;
     out.flush().context("Failed to flush stdout")?;
     drop(out);
-    tracing::info!(%addr, "serving");
+    tracing::info!(%addr, issuer_base = app.base_url(), "serving");
     app.run_until_stopped().await
 }
 

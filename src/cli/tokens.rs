@@ -125,7 +125,12 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
                 ),
                 Target::Direct(d) => {
                     let row = app_row(d, &app)?;
-                    match d.state().tokens.verify(&row, &d.issuer(&app), &token).await {
+                    match d
+                        .state()
+                        .tokens
+                        .verify(&row, d.state().issuers(), &token)
+                        .await
+                    {
                         Ok(mut claims) => {
                             claims.insert("active".into(), true.into());
                             claims.insert("token_type".into(), "access_token".into());
@@ -151,7 +156,7 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
             if !active {
                 match why {
                     Some(crate::jwt::Rejection::Issuer) => anyhow::bail!(
-                        "the token is not active: its issuer is not {} (set public_url to the server's public base URL)",
+                        "the token is not active: its issuer is not {} (set public_url to the server's public base URL, and list earlier ones in issuer_aliases)",
                         d_issuer(&t, &app)
                     ),
                     Some(why) => anyhow::bail!("the token is not active: {}", rejection_words(why)),

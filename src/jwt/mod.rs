@@ -1,5 +1,6 @@
 //! JWTs: building and signing compact JWS in the HSM, parsing and verifying them, JWKS.
 
+pub mod issuer;
 pub mod jwks;
 pub mod service;
 pub mod verify;
@@ -8,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
+pub use issuer::Issuers;
 pub use service::{Issued, Rejection, TokenService};
 
 /// Claims the service sets; a request that sets any of them is refused.

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{instrument, warn};
 use ulid::Ulid;
 
-use super::{RESERVED_CLAIMS, b64, parse};
+use super::{Issuers, RESERVED_CLAIMS, b64, parse};
 use crate::alg::Algorithm;
 use crate::auth::{REFRESH_PREFIX, Secret, digest};
 use crate::clock::Clock;
@@ -563,7 +563,7 @@ impl TokenService {
     pub async fn verify(
         &self,
         app: &AppRow,
-        issuer: &str,
+        issuers: &Issuers,
         token: &str,
     ) -> Result<Map<String, Value>, Rejection> {
         let c = parse(token.trim()).ok_or(Rejection::Malformed)?;
@@ -624,7 +624,11 @@ impl TokenService {
         if num("nbf").is_some_and(|nbf| nbf > now) {
             return Err(Rejection::NotYetValid);
         }
-        if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+        if !claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .is_some_and(|iss| issuers.accepts(&app.id, iss))
+        {
             return Err(Rejection::Issuer);
         }
         let jti_str = claims
@@ -661,11 +665,16 @@ impl TokenService {
     ///
     /// # Errors
     /// Store failures.
-    pub async fn revoke(&self, app: &AppRow, issuer: &str, token: &str) -> Result<(), TokenError> {
+    pub async fn revoke(
+        &self,
+        app: &AppRow,
+        issuers: &Issuers,
+        token: &str,
+    ) -> Result<(), TokenError> {
         let store = &self.inner.store;
         let now = self.now();
         let hash = digest(token.trim());
-        let verified = self.verify(app, issuer, token).await;
+        let verified = self.verify(app, issuers, token).await;
         let mut tx = store.begin().await?;
         if let Some(r) = store.refresh(&mut tx, &hash).await?
             && r.app_id == app.id

@@ -117,9 +117,52 @@ pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Seconds added to a recorded JWKS serve: a serve is written to the store at most once a
+/// second per app and process, and after the response has been computed, so a serve an
+/// instant before a publication may reach the store an instant after it.
+pub const SERVED_SLACK: i64 = 2;
+
+/// From when a `next` key may sign without any verifier meeting a token whose key it lacks.
+///
+/// A verifier that caches the JWKS for `max_age` seconds lacks the key only if it fetched
+/// the JWKS before the key was published; such a cache expires `max_age` after that fetch.
+/// So the key is safe from the last serve before its publication plus `max_age`:
+/// `min(published_at, served_at_publish + SERVED_SLACK) + max_age`, where
+/// `served_at_publish` is the app's last JWKS serve as the store knew it when the key was
+/// published. If the JWKS had never been served by then (`None`), no cache can lack the
+/// key and it may sign at once (`published_at`): that is every app's first pair, and any
+/// key published before anyone fetched the app's JWKS.
+///
+/// `served_at_publish` is read in the transaction that publishes the key, from a record
+/// every replica writes (see `KeyService::jwks_served`), so the rule holds across replicas
+/// and restarts.
+pub fn signs_from(published_at: i64, served_at_publish: Option<i64>, max_age: i64) -> i64 {
+    match served_at_publish {
+        None => published_at,
+        Some(served) => published_at
+            .min(served.saturating_add(SERVED_SLACK))
+            .saturating_add(max_age),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_no_served_jwks_lacked_signs_at_once() {
+        assert_eq!(signs_from(1_000, None, 60), 1_000);
+    }
+
+    #[test]
+    fn a_key_published_after_a_serve_waits_for_that_serve_to_expire() {
+        // Served 2 s before publication: caches without the key expire by then + 60 (+ slack).
+        assert_eq!(signs_from(1_000, Some(998), 60), 1_060);
+        // Served long before: those caches are gone sooner than a full max-age after publication.
+        assert_eq!(signs_from(1_000, Some(900), 60), 962);
+        // Never later than publication + max-age (the guard of old).
+        assert_eq!(signs_from(1_000, Some(1_000), 60), 1_060);
+    }
 
     fn base() -> Policy {
         Policy {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio::sync::Mutex;
 use tracing::{info, instrument, warn};
@@ -107,6 +108,18 @@ pub enum RotationKind {
     Repair,
 }
 
+/// What a graceful rotation does when the `next` key may not sign yet (some verifier may
+/// still cache a JWKS without it; see [`super::policy::signs_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    /// Refuse with [`KeyError::TooSoon`] (the native API by default, the scheduler).
+    Refuse,
+    /// Carry it out and audit it as early, with the promoted key's age. The string names
+    /// who accepted the risk: `force` (the native override) or a compat family whose peer
+    /// never refuses a rotation (`auth0`).
+    Allow(&'static str),
+}
+
 struct Inner {
     store: Store,
     hsm: Hsm,
@@ -117,6 +130,8 @@ struct Inner {
     /// A `next` key signs only after it has been published this long (the JWKS max-age).
     min_next_age: i64,
     app_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per app, the last second this process recorded a JWKS serve in the store.
+    served: std::sync::RwLock<HashMap<String, Arc<AtomicI64>>>,
 }
 
 /// The lifecycle service. Cheap to clone.
@@ -166,6 +181,7 @@ impl KeyService {
                 spares,
                 min_next_age,
                 app_locks: Mutex::new(HashMap::new()),
+                served: std::sync::RwLock::default(),
             }),
         }
     }
@@ -370,21 +386,80 @@ impl KeyService {
     /// # Errors
     /// [`KeyError::AppNotFound`]; store or HSM failures.
     pub async fn rotate(&self, app_id: &str, kind: RotationKind) -> Result<Rotation, KeyError> {
-        self.rotate_with(app_id, kind, None).await
+        self.rotate_with(app_id, kind, None, Early::Refuse).await
+    }
+
+    /// From when `next` may sign without a verifier lacking it (Unix seconds).
+    pub fn signs_from(&self, next: &KeyRow) -> i64 {
+        super::policy::signs_from(
+            next.published_at.unwrap_or(next.created_at),
+            next.served_at_publish,
+            self.inner.min_next_age,
+        )
+    }
+
+    /// From when the app's `next` key may sign, by the in-memory registry (`None`: the app
+    /// has no `next` key). A time in the past means a rotation is safe now.
+    pub fn rotation_safe_at(&self, app_id: &str) -> Option<i64> {
+        self.inner
+            .registry
+            .published(app_id)
+            .iter()
+            .find(|k| k.row.state == KeyState::Next)
+            .map(|k| self.signs_from(&k.row))
+    }
+
+    /// Note that the app's JWKS was served now. The store keeps the time (the rotation
+    /// guard reads it when a key is published, on any replica), written at most once a
+    /// second per app by this process: the JWKS route serves tens of thousands of requests
+    /// a second and must not write each one. The write is awaited, so a client that saw
+    /// the response can rely on the record; concurrent serves in the same second return
+    /// without waiting for it ([`super::policy::SERVED_SLACK`] covers them).
+    pub async fn jwks_served(&self, app_id: &str) {
+        let now = self.now();
+        let known = self
+            .inner
+            .served
+            .read()
+            .ok()
+            .and_then(|m| m.get(app_id).cloned());
+        let slot = match known {
+            Some(s) => s,
+            None => match self.inner.served.write() {
+                Ok(mut m) => m.entry(app_id.to_owned()).or_default().clone(),
+                Err(_) => return,
+            },
+        };
+        let last = slot.load(Ordering::Acquire);
+        if now <= last
+            || slot
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.inner.store.set_jwks_served(app_id, now).await {
+            // Unrecorded, a later publication could be judged safe too soon: retry on the
+            // next serve.
+            let _ = slot.compare_exchange(now, last, Ordering::AcqRel, Ordering::Acquire);
+            warn!(app_id, error = %e, "could not record a JWKS serve");
+        }
     }
 
     /// Graceful rotation that first gives the app a new policy (Auth0's `signing_alg`:
     /// the new `next` key is of the new algorithm), in the rotation's transaction: a
-    /// refused rotation leaves the policy as it was.
+    /// refused rotation leaves the policy as it was. `early` says what to do when the
+    /// `next` key may not sign yet.
     ///
     /// # Errors
-    /// As [`Self::rotate`].
+    /// As [`Self::rotate`]; [`KeyError::TooSoon`] only with [`Early::Refuse`].
     #[instrument(skip(self, policy))]
     pub async fn rotate_with(
         &self,
         app_id: &str,
         kind: RotationKind,
         policy: Option<&AppPolicy>,
+        early: Early,
     ) -> Result<Rotation, KeyError> {
         let _guard = self.lock_app(app_id).await;
         let app = self
@@ -406,16 +481,24 @@ impl KeyService {
                 return Err(KeyError::AppNotFound);
             }
             let keys = self.inner.store.app_keys_tx(&mut tx, app_id).await?;
+            // Set when a young `next` key is promoted anyway: what the audit record says.
+            let mut promoted_early = None;
             if kind != RotationKind::Repair
                 && let Some(next) = find(&keys, KeyState::Next)
             {
                 let age = now - next.published_at.unwrap_or(next.created_at);
-                if age < self.inner.min_next_age {
-                    return Err(KeyError::TooSoon {
-                        age,
-                        min: self.inner.min_next_age,
-                        retry_after: self.inner.min_next_age - age,
-                    });
+                let safe_at = self.signs_from(next);
+                if now < safe_at {
+                    match early {
+                        Early::Refuse => {
+                            return Err(KeyError::TooSoon {
+                                age,
+                                min: self.inner.min_next_age,
+                                retry_after: safe_at - now,
+                            });
+                        }
+                        Early::Allow(by) => promoted_early = Some((age, safe_at - now, by)),
+                    }
                 }
             }
             if let Some(p) = policy {
@@ -435,10 +518,21 @@ impl KeyService {
                 RotationKind::Repair => ("key.rotate_repair", "repair"),
             };
             crate::metrics::rotation(metric);
-            self.inner
-                .audit
-                .record(action, app_id, "ok", serde_json::json!({"current": outcome.0.to_string(), "next": outcome.1.to_string()}))
-                .await;
+            let mut details = serde_json::json!({"current": outcome.0.to_string(), "next": outcome.1.to_string()});
+            if let Some((age, safe_in, by)) = promoted_early {
+                warn!(
+                    app_id,
+                    promoted_age = age,
+                    safe_in,
+                    allowed_by = by,
+                    "early rotation: verifiers may not have the new signing key yet"
+                );
+                details["early"] = true.into();
+                details["promoted_age"] = age.into();
+                details["safe_in"] = safe_in.into();
+                details["allowed_by"] = by.into();
+            }
+            self.inner.audit.record(action, app_id, "ok", details).await;
             return self.rotation_view(app_id).await;
         }
         Err(KeyError::Inconsistent(
@@ -608,6 +702,14 @@ impl KeyService {
                     target.state
                 )));
             }
+            // Revoking the signing key promotes `next` however young (the key being revoked
+            // must stop signing now); the audit record says when that was early.
+            let promoted_early = match (target.state, find(&keys, KeyState::Next)) {
+                (KeyState::Current, Some(n)) if now < self.signs_from(n) => {
+                    Some(now - n.published_at.unwrap_or(n.created_at))
+                }
+                _ => None,
+            };
             store
                 .transition_key(&mut tx, kid, target.state, KeyState::Revoked, now)
                 .await?;
@@ -656,14 +758,14 @@ impl KeyService {
             self.destroy_objects(&[kid]).await;
             warn!(app_id, %kid, revoked_tokens, "key revoked");
             crate::metrics::revocation("key");
+            let mut details = serde_json::json!({"app_id": app_id, "was": target.state.as_str(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects});
+            if let Some(age) = promoted_early {
+                details["early"] = true.into();
+                details["promoted_age"] = age.into();
+            }
             self.inner
                 .audit
-                .record(
-                    "key.revoke",
-                    &kid.to_string(),
-                    "ok",
-                    serde_json::json!({"app_id": app_id, "was": target.state.as_str(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects}),
-                )
+                .record("key.revoke", &kid.to_string(), "ok", details)
                 .await;
             let view = store.app_keys(app_id).await?;
             return Ok(Revocation {
@@ -809,6 +911,9 @@ impl KeyService {
         self.inner.registry.app_changed(app_id).await;
         self.destroy_objects(&revoked).await;
         self.inner.app_locks.lock().await.remove(app_id);
+        if let Ok(mut m) = self.inner.served.write() {
+            m.remove(app_id);
+        }
         warn!(app_id, revoked = revoked.len(), "app deleted");
         self.inner
             .audit

@@ -262,6 +262,21 @@ impl Store {
         Ok(())
     }
 
+    /// Record that the app's JWKS was served at `at` (never moves the record back).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn set_jwks_served(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE apps SET jwks_served_at = $1 WHERE id = $2 AND (jwks_served_at IS NULL OR jwks_served_at < $1)",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Delete an app row and its ledger, refresh and deny-list rows (its keys were revoked
     /// by the caller in the same transaction and keep their rows for the audit trail).
     ///

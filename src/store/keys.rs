@@ -30,6 +30,9 @@ pub struct KeyRow {
     pub created_at: i64,
     /// Became `next` (published).
     pub published_at: Option<i64>,
+    /// When the app's JWKS had last been served, as the store knew it at publication
+    /// (`None`: never); see [`crate::keys::policy::signs_from`].
+    pub served_at_publish: Option<i64>,
     /// Became `current`.
     pub activated_at: Option<i64>,
     /// Stopped signing (became `previous`).
@@ -51,7 +54,7 @@ impl KeyRow {
 
 macro_rules! key_cols {
     () => {
-        "kid, app_id, algorithm, rsa_bits, state, spki, cert, fingerprint, created_at, published_at, activated_at, deactivated_at, retired_at, revoked_at, destroyed_at"
+        "kid, app_id, algorithm, rsa_bits, state, spki, cert, fingerprint, created_at, published_at, served_at_publish, activated_at, deactivated_at, retired_at, revoked_at, destroyed_at"
     };
 }
 
@@ -74,6 +77,7 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRow, StoreError> {
         fingerprint: r.try_get("fingerprint")?,
         created_at: r.try_get("created_at")?,
         published_at: opt_i64(r, "published_at")?,
+        served_at_publish: opt_i64(r, "served_at_publish")?,
         activated_at: opt_i64(r, "activated_at")?,
         deactivated_at: opt_i64(r, "deactivated_at")?,
         retired_at: opt_i64(r, "retired_at")?,
@@ -162,9 +166,11 @@ impl Store {
             }
         };
         // Becoming `current` straight from the pool (app creation, emergency) also means
-        // it was published now.
+        // it was published now. The app's last JWKS serve is copied onto the key in the
+        // same statement: it bounds the caches that lack the key (the rotation guard).
         let sql = format!(
-            "UPDATE keys SET app_id = $1, state = $2, published_at = $3, activated_at = CASE WHEN $2 = 'current' THEN $3 ELSE NULL END \
+            "UPDATE keys SET app_id = $1, state = $2, published_at = $3, activated_at = CASE WHEN $2 = 'current' THEN $3 ELSE NULL END, \
+             served_at_publish = (SELECT jwks_served_at FROM apps WHERE id = $1) \
              WHERE kid = ({pick}) AND state = 'spare' RETURNING {}",
             key_cols!()
         );

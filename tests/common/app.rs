@@ -132,8 +132,14 @@ impl TestApp {
             .path()
             .join(format!("stderr-{}.log", ulid::Ulid::new()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        // `HSM_ROTATOR_LISTEN` in `env` fixes the address (a restart on the same port);
+        // otherwise a free port.
+        let listen = env
+            .iter()
+            .find(|(k, _)| *k == "HSM_ROTATOR_LISTEN")
+            .map_or("127.0.0.1:0", |(_, v)| *v);
         let mut cmd = command(&token, &database_url, env);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);

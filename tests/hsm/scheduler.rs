@@ -82,6 +82,10 @@ fn scheduled_rotation_and_retirement_follow_the_clock() {
         assert!(state.scheduler.leader());
         assert_eq!(state.scheduler.last_tick_at(), Some(t0 + 3_599));
 
+        // A verifier fetches the JWKS: from now on a newly published key must wait for
+        // that fetch's cache to expire before it signs.
+        state.keys.jwks_served(&id).await;
+
         // Due: rotated at the period, exactly.
         clock.advance(1);
         let r = sched.tick(2).await.unwrap();
@@ -91,7 +95,8 @@ fn scheduled_rotation_and_retirement_follow_the_clock() {
         assert_eq!(prev.state, KeyState::Previous);
         assert_eq!(prev.deactivated_at, Some(t0 + 3_600));
 
-        // A manual rotation right after is refused: the new next key is too young.
+        // A manual rotation right after is refused: the JWKS served a second before the
+        // new next key was published may be cached for 60 s more.
         let err = state
             .keys
             .rotate(&id, RotationKind::Manual)

@@ -448,8 +448,13 @@ async fn url_mode_drives_a_running_server_and_direct_writes_are_refused_meanwhil
     .await;
     assert!(keys.ok, "{}", keys.all());
     assert_eq!(
-        keys.json(),
-        serde_json::json!({"keys": server.keys(&id).await})
+        keys.json()["keys"],
+        serde_json::json!(server.keys(&id).await)
+    );
+    assert_eq!(
+        keys.json()["rotation_safe_in"],
+        0,
+        "the harness's max-age is 0"
     );
     runs.push(keys);
 
@@ -559,6 +564,7 @@ async fn config_check_passes_on_a_good_config_and_names_each_problem() {
         names,
         [
             "config",
+            "issuer",
             "pin",
             "pkcs11 module",
             "token",
@@ -588,6 +594,29 @@ async fn config_check_passes_on_a_good_config_and_names_each_problem() {
         assert!(!run.ok, "a failed check exits non-zero");
         check["detail"].as_str().unwrap().to_owned()
     };
+
+    // Listening on every address without public_url: tokens would name 0.0.0.0, which no
+    // client uses. A warning, not a failure.
+    let open = cli(
+        &with("HSM_ROTATOR_LISTEN", "0.0.0.0:8080"),
+        &["config", "check", "--json"],
+        None,
+    )
+    .await;
+    assert!(open.ok, "a warning does not fail the check: {}", open.all());
+    let issuer = open.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "issuer")
+        .cloned()
+        .unwrap();
+    assert_eq!(issuer["status"], "WARNING", "{issuer}");
+    assert!(
+        issuer["detail"].as_str().unwrap().contains("public_url"),
+        "{issuer}"
+    );
+    runs.push(open);
 
     let wrong_pin = "WrongPin-5e1d7c";
     let bad_pin = cli(
@@ -763,4 +792,110 @@ async fn url_mode_over_https_trusts_the_ca_it_is_given() {
         untrusted.all()
     );
     assert_clean(&[trusted, untrusted], &[("root key", &server.root_key)]);
+}
+
+/// The audit records of `action` about app `id`, with their details parsed.
+async fn audit_details(server: &TestApp, id: &str, action: &str) -> Vec<Value> {
+    let (s, v) = server
+        .root("GET", &format!("/audit?app={id}&action={action}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match &r["details"] {
+            Value::String(d) => serde_json::from_str(d).unwrap(),
+            other => other.clone(),
+        })
+        .collect()
+}
+
+/// The README's quick start on a fresh token and store, with the default `jwks_max_age`:
+/// `app create` then `keys rotate` succeeds at once (the first pair's next key was in every
+/// JWKS ever served, even though a verifier fetched it). The key published by that rotation
+/// was not in the JWKS the verifier holds, so a second rotation at once is refused (409
+/// with `Retry-After`, and the CLI says how long and offers `--force`); `--force` carries
+/// it out, and the audit log marks it early with the promoted key's age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_rotates_at_once_and_an_early_rotation_needs_force() {
+    let server = TestApp::spawn_with(
+        "cli_quick",
+        Engine::Sqlite,
+        &[("HSM_ROTATOR_JWKS_MAX_AGE", "60")],
+    )
+    .await;
+    let url = server.base.clone();
+    let root_env = vec![("HSM_ROTATOR_ROOT_KEY".to_owned(), server.root_key.clone())];
+    let created = cli(
+        &root_env,
+        &[
+            "--url", &url, "app", "create", "--name", "Billing", "--alg", "ES256", "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(created.ok, "{}", created.all());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    // A verifier fetches the JWKS (and caches it for 60 s).
+    server.jwks(&id).await;
+
+    let first = cli(&root_env, &["--url", &url, "keys", "rotate", &id], None).await;
+    assert!(first.ok, "the first pair rotates at once: {}", first.all());
+
+    let list = cli(&root_env, &["--url", &url, "keys", "list", &id], None).await;
+    assert!(list.ok, "{}", list.all());
+    assert!(
+        list.stdout.contains("a rotation is safe from") && list.stdout.contains("--force"),
+        "keys list says when a rotation is safe: {}",
+        list.all()
+    );
+
+    let second = cli(&root_env, &["--url", &url, "keys", "rotate", &id], None).await;
+    assert!(!second.ok, "a truly early rotation is refused");
+    assert!(
+        second.stderr.contains("409")
+            && second.stderr.contains("may sign in")
+            && second.stderr.contains("--force"),
+        "{}",
+        second.all()
+    );
+    let res = server
+        .client
+        .post(server.url(&format!("/apps/{id}/keys/rotate")))
+        .header("Authorization", format!("Bearer {}", server.root_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 409);
+    let retry: i64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=62).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "rotation_too_soon"
+    );
+
+    let forced = cli(
+        &root_env,
+        &["--url", &url, "keys", "rotate", &id, "--force"],
+        None,
+    )
+    .await;
+    assert!(forced.ok, "{}", forced.all());
+
+    let rotations = audit_details(&server, &id, "key.rotate").await;
+    assert_eq!(rotations.len(), 2, "{rotations:?}");
+    let early: Vec<&Value> = rotations.iter().filter(|d| d["early"] == true).collect();
+    assert_eq!(
+        early.len(),
+        1,
+        "only the forced rotation is early: {rotations:?}"
+    );
+    assert_eq!(early[0]["allowed_by"], "force");
+    assert!(early[0]["promoted_age"].as_i64().unwrap() >= 0, "{early:?}");
+    assert!(early[0]["safe_in"].as_i64().unwrap() > 0, "{early:?}");
 }

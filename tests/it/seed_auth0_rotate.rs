@@ -123,10 +123,11 @@ async fn seed_auth0(app: &TestApp) {
 }
 both_engines!(seed_auth0_rotate_connection_keys, seed_auth0);
 
-/// A rotation refused as too soon (the `next` key was published less than `jwks_max_age`
-/// ago) leaves the connection's algorithm as it was: a failed request changes nothing.
+/// An early rotation (a verifier fetched the JWKS, then two rotations in a row with a
+/// one-hour max-age) that changes the algorithm is carried out as Auth0 would (201), and the
+/// connection's algorithm follows it; the audit log marks it early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_rotation_keeps_the_algorithm() {
+async fn early_rotation_with_a_new_algorithm_is_carried_out() {
     let app = TestApp::spawn_with(
         "a0_too_soon",
         crate::common::app::Engine::Sqlite,
@@ -136,18 +137,34 @@ async fn refused_rotation_keeps_the_algorithm() {
     let (id, _, _) = app
         .create_app(json!({"name": "Soon", "signing_alg": "RS256"}))
         .await;
+    app.jwks(&id).await;
+    let auth = format!("Bearer {}", app.root_key);
+    let path = format!("/connections/{id}/keys/rotate");
+    let (s, v) = app.call("POST", &path, Some(&auth), None).await;
+    assert_eq!(s, 201, "{v}");
     let (s, v) = app
         .call(
             "POST",
-            &format!("/connections/{id}/keys/rotate"),
-            Some(&format!("Bearer {}", app.root_key)),
+            &path,
+            Some(&auth),
             Some(json!({"signing_alg": "ES256"})),
         )
         .await;
-    assert_eq!(s, 409, "{v}");
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["algorithm"], "ES256", "{v}");
     let (s, a) = app.root("GET", &format!("/apps/{id}"), None).await;
     assert_eq!(s, 200, "{a}");
-    assert_eq!(a["signing_alg"], "RS256", "policy unchanged: {a}");
+    assert_eq!(a["signing_alg"], "ES256", "policy changed: {a}");
+    let (s, audit) = app
+        .root(
+            "GET",
+            &format!("/audit?app={id}&action=key.rotate&order=desc&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{audit}");
+    let details = audit["records"][0]["details"].as_str().unwrap_or_default();
+    assert!(details.contains("\"early\":true"), "{audit}");
 }
 
 /// Changing a connection's `signing_alg` changes the app's policy, which natively needs the

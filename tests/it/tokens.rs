@@ -143,7 +143,7 @@ async fn issue_and_reject(app: &TestApp) {
         .unwrap()
         .to_owned();
     inactive(foreign).await;
-    // the same token seen through another host name has another issuer
+    // the issuer does not depend on the host name a client used (issue 21)
     let other_host = app.base.replace("127.0.0.1", "localhost");
     let res = app
         .client
@@ -154,11 +154,10 @@ async fn issue_and_reject(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(
-        res.json::<Value>().await.unwrap(),
-        json!({"active": false}),
-        "wrong issuer"
+        res.json::<Value>().await.unwrap()["active"],
+        true,
+        "active through another host name"
     );
-    // still active at the right host
     assert!(app.active(&id, &pk, &token).await);
 }
 both_engines!(issuance_and_every_rejection, issue_and_reject);

@@ -23,7 +23,7 @@ use crate::alg::{Algorithm, KeyFamily};
 use crate::api::ApiError;
 use crate::api::apps::{CreateApp, new_app_row};
 use crate::api::auth::{auth_failed, is_root, kind, token_app};
-use crate::api::extract::{Credential, HostHeader};
+use crate::api::extract::Credential;
 use crate::api::openapi::{JpAppId, TAG_JWTPLUS};
 use crate::api::wire::Status;
 use crate::app::AppState;
@@ -1106,9 +1106,9 @@ fn client_meta(m: &Map<String, Value>, c: &mut Check) -> Result<Option<Value>, J
     })
 }
 
-fn opts(state: &AppState, host: &HostHeader, app_id: &str, meta: Option<Value>) -> IssueOptions {
+fn opts(state: &AppState, app_id: &str, meta: Option<Value>) -> IssueOptions {
     IssueOptions {
-        issuer: state.issuer(host, app_id),
+        issuer: state.issuer(app_id),
         ttl: None,
         with_jid: true,
         refresh: RefreshFormat::Jwt,
@@ -1141,7 +1141,6 @@ fn pair_body(state: &AppState, kid: Kid, issued: &crate::jwt::Issued) -> JpPair 
 async fn app_sign(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(app_id): Path<String>,
     body: Bytes,
 ) -> JpResult {
@@ -1155,7 +1154,7 @@ async fn app_sign(
     // Every top-level body key becomes a claim, as in JWTPlus; reserved ones are refused.
     let issued = state
         .tokens
-        .issue(&app, m, &opts(&state, &host, &app.id, meta))
+        .issue(&app, m, &opts(&state, &app.id, meta))
         .await
         .map_err(ApiError::from)?;
     crate::api::layers::record_kid(&issued.kid);
@@ -1175,7 +1174,6 @@ async fn app_sign(
 async fn app_verify(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(app_id): Path<String>,
     body: Bytes,
 ) -> JpResult {
@@ -1190,11 +1188,7 @@ async fn app_verify(
     }
     c.done()?;
     let verified = match token {
-        Some(t) => state
-            .tokens
-            .verify(&app, &state.issuer(&host, &app.id), &t)
-            .await
-            .is_ok(),
+        Some(t) => state.tokens.verify(&app, state.issuers(), &t).await.is_ok(),
         None => false,
     };
     Ok(Json(JpVerified { verified }).into_response())
@@ -1209,7 +1203,6 @@ async fn app_verify(
 async fn app_renew(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(app_id): Path<String>,
     body: Bytes,
 ) -> JpResult {
@@ -1229,7 +1222,7 @@ async fn app_renew(
     };
     match state
         .tokens
-        .refresh(&app, &rt, &opts(&state, &host, &app.id, meta))
+        .refresh(&app, &rt, &opts(&state, &app.id, meta))
         .await
     {
         Ok(issued) => {
@@ -1315,7 +1308,6 @@ async fn app_get_session(
 async fn app_logout(
     State(state): State<AppState>,
     Credential(cred): Credential,
-    host: HostHeader,
     Path(app_id): Path<String>,
     body: Bytes,
 ) -> JpResult {
@@ -1331,10 +1323,7 @@ async fn app_logout(
     c.done()?;
     // Ends that one session pair; always 200, as in JWTPlus.
     if let Some(t) = token
-        && let Ok(claims) = state
-            .tokens
-            .verify(&app, &state.issuer(&host, &app.id), &t)
-            .await
+        && let Ok(claims) = state.tokens.verify(&app, state.issuers(), &t).await
         && let Some(jti) = claims.get("jti").and_then(Value::as_str)
     {
         state
