@@ -358,8 +358,11 @@ impl Application {
             store_lock,
         } = self;
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let spares = state.keys.spares().clone();
         tokio::spawn(async move {
             shutdown_signal().await;
+            // No new spare key is started from now on (one in flight still ends).
+            spares.stop();
             let _ = stop_tx.send(true);
         });
         let serve = crate::listener::serve(listener, tls, router, limits, stop_rx.clone());

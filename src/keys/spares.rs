@@ -40,6 +40,9 @@ pub struct SparePool {
     /// Per spec: held by a request from counting the spares it needs until its transaction
     /// has taken them, so that requests of one process never take each other's spares.
     claims: Arc<std::sync::Mutex<HashMap<KeySpec, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Set at shutdown: background refills stop between two keys (an RSA-4096 generation
+    /// takes seconds; a refill of several kept SIGTERM waiting for 16 s).
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SparePool {
@@ -59,7 +62,19 @@ impl SparePool {
             audit,
             refilling: Arc::default(),
             claims: Arc::default(),
+            stopped: Arc::default(),
         }
+    }
+
+    /// Stop background refills (at shutdown): no new key is started; one in flight ends.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Spares kept per spec.
@@ -179,6 +194,9 @@ impl SparePool {
                 .find(|(s, _)| *s == spec)
                 .map_or(0, |(_, n)| *n);
             for _ in have..self.target {
+                if self.is_stopped() {
+                    return Ok(made);
+                }
                 self.generate(spec).await?;
                 made += 1;
             }
@@ -192,7 +210,7 @@ impl SparePool {
     /// Refill now, then on every wake-up (a spare was taken) until the process ends. The
     /// scheduler's tick refills too, so a failed refill here is retried there.
     pub async fn run(self) {
-        loop {
+        while !self.is_stopped() {
             if let Err(e) = self.refill().await {
                 warn!(error = %e, "spare refill failed; will retry");
             }
