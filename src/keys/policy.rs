@@ -117,17 +117,28 @@ pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// Seconds added to a recorded JWKS serve: a serve is written to the store at most once a
-/// second per app and process, and after the response has been computed, so a serve an
-/// instant before a publication may reach the store an instant after it.
-pub const SERVED_SLACK: i64 = 2;
+/// How often (seconds) a process records an app's JWKS serves in the store: a quarter of
+/// the JWKS max-age, between 1 and 15 s. Serves are public and cheap; anyone can fetch every
+/// app's JWKS in a loop, so each one must not cost a store write (10,000 apps once a second
+/// would be 10,000 writes a second): this bounds the writes to apps / interval per process.
+pub fn served_record_every(max_age: i64) -> i64 {
+    (max_age / 4).clamp(1, 15)
+}
+
+/// Seconds added to a recorded JWKS serve: serves between two records are not written, and
+/// a serve an instant before a publication may reach the store an instant after it. A
+/// larger slack only moves a key's first signature towards `published + max_age`, the
+/// rule without any record.
+pub fn served_slack(max_age: i64) -> i64 {
+    served_record_every(max_age) + 1
+}
 
 /// From when a `next` key may sign without any verifier meeting a token whose key it lacks.
 ///
 /// A verifier that caches the JWKS for `max_age` seconds lacks the key only if it fetched
 /// the JWKS before the key was published; such a cache expires `max_age` after that fetch.
 /// So the key is safe from the last serve before its publication plus `max_age`:
-/// `min(published_at, served_at_publish + SERVED_SLACK) + max_age`, where
+/// `min(published_at, served_at_publish + served_slack(max_age)) + max_age`, where
 /// `served_at_publish` is the app's last JWKS serve as the store knew it when the key was
 /// published. If the JWKS had never been served by then (`None`), no cache can lack the
 /// key and it may sign at once (`published_at`): that is every app's first pair, and any
@@ -140,7 +151,7 @@ pub fn signs_from(published_at: i64, served_at_publish: Option<i64>, max_age: i6
     match served_at_publish {
         None => published_at,
         Some(served) => published_at
-            .min(served.saturating_add(SERVED_SLACK))
+            .min(served.saturating_add(served_slack(max_age)))
             .saturating_add(max_age),
     }
 }
@@ -159,7 +170,8 @@ mod tests {
         // Served 2 s before publication: caches without the key expire by then + 60 (+ slack).
         assert_eq!(signs_from(1_000, Some(998), 60), 1_060);
         // Served long before: those caches are gone sooner than a full max-age after publication.
-        assert_eq!(signs_from(1_000, Some(900), 60), 962);
+        assert_eq!(signs_from(1_000, Some(900), 60), 976);
+        assert_eq!(signs_from(1_000, Some(900), 4), 906);
         // Never later than publication + max-age (the guard of old).
         assert_eq!(signs_from(1_000, Some(1_000), 60), 1_060);
     }

@@ -410,11 +410,12 @@ impl KeyService {
     }
 
     /// Note that the app's JWKS was served now. The store keeps the time (the rotation
-    /// guard reads it when a key is published, on any replica), written at most once a
-    /// second per app by this process: the JWKS route serves tens of thousands of requests
-    /// a second and must not write each one. The write is awaited, so a client that saw
-    /// the response can rely on the record; concurrent serves in the same second return
-    /// without waiting for it ([`super::policy::SERVED_SLACK`] covers them).
+    /// guard reads it when a key is published, on any replica), written at most once per
+    /// [`super::policy::served_record_every`] per app by this process: the JWKS route is
+    /// public and serves tens of thousands of requests a second, so it must not write each
+    /// one. The write is awaited, so a client that saw the response can rely on the
+    /// record; other serves in between return without waiting for it
+    /// ([`super::policy::served_slack`] covers them).
     pub async fn jwks_served(&self, app_id: &str) {
         let now = self.now();
         let known = self
@@ -431,7 +432,8 @@ impl KeyService {
             },
         };
         let last = slot.load(Ordering::Acquire);
-        if now <= last
+        let every = super::policy::served_record_every(self.inner.min_next_age);
+        if now < last.saturating_add(every)
             || slot
                 .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
