@@ -18,7 +18,8 @@ export function clearRootKey() {
   sessionStorage.removeItem(KEY);
 }
 
-/** An API failure: HTTP status plus the service's stable error code and sentence. */
+/** An API failure: HTTP status plus the service's stable error code and sentence (the
+ * native error shape `{"error", "message"}`: the console calls only native routes). */
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -59,9 +60,7 @@ export async function api(method, path, body, { auth = true } = {}) {
     json = null;
   }
   if (!res.ok && !(res.status === 503 && path === '/readyz')) {
-    const msg =
-      (json && (json.message || json.errors || json.detail || json.error)) ||
-      `HTTP ${res.status}`;
+    const msg = (json && (json.message || json.error)) || `HTTP ${res.status}`;
     throw new ApiError(res.status, (json && json.error) || 'http', String(msg));
   }
   return json;

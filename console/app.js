@@ -380,8 +380,8 @@ async function regenerate() {
   });
   if (!ok) return;
   try {
-    const r = await api('GET', `/root/${a.id}/rotate/key`);
-    showSecret(`New access token of ${a.name}`, r.app_key);
+    const r = await api('POST', `/apps/${a.id}/access-token`);
+    showSecret(`New access token of ${a.name}`, r.access_token);
     await afterAction('Access token replaced; the old one no longer works.');
   } catch (e) {
     failed(e);
@@ -465,8 +465,8 @@ async function emergency() {
   });
   if (!ok) return;
   try {
-    const r = await api('POST', `/root/${a.id}/rotate/pki`);
-    await afterAction(`Emergency rotation done: ${r.revoked_kids.length} keys revoked, ${shortKid(r.kid)} now signs.`);
+    const r = await api('POST', `/apps/${a.id}/keys/emergency-rotate`);
+    await afterAction(`Emergency rotation done: ${r.revoked_kids.length} keys revoked, ${r.revoked_tokens} tokens rejected, ${shortKid(r.current.kid)} now signs.`);
   } catch (e) {
     failed(e);
   }

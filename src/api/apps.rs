@@ -500,6 +500,29 @@ async fn revoke(
     }))
 }
 
+/// Emergency rotation, for key compromise: every key of the app is revoked and destroyed
+/// in the HSM, fresh `current` and `next` keys sign from now on, and every token of the
+/// app issued before now is rejected. Answers what it cut off (`GET
+/// /apps/{id}/blast-radius` shows the same figures beforehand).
+///
+/// An app's own token takes one call from its key-change budget (429 with `Retry-After`
+/// once spent); the root key is not limited.
+#[utoipa::path(post, path = "/apps/{id}/keys/emergency-rotate", tag = TAG_KEYS,
+    params(AppId),
+    security(("root_key" = []), ("root_bearer" = []), ("app_token" = [])),
+    responses((status = 200, description = "What was cut off and the new keys", body = wire::EmergencyRotation), NativeErrors))]
+async fn emergency_rotate(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path(id): Path<String>,
+) -> Result<Json<wire::EmergencyRotation>, ApiError> {
+    let (actor, _) = require_root_or_app(&state, cred.as_deref(), &id).await?;
+    key_change_allowed(&state, &actor)?;
+    let r = state.keys.emergency_rotate(&id).await?;
+    super::layers::record_kid(&r.current.kid);
+    Ok(Json(wire::EmergencyRotation::new(&id, &r)))
+}
+
 /// What revoking a key or an emergency rotation would cut off, read from the token ledger
 /// before acting (the console's confirmation shows it). Only tokens that still verify
 /// count: unexpired, not revoked one by one, issued after the app's cut-off, signed by a
@@ -560,6 +583,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(blast_radius))
         .routes(routes!(rotate))
         .routes(routes!(revoke))
+        .routes(routes!(emergency_rotate))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub(crate) mod extract;
 
 mod audit;
 mod console;
+mod credentials;
 mod health;
 mod jwks;
 mod layers;
@@ -50,6 +51,7 @@ fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi
     let (main, doc) = OpenApiRouter::new()
         .merge(health::router())
         .merge(apps::router())
+        .merge(credentials::router())
         .merge(tokens::router())
         .merge(jwks::router())
         .merge(compat::router())

@@ -23,6 +23,8 @@ use utoipa::{IntoParams, Modify, OpenApi};
 pub(crate) const TAG_APPS: &str = "apps";
 /// Tag of the native key routes.
 pub(crate) const TAG_KEYS: &str = "keys";
+/// Tag of the native root-key route.
+pub(crate) const TAG_ROOT_KEY: &str = "root-key";
 /// Tag of the native token routes.
 pub(crate) const TAG_TOKENS: &str = "tokens";
 /// Tag of JWKS and discovery.
@@ -194,6 +196,7 @@ families (JWTPlus, Auth0, PocketPaw) speak their peer's dialect, errors included
     tags(
         (name = TAG_APPS, description = "Native: apps and their policy (root key)"),
         (name = TAG_KEYS, description = "Native: keys, rotation and revocation"),
+        (name = TAG_ROOT_KEY, description = "Native: rotate the root key (root key)"),
         (name = TAG_TOKENS, description = "Native: issue, refresh, introspect, revoke, sessions (app token)"),
         (name = TAG_PUBLICATION, description = "Native: JWKS and OpenID discovery (no auth)"),
         (name = TAG_HEALTH, description = "Liveness and readiness (no auth)"),

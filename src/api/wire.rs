@@ -316,6 +316,59 @@ pub struct Revocation {
     pub affected_subjects: i64,
 }
 
+/// `POST /apps/{id}/keys/emergency-rotate`: what the emergency rotation cut off, and the
+/// keys that sign from now on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmergencyRotation {
+    /// The app.
+    pub app_id: String,
+    /// Every key revoked (and destroyed in the HSM).
+    pub revoked_kids: Vec<String>,
+    /// Live tokens rejected (read from the ledger before the cut-off).
+    pub revoked_tokens: i64,
+    /// Distinct subjects among them.
+    pub affected_subjects: i64,
+    /// RFC 3339: every token of the app issued before this is rejected.
+    pub revoked_at: String,
+    /// The new signing key.
+    pub current: Key,
+    /// The new next key.
+    pub next: Key,
+}
+
+impl EmergencyRotation {
+    /// The answer to an emergency rotation of `app_id`.
+    pub fn new(app_id: &str, r: &crate::keys::EmergencyRotation) -> Self {
+        Self {
+            app_id: app_id.to_owned(),
+            revoked_kids: r.revoked.iter().map(|k| k.kid.to_string()).collect(),
+            revoked_tokens: r.revoked_tokens,
+            affected_subjects: r.affected_subjects,
+            revoked_at: rfc3339(r.revoked_at),
+            current: Key::new(&r.current),
+            next: Key::new(&r.next),
+        }
+    }
+}
+
+/// `POST /apps/{id}/access-token`: the app's new access token, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessToken {
+    /// The app.
+    pub app_id: String,
+    /// The new access token (`pk_...`); only its digest is stored, and the old one no
+    /// longer works.
+    pub access_token: String,
+}
+
+/// `POST /root-key/rotate`: the new root key, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RootKey {
+    /// The new root key (`rk_...`); only its digest is stored, and the old one no longer
+    /// works.
+    pub root_key: String,
+}
+
 /// An issued token (`POST /apps/{id}/tokens`, `.../tokens/refresh`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IssuedToken {

@@ -1,4 +1,5 @@
-//! `app create|list|show` and `keys list|rotate|revoke`, in direct or `--url` mode. Both
+//! `app create|list|show|access-token` and `keys list|rotate|revoke|emergency-rotate`, in
+//! direct or `--url` mode. Both
 //! modes produce the native API's JSON shapes; human output is read from them.
 
 use anyhow::Context as _;
@@ -259,6 +260,33 @@ pub(crate) async fn app(t: Target<'_>, cmd: AppCommand, out: &Output) -> anyhow:
                 Ok(())
             }
         }
+        AppCommand::AccessToken { id } => {
+            let path = format!("{}/access-token", app_path(&id)?);
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::POST, &path, Cred::Root, None).await?,
+                Target::Direct(d) => {
+                    let token = d
+                        .state()
+                        .keys
+                        .regenerate_access_token(&id, false)
+                        .await
+                        .map_err(key_error)?;
+                    json!(wire::AccessToken {
+                        app_id: id.clone(),
+                        access_token: token.expose().to_owned(),
+                    })
+                }
+            };
+            if out.json {
+                out.json(&v)
+            } else {
+                println!(
+                    "new access token of app {id} (shown once, store it now): {}\n  the old one no longer works",
+                    s(&v, "access_token"),
+                );
+                Ok(())
+            }
+        }
     }
 }
 
@@ -389,6 +417,39 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
                     "revoked key {kid} of app {app}: {} live token(s) of {} subject(s) are now rejected; current key {}, next key {}",
                     v["revoked_tokens"],
                     v["affected_subjects"],
+                    s(&v["current"], "kid"),
+                    s(&v["next"], "kid"),
+                );
+                return Ok(());
+            }
+            v
+        }
+        KeysCommand::EmergencyRotate { app } => {
+            let path = format!("{}/keys/emergency-rotate", app_path(&app)?);
+            let v = match &t {
+                Target::Remote(r) => r.call(Method::POST, &path, Cred::RootOrApp, None).await?,
+                Target::Direct(d) => {
+                    let r = d
+                        .state()
+                        .keys
+                        .emergency_rotate(&app)
+                        .await
+                        .map_err(key_error)?;
+                    json!(wire::EmergencyRotation::new(&app, &r))
+                }
+            };
+            if !out.json {
+                let kids: Vec<&str> = v["revoked_kids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                println!(
+                    "emergency rotation of app {app}: {} key(s) revoked and destroyed ({}); {} live token(s) of {} subject(s) rejected, and every token issued before {}; current key {}, next key {}",
+                    kids.len(),
+                    kids.join(" "),
+                    v["revoked_tokens"],
+                    v["affected_subjects"],
+                    s(&v, "revoked_at"),
                     s(&v["current"], "kid"),
                     s(&v["next"], "kid"),
                 );

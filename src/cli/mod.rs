@@ -1,7 +1,7 @@
-//! Command line (SPEC §7): `serve`, `init`, `app`, `keys`, `token`, `audit verify`,
-//! `reconcile` and `config check`.
+//! Command line (SPEC §7): `serve`, `init`, `app`, `keys`, `token`, `root-key rotate`,
+//! `audit verify`, `reconcile` and `config check`.
 //!
-//! The operator commands (`app`, `keys`, `token`) work in two modes. By default they open
+//! The operator commands (`app`, `keys`, `token`, `root-key`) work in two modes. By default they open
 //! the store and the HSM themselves, through the same [`AppState`] and services as the
 //! server; with `--url` they call a running server instead, with credentials from the
 //! environment (`HSM_ROTATOR_ROOT_KEY`, `HSM_ROTATOR_ACCESS_TOKEN`), never from argv where
@@ -13,14 +13,15 @@
 //! so lifecycle changes take the store's lock ([`crate::store::StoreLock`]) and are
 //! refused while a server holds it, naming `--url` as the way through.
 //!
-//! Files: [`apps`] (app and keys), [`tokens`] (token), [`check`] (config check),
-//! [`remote`] (the HTTP client), [`direct`] (the in-process mode).
+//! Files: [`apps`] (app and keys), [`tokens`] (token), [`root_key`] (root-key rotate),
+//! [`check`] (config check), [`remote`] (the HTTP client), [`direct`] (the in-process mode).
 
 mod apps;
 mod check;
 mod direct;
 mod output;
 mod remote;
+mod root_key;
 mod tokens;
 
 use std::io::Write as _;
@@ -78,13 +79,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         root_key_file: Option<PathBuf>,
     },
-    /// Apps: create, list, show.
+    /// Apps: create, list, show, a new access token.
     App {
         /// What to do.
         #[command(subcommand)]
         command: AppCommand,
     },
-    /// An app's signing keys: list, rotate, revoke.
+    /// An app's signing keys: list, rotate, revoke, emergency-rotate.
     Keys {
         /// What to do.
         #[command(subcommand)]
@@ -95,6 +96,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The root key: rotate it (the new one is shown once, the old one stops working).
+    RootKey {
+        /// What to do.
+        #[command(subcommand)]
+        command: RootKeyCommand,
     },
     /// The audit log.
     Audit {
@@ -136,6 +143,11 @@ pub enum AppCommand {
     List,
     /// Show one app.
     Show {
+        /// App id.
+        id: String,
+    },
+    /// Give an app a new access token, printed once; the old one stops working at once.
+    AccessToken {
         /// App id.
         id: String,
     },
@@ -196,6 +208,24 @@ pub enum KeysCommand {
         app: String,
         /// Key id.
         kid: String,
+    },
+    /// Emergency rotation, for key compromise: every key of the app revoked and destroyed,
+    /// every token of the app rejected, fresh current and next keys.
+    EmergencyRotate {
+        /// App id.
+        app: String,
+    },
+}
+
+/// `hsm-rotator root-key ...`.
+#[derive(Debug, Subcommand)]
+pub enum RootKeyCommand {
+    /// Replace the root key: the new one is shown once (on a terminal, as JSON with
+    /// `--json`, or into a new 0600 file), the old one stops working at once.
+    Rotate {
+        /// Write the new root key into this new file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        root_key_file: Option<PathBuf>,
     },
 }
 
@@ -274,6 +304,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Token { command } => {
                 tokens::run(apps::Target::Remote(remote), command, &out).await
             }
+            Command::RootKey { command } => {
+                root_key::run(apps::Target::Remote(remote), command, &out).await
+            }
             _ => anyhow::bail!(
                 "this command works on the store and the HSM directly; run it without --url"
             ),
@@ -332,7 +365,10 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
         Command::Serve { .. } | Command::Config { .. } => Ok(()),
         Command::Init { root_key_file } => init(cfg, root_key_file.as_deref(), out).await,
         Command::App { command } => {
-            let write = matches!(command, AppCommand::Create(_));
+            let write = matches!(
+                command,
+                AppCommand::Create(_) | AppCommand::AccessToken { .. }
+            );
             let d = Direct::open(cfg, write).await?;
             let r = apps::app(apps::Target::Direct(&d), command, out).await;
             d.close().await;
@@ -342,6 +378,12 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             let write = !matches!(command, KeysCommand::List { .. });
             let d = Direct::open(cfg, write).await?;
             let r = apps::keys(apps::Target::Direct(&d), command, out).await;
+            d.close().await;
+            r
+        }
+        Command::RootKey { command } => {
+            let d = Direct::open(cfg, true).await?;
+            let r = root_key::run(apps::Target::Direct(&d), command, out).await;
             d.close().await;
             r
         }
@@ -500,7 +542,7 @@ async fn init(
         }))?,
         (None, _, false) => println!(
             "{shown} is already initialised (store id {store_id}); rotate the root key with \
-             POST /root/rotate"
+             `hsm-rotator root-key rotate` (or POST /root-key/rotate)"
         ),
     }
     Ok(())
@@ -508,13 +550,26 @@ async fn init(
 
 /// Create `path` with mode 0600 (failing if it exists) holding `text`.
 fn write_private_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let f = create_private_file(path)?;
+    fill_private_file(f, path, text)
+}
+
+/// Create `path`, empty, with mode 0600, failing if it exists.
+fn create_private_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("Failed to create {}", path.display()))?;
+    opts.open(path)
+        .with_context(|| format!("Failed to create {}", path.display()))
+}
+
+/// Write `text` into a file made by [`create_private_file`] and sync it.
+fn fill_private_file(
+    mut f: std::fs::File,
+    path: &std::path::Path,
+    text: &str,
+) -> anyhow::Result<()> {
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("Failed to write {}", path.display()))

@@ -12,6 +12,8 @@ mod state;
 
 pub use kid::{BadId, Kid, LABEL_PREFIX, LabelOwner, label_owner, monotonic_ulid, parse_ulid};
 pub use registry::{LiveKey, Registry};
-pub use service::{CreatedApp, Early, KeyError, KeyService, Revocation, Rotation, RotationKind};
+pub use service::{
+    CreatedApp, Early, EmergencyRotation, KeyError, KeyService, Revocation, Rotation, RotationKind,
+};
 pub use spares::SparePool;
 pub use state::KeyState;

@@ -85,6 +85,23 @@ pub struct Revocation {
     pub revoked_at: i64,
 }
 
+/// Result of an emergency rotation: what it cut off and the keys that sign from now on.
+#[derive(Debug, Clone)]
+pub struct EmergencyRotation {
+    /// Every key revoked (its HSM objects destroyed, or left to the reconciler).
+    pub revoked: Vec<KeyRow>,
+    /// The new current key.
+    pub current: KeyRow,
+    /// The new next key.
+    pub next: KeyRow,
+    /// Live tokens the revoked keys had signed (from the ledger), now rejected.
+    pub revoked_tokens: i64,
+    /// Distinct subjects of those tokens.
+    pub affected_subjects: i64,
+    /// When (the app's cut-off: every token issued before is rejected).
+    pub revoked_at: i64,
+}
+
 /// A new app with its first keys and its access token (shown once).
 #[derive(Debug)]
 pub struct CreatedApp {
@@ -790,7 +807,7 @@ impl KeyService {
     /// # Errors
     /// [`KeyError::AppNotFound`]; store or HSM failures.
     #[instrument(skip(self))]
-    pub async fn emergency_rotate(&self, app_id: &str) -> Result<Revocation, KeyError> {
+    pub async fn emergency_rotate(&self, app_id: &str) -> Result<EmergencyRotation, KeyError> {
         let _guard = self.lock_app(app_id).await;
         let app = self
             .inner
@@ -868,14 +885,14 @@ impl KeyService {
                 )
                 .await;
             let view = store.app_keys(app_id).await?;
-            return Ok(Revocation {
+            return Ok(EmergencyRotation {
                 revoked: view
                     .iter()
                     .filter(|k| revoked.contains(&k.kid))
                     .cloned()
                     .collect(),
-                current: Some(current),
-                next: Some(next),
+                current,
+                next,
                 revoked_tokens,
                 affected_subjects,
                 revoked_at: now,

@@ -2,7 +2,8 @@
 // driven by playwright-core). Starts the real binary (CONSOLE_BIN) on the SoftHSM2 token
 // and store named by the HSM_ROTATOR_* environment that scripts/console-test prepares,
 // then: sign in, create an app, rotate, see the timeline change, revoke a key after
-// typing the confirmation, see the audit entry, sign out. Saves screenshots of the app
+// typing the confirmation, see the audit entry, replace the access token, run an
+// emergency rotation, sign out (only native routes called). Saves screenshots of the app
 // list and the timeline to CONSOLE_SHOTS (docs/), and phone-width ones to CONSOLE_WORK.
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -235,6 +236,31 @@ try {
   await page.setViewportSize({ width: 1280, height: 800 });
   await page.screenshot({ path: `${WORK}/desk-app.png`, fullPage: true });
 
+  // A new access token, shown once; the old one stops working at once.
+  await page.getByRole('button', { name: 'New access token' }).click();
+  await dialog.getByRole('button', { name: 'Issue a new token' }).click();
+  await secret.waitFor();
+  const newToken = await secret.inputValue();
+  assert.match(newToken, /^pk_/);
+  assert.notEqual(newToken, accessToken);
+  await page.getByRole('button', { name: 'I have stored it' }).click();
+  await page.locator('#toast', { hasText: 'Access token replaced' }).waitFor();
+  assert.equal((await call(base, 'GET', `/apps/${appId}/keys`, accessToken)).status, 401, 'the old token is dead');
+  assert.equal((await call(base, 'GET', `/apps/${appId}/keys`, newToken)).status, 200, 'the new one works');
+  step('access token replaced');
+
+  // Emergency rotation, confirmed: every key revoked, fresh current and next.
+  await page.getByRole('button', { name: 'Emergency rotation' }).click();
+  await dialog.getByLabel(/Type the app's name/).fill('Checkout');
+  await dialog.getByRole('button', { name: 'Revoke every key' }).click();
+  await page.locator('#toast', { hasText: 'Emergency rotation done' }).waitFor();
+  const afterEmergency = (await call(base, 'GET', `/apps/${appId}/keys`, rootKey)).json.keys;
+  for (const k of keysBefore.filter((k) => ['current', 'next', 'previous'].includes(k.state))) {
+    assert.equal(afterEmergency.find((x) => x.kid === k.kid).state, 'revoked', `${k.kid} revoked`);
+  }
+  assert.equal(afterEmergency.filter((k) => k.state === 'current').length, 1);
+  step('emergency rotation done');
+
   // Sign out: the key is gone from the tab, the API is no longer called with it.
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.getByRole('heading', { name: 'Sign in' }).waitFor();
@@ -245,6 +271,8 @@ try {
   await page.screenshot({ path: `${WORK}/phone-signin.png` });
   step('signed out');
 
+  const compat = requested.filter((u) => /\/(root|app)\/|\/api\/|\/connections\//.test(new URL(u).pathname));
+  assert.deepEqual(compat, [], 'the console calls only native routes');
   const foreign = requested.filter((u) => !u.startsWith(base));
   assert.deepEqual(foreign, [], 'the console fetches nothing from elsewhere');
   assert.ok(requested.every((u) => !u.includes(rootKey)), 'the root key never appears in a URL');

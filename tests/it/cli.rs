@@ -899,3 +899,149 @@ async fn quick_start_rotates_at_once_and_an_early_rotation_needs_force() {
     assert!(early[0]["promoted_age"].as_i64().unwrap() >= 0, "{early:?}");
     assert!(early[0]["safe_in"].as_i64().unwrap() > 0, "{early:?}");
 }
+
+/// `keys emergency-rotate`, `app access-token` and `root-key rotate`, over `--url` against a
+/// running server and then in direct mode on the same store once it has stopped. Each new
+/// secret is printed once (the root key only where it cannot land in a log) and the old
+/// one stops working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_rotation_access_token_and_root_key_in_both_modes() {
+    let mut server = TestApp::spawn("cli_native_ops", Engine::Sqlite).await;
+    let url = server.base.clone();
+    let root_env = vec![("HSM_ROTATOR_ROOT_KEY".to_owned(), server.root_key.clone())];
+    let (id, pk, created) = server
+        .create_app(serde_json::json!({"name": "Ops", "signing_alg": "ES256"}))
+        .await;
+    let old_current = kid_in(&created["keys"], "current");
+    let jwt = server
+        .issue(&id, &pk, serde_json::json!({"sub": "x"}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // --url: the app's own token may run an emergency rotation.
+    let app_env = vec![("HSM_ROTATOR_ACCESS_TOKEN".to_owned(), pk.clone())];
+    let er = cli(
+        &app_env,
+        &["--url", &url, "keys", "emergency-rotate", &id],
+        None,
+    )
+    .await;
+    assert!(er.ok, "{}", er.all());
+    assert!(
+        er.stdout.contains("2 key(s) revoked")
+            && er.stdout.contains(&old_current)
+            && er.stdout.contains("1 live token(s) of 1 subject(s)"),
+        "{}",
+        er.all()
+    );
+    assert!(
+        !server.active(&id, &pk, &jwt).await,
+        "earlier tokens rejected"
+    );
+
+    let at = cli(
+        &root_env,
+        &["--url", &url, "app", "access-token", &id, "--json"],
+        None,
+    )
+    .await;
+    assert!(at.ok, "{}", at.all());
+    let pk2 = at.json()["access_token"].as_str().unwrap().to_owned();
+    assert!(pk2.starts_with("pk_") && pk2 != pk);
+    let (s, _) = server
+        .bearer(&pk, "GET", &format!("/apps/{id}/keys"), None)
+        .await;
+    assert_eq!(s, 401, "the old access token is dead");
+
+    // The root key never goes into a pipe unasked, and nothing is rotated then.
+    let piped = cli(&root_env, &["--url", &url, "root-key", "rotate"], None).await;
+    assert!(
+        !piped.ok && piped.stderr.contains("--json"),
+        "{}",
+        piped.all()
+    );
+    let (s, _) = server.root("GET", "/apps", None).await;
+    assert_eq!(s, 200, "a refused command rotates nothing");
+    let rk = cli(
+        &root_env,
+        &["--url", &url, "root-key", "rotate", "--json"],
+        None,
+    )
+    .await;
+    assert!(rk.ok, "{}", rk.all());
+    let root2 = rk.json()["root_key"].as_str().unwrap().to_owned();
+    assert!(root2.starts_with("rk_"));
+    let (s, _) = server.root("GET", "/apps", None).await;
+    assert_eq!(s, 401, "the old root key is dead");
+    let stale = cli(&root_env, &["--url", &url, "app", "list"], None).await;
+    assert!(!stale.ok && stale.stderr.contains("401"), "{}", stale.all());
+
+    // Direct mode, once the server has stopped (SQLite has one writer).
+    server.terminate().await;
+    let direct = direct_env(&server.token, &server.database_url);
+    let er = cli(&direct, &["keys", "emergency-rotate", &id, "--json"], None).await;
+    assert!(er.ok, "{}", er.all());
+    let v = er.json();
+    assert_eq!(v["revoked_kids"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["current"]["state"], "current");
+    let at = cli(&direct, &["app", "access-token", &id], None).await;
+    assert!(at.ok, "{}", at.all());
+    assert!(
+        at.stdout.contains("shown once") && at.stdout.contains("pk_"),
+        "{}",
+        at.all()
+    );
+    let key_file = server.token.path().join("new-root-key");
+    let rk = cli(
+        &direct,
+        &[
+            "root-key",
+            "rotate",
+            "--root-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(rk.ok, "{}", rk.all());
+    assert!(!rk.all().contains("rk_"), "{}", rk.all());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "root key file mode {mode:o}");
+    }
+    let root3 = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(root3.starts_with("rk_") && root3 != root2);
+    // An existing file is refused before anything is rotated.
+    let again = cli(
+        &direct,
+        &[
+            "root-key",
+            "rotate",
+            "--root-key-file",
+            key_file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        !again.ok && again.stderr.contains("exists"),
+        "{}",
+        again.all()
+    );
+
+    let restarted = TestApp::start(server.token.clone(), server.database_url.clone(), &[])
+        .await
+        .with_root(&root3);
+    let (s, _) = restarted.root("GET", "/apps", None).await;
+    assert_eq!(s, 200, "the key from the file is the root key");
+    let (s, _) = restarted
+        .call("GET", "/apps", Some(&format!("Bearer {root2}")), None)
+        .await;
+    assert_eq!(s, 401, "the one before it is dead");
+}

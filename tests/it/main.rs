@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod compat;
 mod console;
+mod credentials;
 mod day_one;
 mod faults;
 mod hostile;

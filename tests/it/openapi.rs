@@ -15,6 +15,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/apps/{id}/keys", &["get"]),
     ("/apps/{id}/keys/rotate", &["post"]),
     ("/apps/{id}/keys/{kid}/revoke", &["post"]),
+    ("/apps/{id}/keys/emergency-rotate", &["post"]),
+    ("/apps/{id}/access-token", &["post"]),
+    ("/root-key/rotate", &["post"]),
     ("/apps/{id}/blast-radius", &["get"]),
     ("/apps/{id}/tokens", &["post"]),
     ("/apps/{id}/tokens/refresh", &["post"]),
@@ -139,7 +142,7 @@ async fn openapi_lists_every_route_and_docs_are_self_contained() {
                 responses.keys().any(|s| s.starts_with('2')),
                 "{m} {path} documents its success"
             );
-            let family = if path.starts_with("/root") || path.starts_with("/app/") {
+            let family = if path.starts_with("/root/") || path.starts_with("/app/") {
                 "JpErrorBody"
             } else if path.contains("/connections/") {
                 "A0ErrorBody"

@@ -183,3 +183,150 @@ async fn refresh_dies_with_key(app: &TestApp) {
     assert_eq!(s, 200, "{r}");
 }
 both_engines!(refresh_tokens_die_with_their_key, refresh_dies_with_key);
+
+/// The app's records of `action` in the audit log (details parsed).
+async fn audit_of(app: &TestApp, id: &str, action: &str) -> Vec<serde_json::Value> {
+    let (s, v) = app
+        .root("GET", &format!("/audit?app={id}&action={action}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["records"].as_array().unwrap().clone()
+}
+
+/// Native emergency rotation with the app's own token: every key revoked and destroyed,
+/// every earlier token rejected, fresh current and next keys, and the answer says what was
+/// cut off (the same figures the blast radius showed beforehand). Audited with the caller.
+async fn emergency_with_app_token(app: &TestApp) {
+    let (id, pk, created) = app
+        .create_app(json!({"name": "Breach", "signing_alg": "ES256"}))
+        .await;
+    let keys = created["keys"].as_array().unwrap();
+    let mut old = vec![
+        kids_in(keys, "current")[0].clone(),
+        kids_in(keys, "next")[0].clone(),
+    ];
+    let mut tokens = Vec::new();
+    for sub in ["alice", "bob", "alice"] {
+        tokens.push(
+            app.issue(&id, &pk, json!({"sub": sub})).await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let (s, radius) = app
+        .root("GET", &format!("/apps/{id}/blast-radius"), None)
+        .await;
+    assert_eq!(s, 200, "{radius}");
+
+    let (s, r) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/keys/emergency-rotate"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["app_id"], id.as_str());
+    let mut revoked: Vec<String> = r["revoked_kids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    revoked.sort();
+    old.sort();
+    assert_eq!(revoked, old, "every key of the app revoked");
+    assert_eq!(r["revoked_tokens"], 3);
+    assert_eq!(r["affected_subjects"], 2);
+    assert_eq!(r["revoked_tokens"], radius["live_tokens"]);
+    assert_eq!(r["affected_subjects"], radius["subjects"]);
+    assert!(r["revoked_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(r["current"]["state"], "current");
+    assert_eq!(r["next"]["state"], "next");
+    let (cur, next) = (
+        r["current"]["kid"].as_str().unwrap().to_owned(),
+        r["next"]["kid"].as_str().unwrap().to_owned(),
+    );
+    assert!(!old.contains(&cur) && !old.contains(&next), "fresh keys");
+
+    for t in &tokens {
+        assert!(!app.active(&id, &pk, t).await, "earlier tokens rejected");
+    }
+    let listed = app.keys(&id).await;
+    for kid in &old {
+        let k = listed.iter().find(|k| k["kid"] == kid.as_str()).unwrap();
+        assert_eq!(k["state"], "revoked");
+        assert!(k["destroyed_at"].is_string(), "{kid} destroyed");
+        assert!(
+            !app.token_labels().contains(&format!("hsm-rotator/{kid}")),
+            "{kid}'s HSM objects are gone"
+        );
+    }
+    let jwks: Vec<String> = app.jwks(&id).await["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(jwks.len(), 2);
+    assert!(jwks.contains(&cur) && jwks.contains(&next), "{jwks:?}");
+    let fresh = app.issue(&id, &pk, json!({"sub": "alice"})).await;
+    assert_eq!(fresh["kid"], cur.as_str());
+    assert!(app.active(&id, &pk, fresh["token"].as_str().unwrap()).await);
+
+    let recs = audit_of(app, &id, "key.emergency_rotate").await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["actor"], format!("app:{id}"));
+}
+both_engines!(
+    emergency_rotation_cuts_off_every_key_and_token_and_says_what_it_cut,
+    emergency_with_app_token
+);
+
+/// An app's own emergency rotations spend its key-change budget: 429 with `Retry-After`
+/// in the native shape once it is spent, nothing changed; the root key is not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_rotation_by_an_app_is_limited_and_by_the_root_key_is_not() {
+    let app = TestApp::spawn("emergency_budget", crate::common::app::Engine::Sqlite).await;
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Loop", "signing_alg": "ES256"}))
+        .await;
+    let path = format!("/apps/{id}/keys/emergency-rotate");
+    let mut limited = None;
+    for i in 0..10 {
+        let res = app
+            .client
+            .post(app.url(&path))
+            .header("Authorization", format!("Bearer {pk}"))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            limited = Some((i, res));
+            break;
+        }
+        assert_eq!(res.status(), 200, "call {i}");
+    }
+    let (n, res) = limited.expect("the app's budget ran out");
+    assert!(n >= 1, "at least one emergency rotation went through");
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    let before = app.keys(&id).await;
+    let (s, _) = app.bearer(&pk, "POST", &path, None).await;
+    assert_eq!(s, 429);
+    assert_eq!(
+        app.keys(&id).await,
+        before,
+        "a refused call changes nothing"
+    );
+    let (s, r) = app.root("POST", &path, None).await;
+    assert_eq!(s, 200, "the root key is not limited: {r}");
+}

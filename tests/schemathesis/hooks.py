@@ -44,7 +44,7 @@ def credential(path: str) -> str | None:
         return STATE["token"]
     if path.endswith("/token/regenerate") or path in APP_ONLY:
         return "Bearer " + STATE["token"]
-    if path.startswith(("/apps", "/audit", "/connections", "/api/v2/connections")):
+    if path.startswith(("/apps", "/audit", "/root-key", "/connections", "/api/v2/connections")):
         return "Bearer " + STATE["root"]
     return None  # unauthenticated: health, JWKS, discovery, docs
 
@@ -86,6 +86,10 @@ def after_call(context, case, response):
         return
     if path == "/root/rotate":
         STATE["root"] = body["new-key"]
+    elif path == "/root-key/rotate":
+        STATE["root"] = body["root_key"]
+    elif path == "/apps/{id}/access-token" and body.get("app_id") == STATE["app"]:
+        STATE["token"] = body["access_token"]
     elif path == "/root/{app_id}/rotate/key" and body.get("app_id") == STATE["app"]:
         STATE["token"] = body["app_key"]
     elif path.endswith("/token/regenerate"):

@@ -960,15 +960,12 @@ async fn root_rotate_pki(
         .emergency_rotate(&app.id)
         .await
         .map_err(ApiError::from)?;
-    if let Some(k) = &r.current {
-        crate::api::layers::record_kid(&k.kid);
-    }
-    let current = r.current.as_ref();
+    crate::api::layers::record_kid(&r.current.kid);
     Ok(Json(JpPki {
         app_id: app.id.clone(),
-        new_public_key: current.map(public_key_b64).unwrap_or_default(),
+        new_public_key: public_key_b64(&r.current),
         algo: app.signing_alg.as_str().to_owned(),
-        kid: current.map(|k| k.kid.to_string()),
+        kid: Some(r.current.kid.to_string()),
         revoked_kids: r.revoked.iter().map(|k| k.kid.to_string()).collect(),
         revoked_at: crate::clock::rfc3339(r.revoked_at),
         revoked_tokens: r.revoked_tokens,
