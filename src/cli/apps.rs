@@ -449,12 +449,13 @@ async fn import(t: &Target<'_>, args: ImportArgs) -> anyhow::Result<Value> {
             r.call(Method::POST, &path, Cred::Root, Some(&body)).await
         }
         Target::Direct(d) => {
-            let kid = match &args.kid {
-                Some(k) => Some(k.parse::<Kid>().map_err(|_| {
-                    anyhow::anyhow!("{k:?} is not a key id (a 26-character ULID)")
-                })?),
-                None => None,
-            };
+            let kid =
+                match &args.kid {
+                    Some(k) => Some(k.parse::<Kid>().map_err(|_| {
+                        anyhow::anyhow!("{k:?} is not a key id (a 26-character ULID)")
+                    })?),
+                    None => None,
+                };
             let state = crate::keys::import::parse_state(&args.state)?;
             let material = match jwk {
                 Some(j) => {

@@ -209,7 +209,12 @@ pub struct ImportArgs {
     pub app: String,
     /// Unencrypted PEM private key file: PKCS#8, PKCS#1 (RSA PRIVATE KEY) or SEC1 (EC PRIVATE
     /// KEY).
-    #[arg(long, value_name = "FILE", required_unless_present = "jwk", conflicts_with = "jwk")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "jwk",
+        conflicts_with = "jwk"
+    )]
     pub pem: Option<PathBuf>,
     /// A private JWK file instead of a PEM.
     #[arg(long, value_name = "FILE")]

@@ -57,7 +57,9 @@ pub enum ImportError {
     #[error("the RSA key has {0} bits; keys of 2048 to 8192 bits are accepted")]
     RsaSize(u32),
     /// A curve the service does not sign with.
-    #[error("the key is on {0}, which the service does not sign with (P-256, P-384, P-521 and Ed25519 are)")]
+    #[error(
+        "the key is on {0}, which the service does not sign with (P-256, P-384, P-521 and Ed25519 are)"
+    )]
     Curve(String),
     /// The key does not fit the app's algorithm.
     #[error("the key is {key}, but the app signs with {app}")]
@@ -237,7 +239,9 @@ fn ec_material(
     // SEC1 writes the scalar in the curve order's length; some writers drop leading zeros.
     let start = d.iter().position(|&b| b != 0).unwrap_or(d.len());
     if d.len() - start > len {
-        return Err(unreadable("the EC private scalar is longer than the curve allows"));
+        return Err(unreadable(
+            "the EC private scalar is longer than the curve allows",
+        ));
     }
     let mut scalar = Zeroizing::new(vec![0u8; len]);
     scalar[len - (d.len() - start)..].copy_from_slice(&d[start..]);
@@ -320,7 +324,9 @@ pub fn parse_jwk(jwk: &Map<String, Value>) -> Result<KeyMaterial, ImportError> {
     match kty {
         "RSA" => {
             if !jwk.contains_key("d") {
-                return Err(unreadable("the JWK is a public key; a private JWK has \"d\""));
+                return Err(unreadable(
+                    "the JWK is a public key; a private JWK has \"d\"",
+                ));
             }
             if ["p", "q", "dp", "dq", "qi"]
                 .iter()
@@ -379,7 +385,9 @@ pub fn material_from(
     match (pem, jwk) {
         (Some(p), None) => parse_pem(p),
         (None, Some(j)) => parse_jwk(j),
-        _ => Err(unreadable("give the private key as exactly one of \"pem\" and \"jwk\"")),
+        _ => Err(unreadable(
+            "give the private key as exactly one of \"pem\" and \"jwk\"",
+        )),
     }
 }
 
@@ -446,11 +454,7 @@ impl KeyService {
     /// # Errors
     /// [`KeyError::Import`] for a key that does not fit (nothing written);
     /// [`KeyError::AppNotFound`]; HSM and store failures (nothing left behind).
-    pub async fn import_key(
-        &self,
-        app_id: &str,
-        req: ImportRequest,
-    ) -> Result<KeyRow, KeyError> {
+    pub async fn import_key(&self, app_id: &str, req: ImportRequest) -> Result<KeyRow, KeyError> {
         let ImportRequest {
             material,
             kid,
@@ -559,13 +563,18 @@ impl KeyService {
         }
         let keys = store.app_keys_tx(&mut tx, app_id).await?;
         let mut displaced = Vec::new();
-        let holder = keys.iter().find(|k| k.state == state && state != KeyState::Previous);
+        let holder = keys
+            .iter()
+            .find(|k| k.state == state && state != KeyState::Previous);
         if let Some(k) = holder {
             let to = match state {
                 KeyState::Current => KeyState::Previous,
                 _ => KeyState::Revoked,
             };
-            if !store.transition_key(&mut tx, k.kid, k.state, to, now).await? {
+            if !store
+                .transition_key(&mut tx, k.kid, k.state, to, now)
+                .await?
+            {
                 return Err(KeyError::Inconsistent(
                     "the app's keys changed during the import".into(),
                 ));
@@ -575,7 +584,7 @@ impl KeyService {
             }
         }
         if !store
-            .place_imported(&mut tx, kid, app_id, state, &spki, &fingerprint, now)
+            .place_imported(&mut tx, kid, app_id, state, (&spki, &fingerprint), now)
             .await?
         {
             return Err(KeyError::Inconsistent(format!(
@@ -594,7 +603,10 @@ mod tests {
 
     #[test]
     fn garbage_and_public_keys_are_not_private_keys() {
-        assert!(matches!(parse_pem("hello"), Err(ImportError::Unreadable(_))));
+        assert!(matches!(
+            parse_pem("hello"),
+            Err(ImportError::Unreadable(_))
+        ));
         let public = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
         assert!(matches!(parse_pem(public), Err(ImportError::Unreadable(_))));
     }
@@ -628,7 +640,8 @@ mod tests {
 
     #[test]
     fn a_jwk_on_an_unsupported_curve_is_named() {
-        let jwk = serde_json::json!({"kty": "EC", "crv": "secp256k1", "x": "AA", "y": "AA", "d": "AA"});
+        let jwk =
+            serde_json::json!({"kty": "EC", "crv": "secp256k1", "x": "AA", "y": "AA", "d": "AA"});
         let e = parse_jwk(jwk.as_object().expect("object")).expect_err("refused");
         assert_eq!(e.code(), "unsupported_curve");
         assert!(e.to_string().contains("secp256k1"));

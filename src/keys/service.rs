@@ -288,9 +288,11 @@ impl KeyService {
         let activated = cur.row.activated_at.unwrap_or_else(|| self.now());
         let due = activated.saturating_add(app.rotation_period);
         Some(match cur.row.origin {
-            crate::store::KeyOrigin::Imported => {
-                due.min(cur.row.created_at.saturating_add(self.inner.imported_max_life))
-            }
+            crate::store::KeyOrigin::Imported => due.min(
+                cur.row
+                    .created_at
+                    .saturating_add(self.inner.imported_max_life),
+            ),
             crate::store::KeyOrigin::Generated => due,
         })
     }

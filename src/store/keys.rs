@@ -186,7 +186,7 @@ impl Store {
     }
 
     /// Give a `pending` imported key to `app_id` in `state` (`next`, `current` or
-    /// `previous`), with its public key, inside `tx`. It is published now; a `current` key
+    /// `previous`), with its public key (SPKI DER and fingerprint), inside `tx`. It is published now; a `current` key
     /// also signs from now, a `previous` one stopped signing now (its tokens verify for
     /// the app's `verification_ttl`). Returns whether the row was still pending.
     ///
@@ -198,8 +198,7 @@ impl Store {
         kid: Kid,
         app_id: &str,
         state: KeyState,
-        spki: &[u8],
-        fingerprint: &str,
+        (spki, fingerprint): (&[u8], &str),
         now: i64,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
