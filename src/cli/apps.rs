@@ -445,8 +445,20 @@ async fn import(t: &Target<'_>, args: ImportArgs) -> anyhow::Result<Value> {
                 body.insert("kid".into(), k.clone().into());
             }
             body.insert("state".into(), args.state.clone().into());
-            let body = Value::Object(body);
-            r.call(Method::POST, &path, Cred::Root, Some(&body)).await
+            let mut body = Value::Object(body);
+            let answer = r.call(Method::POST, &path, Cred::Root, Some(&body)).await;
+            // The copies of the key in the request body are wiped once it is sent.
+            if let Some(Value::String(p)) = body.get_mut("pem") {
+                zeroize::Zeroize::zeroize(p);
+            }
+            if let Some(Value::Object(j)) = body.get_mut("jwk") {
+                for v in j.values_mut() {
+                    if let Value::String(s) = v {
+                        zeroize::Zeroize::zeroize(s);
+                    }
+                }
+            }
+            answer
         }
         Target::Direct(d) => {
             let kid =
