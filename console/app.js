@@ -286,7 +286,9 @@ function renderApp() {
   $('key-list').replaceChildren(...keys.map((k) => h('li', { class: `key st-${k.state}` },
     h('span', { class: `chip st-${k.state}` }, k.state),
     h('span', { class: 'mono kid', title: k.kid }, k.kid),
-    h('span', { class: 'muted' }, k.algorithm),
+    k.origin === 'imported'
+      ? h('span', { class: 'muted', title: 'Imported: born outside the HSM; rotated out within imported_key_max_life' }, `${k.algorithm} · imported`)
+      : h('span', { class: 'muted' }, k.algorithm),
     h('span', { class: 'muted fp', title: 'SHA-1 fingerprint of the key certificate' }, k.fingerprint ?? ''),
     ['next', 'current', 'previous'].includes(k.state)
       ? h('button', { type: 'button', class: 'danger small', 'data-kid': k.kid, onclick: () => revokeKey(k), 'aria-label': `Revoke key ${k.kid}` }, 'Revoke')

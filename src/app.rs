@@ -121,6 +121,7 @@ impl AppState {
             clock.clone(),
             cfg.spare_keys,
             i64::try_from(cfg.jwks_max_age).unwrap_or(i64::MAX),
+            i64::try_from(cfg.imported_key_max_life).unwrap_or(i64::MAX),
         );
         let tokens = TokenService::new(
             store.clone(),

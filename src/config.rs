@@ -31,6 +31,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
     ("orphan_grace", Kind::Int),
+    ("imported_key_max_life", Kind::Int),
     ("header_read_timeout", Kind::Int),
     ("idle_timeout", Kind::Int),
     ("max_connections", Kind::Int),
@@ -118,6 +119,10 @@ pub struct Config {
     /// the reconciler (in several passes) before it is destroyed.
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace: u64,
+    /// Seconds an imported key (born outside the token) may sign at most: its app's next
+    /// rotation is brought forward to this long after the import.
+    #[serde(default = "default_imported_key_max_life")]
+    pub imported_key_max_life: u64,
     /// Seconds a client has to send a request's headers (and, with TLS, to complete its
     /// handshake) once it connects or starts a request; then the connection is closed.
     #[serde(default = "default_header_read_timeout")]
@@ -213,6 +218,9 @@ fn default_log_format() -> String {
 }
 fn default_log_level() -> String {
     "info".into()
+}
+fn default_imported_key_max_life() -> u64 {
+    crate::keys::import::DEFAULT_IMPORTED_MAX_LIFE.unsigned_abs()
 }
 fn default_orphan_grace() -> u64 {
     crate::keys::reconcile::DEFAULT_ORPHAN_GRACE.unsigned_abs()
@@ -346,6 +354,9 @@ impl Config {
         }
         if let Err(e) = self.trusted_proxies() {
             return Err(ConfigError::Invalid(format!("trusted_proxies: {e}")));
+        }
+        if !(60..=31_536_000).contains(&self.imported_key_max_life) {
+            return bad("imported_key_max_life must be between 60 and 31536000 seconds");
         }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");
@@ -599,6 +610,7 @@ mod tests {
                     "HSM_ROTATOR_JWKS_MAX_AGE"
                     | "HSM_ROTATOR_SCHEDULER_INTERVAL"
                     | "HSM_ROTATOR_ORPHAN_GRACE" => "9",
+                    "HSM_ROTATOR_IMPORTED_KEY_MAX_LIFE" => "3600",
                     "HSM_ROTATOR_HEADER_READ_TIMEOUT" => "4",
                     "HSM_ROTATOR_IDLE_TIMEOUT" => "5",
                     "HSM_ROTATOR_MAX_CONNECTIONS" => "6",
@@ -631,6 +643,7 @@ mod tests {
         assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
         assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
         assert_eq!(cfg.orphan_grace, 9);
+        assert_eq!(cfg.imported_key_max_life, 3600);
         assert_eq!(
             (
                 cfg.header_read_timeout,

@@ -241,7 +241,7 @@ fn app_view(state: &AppState, a: &AppRow, stats: &AppStats) -> AppView {
         key_summary: key_summary(state, &a.id),
         key_counts: stats.key_counts(&a.id),
         last_rotation_at: activated.map(rfc3339),
-        next_rotation_at: activated.map(|t| rfc3339(t.saturating_add(a.rotation_period))),
+        next_rotation_at: state.keys.next_rotation_at(&a.id).map(rfc3339),
         live_tokens: stats.live_tokens.get(&a.id).copied().unwrap_or(0),
     }
 }
@@ -416,6 +416,92 @@ async fn keys(
     }))
 }
 
+/// `POST /apps/{id}/keys/import` body: the private key as exactly one of `pem` and `jwk`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImportKey {
+    /// Unencrypted PEM private key: `PRIVATE KEY` (PKCS#8: RSA, EC P-256/P-384/P-521,
+    /// Ed25519), `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY` (SEC1).
+    #[serde(default)]
+    pem: Option<String>,
+    /// Private JWK: `kty` RSA (`n e d p q dp dq qi`), EC (`crv x y d`) or OKP Ed25519 (`x d`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    jwk: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Key id, a ULID (default: a new one); the `kid` of the tokens it signs.
+    #[serde(default)]
+    kid: Option<String>,
+    /// `current` (default: signs from now; the current key becomes previous), `next`
+    /// (replaces the next key, which never signed) or `previous` (verifies only).
+    #[serde(default)]
+    #[schema(example = "current")]
+    state: Option<String>,
+}
+
+impl Drop for ImportKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        if let Some(p) = &mut self.pem {
+            p.zeroize();
+        }
+        for v in self.jwk.iter_mut().flat_map(|m| m.values_mut()) {
+            if let serde_json::Value::String(s) = v {
+                s.zeroize();
+            }
+        }
+    }
+}
+
+/// Import an existing private key into the HSM for this app, as a sensitive,
+/// non-extractable key marked `origin: "imported"`.
+///
+/// The key must fit the app's algorithm (an RSA key of 2048 to 8192 bits for RS*/PS*, the
+/// app's curve for ES*, Ed25519 for EdDSA). A test signature by the imported private key
+/// must verify with the public key given with it before the key is stored. The app's next
+/// rotation is brought forward to at most `imported_key_max_life` after the import, so the
+/// software-born key stops signing on its own. A refused key changes nothing.
+#[utoipa::path(post, path = "/apps/{id}/keys/import", tag = TAG_KEYS,
+    params(AppId),
+    request_body = ImportKey,
+    security(("root_key" = []), ("root_bearer" = [])),
+    responses((status = 201, description = "The imported key", body = wire::Key), NativeErrors))]
+async fn import(
+    State(state): State<AppState>,
+    Credential(cred): Credential,
+    Path(id): Path<String>,
+    body: Later,
+) -> Result<impl IntoResponse, ApiError> {
+    require_root(&state, cred.as_deref()).await?;
+    existing_app(&state, &id).await?;
+    let req: ImportKey = body.json().await?;
+    let kid = match req.kid.as_deref() {
+        Some(k) => Some(k.parse::<Kid>().map_err(|_| {
+            ApiError::unprocessable("invalid_field", "kid: must be a 26-character ULID")
+        })?),
+        None => None,
+    };
+    let state_wanted = match req.state.as_deref() {
+        Some(s) => crate::keys::import::parse_state(s).map_err(crate::keys::KeyError::from)?,
+        None => KeyState::Current,
+    };
+    let material = crate::keys::import::material_from(req.pem.as_deref(), req.jwk.as_ref())
+        .map_err(crate::keys::KeyError::from)?;
+    drop(req);
+    let row = state
+        .keys
+        .import_key(
+            &id,
+            crate::keys::import::ImportRequest {
+                material,
+                kid,
+                state: state_wanted,
+            },
+        )
+        .await?;
+    super::layers::record_kid(&row.kid);
+    Ok((StatusCode::CREATED, Json(wire::Key::new(&row))))
+}
+
 /// `POST /apps/{id}/keys/rotate` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -580,6 +666,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create, list))
         .routes(routes!(show, patch, delete))
         .routes(routes!(keys))
+        .routes(routes!(import))
         .routes(routes!(blast_radius))
         .routes(routes!(rotate))
         .routes(routes!(revoke))

@@ -188,6 +188,10 @@ impl From<crate::keys::KeyError> for ApiError {
             K::AppNotFound => Self::NotFound("app"),
             K::KeyNotFound => Self::NotFound("key"),
             K::InvalidState(m) => Self::conflict("key_not_revocable", m),
+            K::Import(e @ crate::keys::import::ImportError::KidInUse(_)) => {
+                Self::conflict(e.code(), e.to_string())
+            }
+            K::Import(e) => Self::unprocessable(e.code(), e.to_string()),
             K::TooSoon { retry_after, .. } => Self::TooSoon {
                 retry_after: u64::try_from(retry_after).unwrap_or(1).max(1),
                 message: e.to_string(),

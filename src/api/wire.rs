@@ -124,6 +124,10 @@ pub struct Key {
     pub fingerprint: Option<String>,
     /// The same without colons.
     pub thumbprint: Option<String>,
+    /// `generated` (made in the HSM) or `imported` (made elsewhere, brought in sensitive
+    /// and non-extractable; its app rotates within `imported_key_max_life`).
+    #[schema(example = "generated")]
+    pub origin: String,
 }
 
 impl Key {
@@ -150,6 +154,7 @@ impl Key {
             destroyed_at: time(k.destroyed_at),
             fingerprint,
             thumbprint,
+            origin: k.origin.as_str().to_owned(),
         }
     }
 }

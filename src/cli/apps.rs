@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::output::{self, Output, s};
 use super::remote::Cred;
-use super::{AppCommand, CreateArgs, Direct, KeysCommand, Remote};
+use super::{AppCommand, CreateArgs, Direct, ImportArgs, KeysCommand, Remote};
 use crate::api::wire;
 use crate::keys::{Early, KeyError, KeyState, Kid, RotationKind};
 
@@ -305,6 +305,9 @@ fn print_key_line(k: &Value) {
             _ => String::new(),
         }
     );
+    if s(k, "origin") == "imported" {
+        println!("    (imported: born outside the HSM)");
+    }
 }
 
 /// `hsm-rotator keys ...`.
@@ -457,6 +460,98 @@ pub(crate) async fn keys(t: Target<'_>, cmd: KeysCommand, out: &Output) -> anyho
             }
             v
         }
+        KeysCommand::Import(args) => {
+            let v = import(&t, args).await?;
+            if !out.json {
+                println!(
+                    "imported key {} as {} of app {} ({}, origin {}); the app rotates it out by its next rotation",
+                    s(&v, "kid"),
+                    s(&v, "state"),
+                    s(&v, "app_id"),
+                    s(&v, "algorithm"),
+                    s(&v, "origin"),
+                );
+                return Ok(());
+            }
+            v
+        }
     };
     out.json(&v)
+}
+
+/// `keys import`: read the key file (zeroised once sent or parsed) and import it.
+async fn import(t: &Target<'_>, args: ImportArgs) -> anyhow::Result<Value> {
+    let path = format!("{}/keys/import", app_path(&args.app)?);
+    let (file, is_pem) = match (&args.pem, &args.jwk) {
+        (Some(p), _) => (p, true),
+        (None, Some(j)) => (j, false),
+        (None, None) => anyhow::bail!("give the key with --pem FILE or --jwk FILE"),
+    };
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(file)
+            .with_context(|| format!("Failed to read the key file {}", file.display()))?,
+    );
+    let jwk: Option<zeroize::Zeroizing<String>> = (!is_pem).then(|| text.clone());
+    match t {
+        Target::Remote(r) => {
+            let mut body = serde_json::Map::new();
+            if is_pem {
+                body.insert("pem".into(), Value::String(text.to_string()));
+            } else {
+                let parsed: Value = serde_json::from_str(&text)
+                    .map_err(|_| anyhow::anyhow!("{} is not a JSON JWK", file.display()))?;
+                body.insert("jwk".into(), parsed);
+            }
+            if let Some(k) = &args.kid {
+                body.insert("kid".into(), k.clone().into());
+            }
+            body.insert("state".into(), args.state.clone().into());
+            let mut body = Value::Object(body);
+            let answer = r.call(Method::POST, &path, Cred::Root, Some(&body)).await;
+            // The copies of the key in the request body are wiped once it is sent.
+            if let Some(Value::String(p)) = body.get_mut("pem") {
+                zeroize::Zeroize::zeroize(p);
+            }
+            if let Some(Value::Object(j)) = body.get_mut("jwk") {
+                for v in j.values_mut() {
+                    if let Value::String(s) = v {
+                        zeroize::Zeroize::zeroize(s);
+                    }
+                }
+            }
+            answer
+        }
+        Target::Direct(d) => {
+            let kid =
+                match &args.kid {
+                    Some(k) => Some(k.parse::<Kid>().map_err(|_| {
+                        anyhow::anyhow!("{k:?} is not a key id (a 26-character ULID)")
+                    })?),
+                    None => None,
+                };
+            let state = crate::keys::import::parse_state(&args.state)?;
+            let material = match jwk {
+                Some(j) => {
+                    let parsed: serde_json::Map<String, Value> = serde_json::from_str(&j)
+                        .map_err(|_| anyhow::anyhow!("{} is not a JSON JWK", file.display()))?;
+                    crate::keys::import::parse_jwk(&parsed)?
+                }
+                None => crate::keys::import::parse_pem(&text)?,
+            };
+            let row = d
+                .state()
+                .keys
+                .import_key(
+                    &args.app,
+                    crate::keys::import::ImportRequest {
+                        material,
+                        kid,
+                        state,
+                    },
+                )
+                .await
+                .map_err(key_error)?;
+            Ok(json!(wire::Key::new(&row)))
+        }
+    }
 }

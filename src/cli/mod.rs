@@ -85,7 +85,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AppCommand,
     },
-    /// An app's signing keys: list, rotate, revoke, emergency-rotate.
+    /// An app's signing keys: list, rotate, revoke, emergency-rotate, import.
     Keys {
         /// What to do.
         #[command(subcommand)]
@@ -215,6 +215,34 @@ pub enum KeysCommand {
         /// App id.
         app: String,
     },
+    /// Import an existing private key into the HSM (sensitive, non-extractable, marked
+    /// imported); the app rotates it out within `imported_key_max_life`.
+    Import(ImportArgs),
+}
+
+/// `keys import` options.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// App id.
+    pub app: String,
+    /// Unencrypted PEM private key file: PKCS#8, PKCS#1 (RSA PRIVATE KEY) or SEC1 (EC PRIVATE
+    /// KEY).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "jwk",
+        conflicts_with = "jwk"
+    )]
+    pub pem: Option<PathBuf>,
+    /// A private JWK file instead of a PEM.
+    #[arg(long, value_name = "FILE")]
+    pub jwk: Option<PathBuf>,
+    /// Key id (a ULID; default a new one): the `kid` of the tokens it signs.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// current (signs from now), next, or previous (verifies only).
+    #[arg(long, default_value = "current", value_parser = ["current", "next", "previous"])]
+    pub state: String,
 }
 
 /// `hsm-rotator root-key ...`.

@@ -9,6 +9,7 @@
 
 pub mod diagnose;
 mod error;
+mod import;
 mod keygen;
 mod mechanisms;
 mod object;
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::instrument;
 
 pub use error::HsmError;
+pub use import::KeyMaterial;
 pub use mechanisms::Unsupported;
 pub use object::{PrivateKeyFlags, TokenObject};
 
@@ -181,6 +183,21 @@ impl Hsm {
         self.check(spec)?;
         self.blocking(move |core| {
             core.run(None, |core, s| keygen::generate_in(core, s, &kid, spec))
+        })
+        .await
+    }
+
+    /// Import an existing private key (and its declared public half) under `kid`, sensitive
+    /// and not extractable from now on; returns the public half as the token holds it. The
+    /// caller checks, by a test signature, that the private half matches the public one.
+    ///
+    /// # Errors
+    /// Token failures (nothing is left in the token then); [`HsmError::Config`] without a
+    /// store id.
+    #[instrument(skip(self, material), fields(kid = %kid))]
+    pub async fn import(&self, kid: Kid, material: KeyMaterial) -> Result<PublicKey, HsmError> {
+        self.blocking(move |core| {
+            core.run(None, |core, s| import::import_in(core, s, &kid, &material))
         })
         .await
     }

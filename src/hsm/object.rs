@@ -36,8 +36,10 @@ pub struct PrivateKeyFlags {
     pub sensitive: bool,
     /// `CKA_EXTRACTABLE`.
     pub extractable: bool,
-    /// `CKA_NEVER_EXTRACTABLE`.
+    /// `CKA_NEVER_EXTRACTABLE`: false for a key that was ever extractable (an imported one).
     pub never_extractable: bool,
+    /// `CKA_LOCAL`: generated in the token (false for an imported key).
+    pub local: bool,
     /// Whether reading the secret value (`CKA_PRIVATE_EXPONENT` or `CKA_VALUE`) returned data.
     pub secret_readable: bool,
 }
@@ -205,6 +207,7 @@ pub(crate) fn private_flags_in(
             AttributeType::Sensitive,
             AttributeType::Extractable,
             AttributeType::NeverExtractable,
+            AttributeType::Local,
         ],
     )?;
     let mut f = PrivateKeyFlags {
@@ -213,6 +216,7 @@ pub(crate) fn private_flags_in(
         sensitive: false,
         extractable: true,
         never_extractable: false,
+        local: false,
         secret_readable: false,
     };
     for a in attrs {
@@ -222,6 +226,7 @@ pub(crate) fn private_flags_in(
             Attribute::Sensitive(v) => f.sensitive = v,
             Attribute::Extractable(v) => f.extractable = v,
             Attribute::NeverExtractable(v) => f.never_extractable = v,
+            Attribute::Local(v) => f.local = v,
             _ => {}
         }
     }

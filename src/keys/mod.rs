@@ -1,6 +1,7 @@
 //! Signing keys: ids, states, the in-memory registry, the spare pool and the lifecycle
 //! service.
 
+pub mod import;
 mod kid;
 pub mod policy;
 pub mod reconcile;

@@ -69,7 +69,8 @@ pub struct ReconcileReport {
     pub dry_run: bool,
     /// Pending keys whose object existed: made spare.
     pub pending_finished: Vec<String>,
-    /// Pending keys whose object was missing or partial: row removed.
+    /// Pending keys whose object was missing or partial, or imports that did not finish:
+    /// objects destroyed, row removed.
     pub pending_undone: Vec<String>,
     /// Objects of this store that no row knows, destroyed (seen long enough, or forced).
     pub orphans_destroyed: Vec<String>,
@@ -267,7 +268,10 @@ async fn pass(
             objects.remove(&row.kid);
             continue;
         }
-        let complete = objects.get(&row.kid) == Some(&(true, true));
+        // An import that did not finish is undone, never made a spare: a software-born key
+        // must not be handed to some app later.
+        let complete = objects.get(&row.kid) == Some(&(true, true))
+            && row.origin == crate::store::KeyOrigin::Generated;
         if complete {
             report.pending_finished.push(row.kid.to_string());
             if !dry_run {

@@ -49,6 +49,9 @@ pub enum KeyError {
     /// The app lost its keys in a way rotation cannot repair on its own.
     #[error("{0}")]
     Inconsistent(String),
+    /// A key to import does not fit (see [`super::import`]).
+    #[error(transparent)]
+    Import(#[from] super::import::ImportError),
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -146,6 +149,9 @@ struct Inner {
     spares: SparePool,
     /// A `next` key signs only after it has been published this long (the JWKS max-age).
     min_next_age: i64,
+    /// An imported key's app rotates at most this long after the import
+    /// (`imported_key_max_life`).
+    imported_max_life: i64,
     app_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Per app, the last second this process recorded a JWKS serve in the store.
     served: std::sync::RwLock<HashMap<String, Arc<AtomicI64>>>,
@@ -179,6 +185,7 @@ impl KeyService {
         clock: Arc<dyn Clock>,
         spare_target: usize,
         min_next_age: i64,
+        imported_max_life: i64,
     ) -> Self {
         let audit = crate::audit::Audit::new(store.clone(), clock.clone());
         let spares = SparePool::new(
@@ -197,6 +204,7 @@ impl KeyService {
                 clock,
                 spares,
                 min_next_age,
+                imported_max_life,
                 app_locks: Mutex::new(HashMap::new()),
                 served: std::sync::RwLock::default(),
             }),
@@ -274,23 +282,41 @@ impl KeyService {
         Ok(retired)
     }
 
-    /// Apps whose current key has served its rotation period.
+    /// Apps whose current key has served its rotation period (or, imported, its
+    /// `imported_key_max_life`).
     pub fn apps_due(&self) -> Vec<String> {
         let now = self.now();
-        let mut due = Vec::new();
-        for app in self.inner.registry.apps() {
-            if let Some(cur) = self.inner.registry.current(&app.id)
-                && cur.row.activated_at.unwrap_or(now) + app.rotation_period <= now
-            {
-                due.push(app.id.clone());
-            }
-        }
-        due
+        self.inner
+            .registry
+            .apps()
+            .iter()
+            .filter(|app| self.next_rotation_at(&app.id).is_some_and(|t| t <= now))
+            .map(|app| app.id.clone())
+            .collect()
+    }
+
+    /// When the app's next scheduled rotation is due: its current key's activation plus
+    /// the rotation period, brought forward for an imported current key to its import plus
+    /// `imported_key_max_life`, so that software-born keys leave on their own. `None`
+    /// without a current key.
+    pub fn next_rotation_at(&self, app_id: &str) -> Option<i64> {
+        let app = self.inner.registry.app(app_id)?;
+        let cur = self.inner.registry.current(app_id)?;
+        let activated = cur.row.activated_at.unwrap_or_else(|| self.now());
+        let due = activated.saturating_add(app.rotation_period);
+        Some(match cur.row.origin {
+            crate::store::KeyOrigin::Imported => due.min(
+                cur.row
+                    .created_at
+                    .saturating_add(self.inner.imported_max_life),
+            ),
+            crate::store::KeyOrigin::Generated => due,
+        })
     }
 
     /// Serialise lifecycle changes of one app inside this process (the store's
     /// compare-and-swap guards across processes).
-    async fn lock_app(&self, app_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(super) async fn lock_app(&self, app_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut locks = self.inner.app_locks.lock().await;
             locks.entry(app_id.to_owned()).or_default().clone()
@@ -610,7 +636,7 @@ impl KeyService {
     /// After a committed key change: the registry first (so a key that stopped signing
     /// stops at once), then certificates for new keys (HSM signatures), then the registry
     /// again if any certificate was made.
-    async fn after_change(&self, app_id: &str) {
+    pub(super) async fn after_change(&self, app_id: &str) {
         self.inner.registry.app_changed(app_id).await;
         if self.certify(app_id).await {
             self.inner.registry.app_changed(app_id).await;

@@ -7,6 +7,39 @@ use super::{Dialect, Store, StoreError, Tx, opt_i64};
 use crate::alg::{Algorithm, KeySpec};
 use crate::keys::{KeyState, Kid};
 
+/// Where a key pair was born (migration 0010).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KeyOrigin {
+    /// Generated inside the token (`CKA_LOCAL` true).
+    #[default]
+    Generated,
+    /// Made elsewhere and imported with `C_CreateObject` (`CKA_LOCAL` and
+    /// `CKA_NEVER_EXTRACTABLE` false): signs for at most `imported_key_max_life`.
+    Imported,
+}
+
+impl KeyOrigin {
+    /// Name as stored and shown (`generated`, `imported`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generated => "generated",
+            Self::Imported => "imported",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyOrigin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "generated" => Ok(Self::Generated),
+            "imported" => Ok(Self::Imported),
+            other => Err(format!("key origin {other:?}")),
+        }
+    }
+}
+
 /// A key as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
@@ -43,6 +76,8 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
     /// HSM objects destroyed.
     pub destroyed_at: Option<i64>,
+    /// Generated in the token or imported.
+    pub origin: KeyOrigin,
 }
 
 impl KeyRow {
@@ -54,7 +89,7 @@ impl KeyRow {
 
 macro_rules! key_cols {
     () => {
-        "kid, app_id, algorithm, rsa_bits, state, spki, cert, fingerprint, created_at, published_at, served_at_publish, activated_at, deactivated_at, retired_at, revoked_at, destroyed_at"
+        "kid, app_id, algorithm, rsa_bits, state, spki, cert, fingerprint, created_at, published_at, served_at_publish, activated_at, deactivated_at, retired_at, revoked_at, destroyed_at, origin"
     };
 }
 
@@ -62,6 +97,7 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRow, StoreError> {
     let kid: String = r.try_get("kid")?;
     let alg: String = r.try_get("algorithm")?;
     let state: String = r.try_get("state")?;
+    let origin: String = r.try_get("origin")?;
     Ok(KeyRow {
         kid: kid
             .parse()
@@ -83,6 +119,7 @@ fn key_from_row(r: &AnyRow) -> Result<KeyRow, StoreError> {
         retired_at: opt_i64(r, "retired_at")?,
         revoked_at: opt_i64(r, "revoked_at")?,
         destroyed_at: opt_i64(r, "destroyed_at")?,
+        origin: origin.parse().map_err(StoreError::corrupt)?,
     })
 }
 
@@ -123,6 +160,65 @@ impl Store {
         Ok(())
     }
 
+    /// Write the `pending` row of a key about to be imported (before its objects are made,
+    /// as for a generated key). The reconciler never makes such a row a spare: if the
+    /// import does not finish, it destroys the objects and deletes the row.
+    ///
+    /// # Errors
+    /// Database failures (a kid already in use among them).
+    pub async fn insert_pending_import(
+        &self,
+        kid: Kid,
+        spec: KeySpec,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO keys (kid, app_id, algorithm, rsa_bits, state, created_at, origin) \
+             VALUES ($1, NULL, $2, $3, 'pending', $4, 'imported')",
+        )
+        .bind(kid.to_string())
+        .bind(spec.alg.as_str())
+        .bind(i64::from(spec.rsa_bits))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Give a `pending` imported key to `app_id` in `state` (`next`, `current` or
+    /// `previous`), with its public key (SPKI DER and fingerprint), inside `tx`. It is published now; a `current` key
+    /// also signs from now, a `previous` one stopped signing now (its tokens verify for
+    /// the app's `verification_ttl`). Returns whether the row was still pending.
+    ///
+    /// # Errors
+    /// Database failures (the one-`current`/one-`next` indexes among them).
+    pub async fn place_imported(
+        &self,
+        tx: &mut Tx,
+        kid: Kid,
+        app_id: &str,
+        state: KeyState,
+        (spki, fingerprint): (&[u8], &str),
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE keys SET app_id = $1, state = $2, spki = $3, fingerprint = $4, published_at = $5, \
+             activated_at = CASE WHEN $2 = 'current' THEN $5 ELSE NULL END, \
+             deactivated_at = CASE WHEN $2 = 'previous' THEN $5 ELSE NULL END, \
+             served_at_publish = (SELECT jwks_served_at FROM apps WHERE id = $1) \
+             WHERE kid = $6 AND state = 'pending' AND origin = 'imported'",
+        )
+        .bind(app_id)
+        .bind(state.as_str())
+        .bind(spki)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(kid.to_string())
+        .execute(&mut **tx)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// `pending` → `spare`, with the public key the HSM returned.
     ///
     /// # Errors
@@ -134,7 +230,7 @@ impl Store {
         fingerprint: &str,
     ) -> Result<bool, StoreError> {
         let r = sqlx::query(
-            "UPDATE keys SET state = 'spare', spki = $1, fingerprint = $2 WHERE kid = $3 AND state = 'pending'",
+            "UPDATE keys SET state = 'spare', spki = $1, fingerprint = $2 WHERE kid = $3 AND state = 'pending' AND origin = 'generated'",
         )
         .bind(spki)
         .bind(fingerprint)

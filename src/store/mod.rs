@@ -46,7 +46,7 @@ use sqlx::{AnyPool, Executor as _, Transaction};
 
 pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
-pub use keys::{KeyRow, Lease};
+pub use keys::{KeyOrigin, KeyRow, Lease};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use tokens::{LedgerRow, RefreshRow, SessionRow};

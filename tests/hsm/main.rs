@@ -10,6 +10,7 @@
 #[path = "../common/token.rs"]
 mod token;
 
+mod import;
 mod recovery;
 mod scheduler;
 mod signing;

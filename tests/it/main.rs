@@ -16,6 +16,7 @@ mod day_one;
 mod faults;
 mod hostile;
 mod hygiene;
+mod import;
 mod listener;
 mod metrics;
 mod openapi;

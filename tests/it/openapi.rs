@@ -13,6 +13,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/apps", &["get", "post"]),
     ("/apps/{id}", &["get", "patch", "delete"]),
     ("/apps/{id}/keys", &["get"]),
+    ("/apps/{id}/keys/import", &["post"]),
     ("/apps/{id}/keys/rotate", &["post"]),
     ("/apps/{id}/keys/{kid}/revoke", &["post"]),
     ("/apps/{id}/keys/emergency-rotate", &["post"]),
