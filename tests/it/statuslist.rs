@@ -249,18 +249,26 @@ async fn jwtplus_sign(app: &TestApp, id: &str, key: &str, sub: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() {
-    let app = TestApp::spawn_with("sl_every_grain", Engine::Sqlite, FAST).await;
+async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear_sqlite() {
+    every_grain(&TestApp::spawn_with("sl_every_grain_sq", Engine::Sqlite, FAST).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear_postgres() {
+    every_grain(&TestApp::spawn_with("sl_every_grain_pg", Engine::Postgres, FAST).await).await;
+}
+
+async fn every_grain(app: &TestApp) {
     let mut cases = Vec::new();
 
     // Token (RFC 7009); the response says when the lists will show it.
-    let (id, pk) = native_app(&app, "Token", json!({})).await;
+    let (id, pk) = native_app(app, "Token", json!({})).await;
     let (a, b) = (
-        issue(&app, &id, &pk, "u1").await,
-        issue(&app, &id, &pk, "u1").await,
+        issue(app, &id, &pk, "u1").await,
+        issue(app, &id, &pk, "u1").await,
     );
     // Served (and cached) before the revocation: the background refresh must flip it.
-    await_bits(&app, &[case("token/before", &a["token"], false)]).await;
+    await_bits(app, &[case("token/before", &a["token"], false)]).await;
     let res = app
         .client
         .post(app.url(&format!("/apps/{id}/tokens/revoke")))
@@ -292,10 +300,10 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
     );
 
     // Subject logout.
-    let (id, pk) = native_app(&app, "Subject", json!({})).await;
+    let (id, pk) = native_app(app, "Subject", json!({})).await;
     let (a, b) = (
-        issue(&app, &id, &pk, "gone").await,
-        issue(&app, &id, &pk, "stays").await,
+        issue(app, &id, &pk, "gone").await,
+        issue(app, &id, &pk, "stays").await,
     );
     let (s, v) = app
         .bearer(
@@ -310,33 +318,33 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
     cases.push(case("subject/sibling", &b["token"], false));
 
     // Key revocation: the sibling is signed by the key promoted in its place.
-    let (id, pk) = native_app(&app, "Key", json!({})).await;
-    let a = issue(&app, &id, &pk, "k").await;
+    let (id, pk) = native_app(app, "Key", json!({})).await;
+    let a = issue(app, &id, &pk, "k").await;
     let kid = a["kid"].as_str().unwrap().to_owned();
     let (s, v) = app
         .root("POST", &format!("/apps/{id}/keys/{kid}/revoke"), None)
         .await;
     assert_eq!(s, 200, "{v}");
-    let b = issue(&app, &id, &pk, "k").await;
+    let b = issue(app, &id, &pk, "k").await;
     cases.push(case("key/revoked", &a["token"], true));
     cases.push(case("key/sibling", &b["token"], false));
 
     // Flush (app cut-off).
-    let (id, pk) = native_app(&app, "Flush", json!({})).await;
-    let a = issue(&app, &id, &pk, "f").await;
+    let (id, pk) = native_app(app, "Flush", json!({})).await;
+    let a = issue(app, &id, &pk, "f").await;
     let (s, v) = app
         .bearer(&pk, "POST", &format!("/apps/{id}/tokens/flush"), None)
         .await;
     assert_eq!(s, 200, "{v}");
-    let b = issue(&app, &id, &pk, "f").await;
+    let b = issue(app, &id, &pk, "f").await;
     cases.push(case("flush/revoked", &a["token"], true));
     cases.push(case("flush/sibling", &b["token"], false));
 
     // Refresh-family reuse: the exchange retires the first token, the reuse kills the
     // second; another family is untouched.
-    let (id, pk) = native_app(&app, "Family", json!({"refresh_ttl": 3600})).await;
-    let first = issue(&app, &id, &pk, "r").await;
-    let other = issue(&app, &id, &pk, "r").await;
+    let (id, pk) = native_app(app, "Family", json!({"refresh_ttl": 3600})).await;
+    let first = issue(app, &id, &pk, "r").await;
+    let other = issue(app, &id, &pk, "r").await;
     let rt = first["refresh_token"].as_str().unwrap().to_owned();
     let (s, second) = app
         .bearer(
@@ -361,10 +369,10 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
     cases.push(case("family/sibling", &other["token"], false));
 
     // JWTPlus logout: the pair's access and refresh JWTs both; the other pair neither.
-    let (id, key) = jwtplus_app(&app).await;
+    let (id, key) = jwtplus_app(app).await;
     let (a, b) = (
-        jwtplus_sign(&app, &id, &key, "j1").await,
-        jwtplus_sign(&app, &id, &key, "j2").await,
+        jwtplus_sign(app, &id, &key, "j1").await,
+        jwtplus_sign(app, &id, &key, "j2").await,
     );
     let (s, v) = app
         .call(
@@ -389,8 +397,8 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
     ));
 
     // Emergency rotation (JWTPlus `rotate/pki`).
-    let (id, key) = jwtplus_app(&app).await;
-    let a = jwtplus_sign(&app, &id, &key, "e").await;
+    let (id, key) = jwtplus_app(app).await;
+    let a = jwtplus_sign(app, &id, &key, "e").await;
     let (s, v) = app
         .call(
             "POST",
@@ -400,22 +408,22 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let b = jwtplus_sign(&app, &id, &key, "e").await;
+    let b = jwtplus_sign(app, &id, &key, "e").await;
     cases.push(case("emergency/access", &a["auth_token"], true));
     cases.push(case("emergency/refresh", &a["refresh_token"], true));
     cases.push(case("emergency/sibling", &b["auth_token"], false));
 
     // PocketPaw regenerate.
-    let (id, pk) = native_app(&app, "Paw", json!({})).await;
-    let a = issue(&app, &id, &pk, "p").await;
+    let (id, pk) = native_app(app, "Paw", json!({})).await;
+    let a = issue(app, &id, &pk, "p").await;
     let (s, v) = app.bearer(&pk, "POST", "/api/token/regenerate", None).await;
     assert_eq!(s, 200, "{v}");
     let pk2 = v["token"].as_str().unwrap().to_owned();
-    let b = issue(&app, &id, &pk2, "p").await;
+    let b = issue(app, &id, &pk2, "p").await;
     cases.push(case("regenerate/revoked", &a["token"], true));
     cases.push(case("regenerate/sibling", &b["token"], false));
 
-    await_bits(&app, &cases).await;
+    await_bits(app, &cases).await;
     independent_readers_agree(&cases).await;
 
     // The list endpoint: media type, ETag and 304, Cache-Control from ttl, the unsigned
@@ -493,7 +501,7 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
         )
         .await;
     assert_eq!((s, &v["status_list"]), (200, &json!(false)), "{v}");
-    let plain = issue(&app, &id, &pk, "u1").await;
+    let plain = issue(app, &id, &pk, "u1").await;
     assert!(
         claims(plain["token"].as_str().unwrap())
             .get("status")
@@ -511,7 +519,7 @@ async fn every_revocation_grain_sets_its_tokens_bit_and_leaves_siblings_clear() 
         disc.get("status_list_aggregation_endpoint").is_none(),
         "{disc}"
     );
-    await_bits(&app, &[case("off/revoked", &json!(revoked), true)]).await;
+    await_bits(app, &[case("off/revoked", &json!(revoked), true)]).await;
 }
 
 /// A seeded pseudo-random sequence (printed, so that a failure can be replayed).
