@@ -282,19 +282,6 @@ impl Signed {
     }
 }
 
-/// Per-app figures for the console and the app view.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListFigures {
-    /// Lists the app has.
-    pub lists: i64,
-    /// Entries over all of them.
-    pub entries: i64,
-    /// Bytes of their compressed bits as last signed.
-    pub bytes: i64,
-    /// When the newest was signed.
-    pub last_signed_at: Option<i64>,
-}
-
 /// Why a list could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -561,34 +548,6 @@ impl Publisher {
             every.tick().await;
             self.tick(&issuers).await;
         }
-    }
-
-    /// Per-app figures of the lists as last signed here (or stored).
-    ///
-    /// # Errors
-    /// Store failures.
-    pub async fn figures(&self) -> Result<HashMap<String, ListFigures>, StoreError> {
-        let mut out: HashMap<String, ListFigures> = HashMap::new();
-        for row in self.store.status_lists(None).await? {
-            let f = out.entry(row.app_id.clone()).or_default();
-            f.lists += 1;
-            f.entries += row.bits;
-            let lst_len = row
-                .token
-                .as_deref()
-                .and_then(crate::jwt::parse)
-                .and_then(|c| {
-                    c.claims
-                        .get("status_list")
-                        .and_then(|s| s.get("lst"))
-                        .and_then(Value::as_str)
-                        .map(str::len)
-                })
-                .unwrap_or(0);
-            f.bytes += i64::try_from(lst_len).unwrap_or(0);
-            f.last_signed_at = f.last_signed_at.max(row.signed_at);
-        }
-        Ok(out)
     }
 
     /// The URIs of every list of `app_id` (the aggregation document).
