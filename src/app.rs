@@ -69,6 +69,8 @@ pub struct AppState {
     pub metrics: prometheus::Registry,
     /// What this process's scheduler last did (replica id, leader, last tick).
     pub scheduler: Arc<crate::keys::scheduler::SchedulerStatus>,
+    /// Token Status Lists: built, signed and served here.
+    pub statuslists: Arc<crate::statuslist::Publisher>,
 }
 
 impl AppState {
@@ -130,12 +132,20 @@ impl AppState {
             clock.clone(),
             keys.audit().clone(),
         );
+        let statuslists = Arc::new(crate::statuslist::Publisher::new(
+            store.clone(),
+            registry.clone(),
+            tokens.clone(),
+            clock.clone(),
+            cfg.status_list_refresh,
+        ));
         Ok(Self {
             hsm,
             store,
             registry,
             keys,
             tokens,
+            statuslists,
             clock,
             limiter: Arc::default(),
             readiness: Arc::default(),
@@ -312,6 +322,12 @@ impl Application {
         if let Some(w) = issuer_warning(cfg, bound) {
             tracing::warn!("{w}");
         }
+        tokio::spawn(
+            state
+                .statuslists
+                .clone()
+                .run(state.settings.issuers.clone()),
+        );
         let router = crate::api::router(state.clone());
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),

@@ -26,6 +26,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("spare_keys", Kind::Int),
     ("jwks_max_age", Kind::Int),
     ("scheduler_interval", Kind::Int),
+    ("status_list_refresh", Kind::Int),
     ("log_format", Kind::Str),
     ("log_level", Kind::Str),
     ("tls_cert", Kind::Str),
@@ -103,6 +104,10 @@ pub struct Config {
     /// Seconds between scheduler ticks (rotation, retirement, purge, spare refill).
     #[serde(default = "default_scheduler_interval")]
     pub scheduler_interval: u64,
+    /// Seconds between re-signings of the Token Status Lists (at most one per list per
+    /// interval), and their `ttl`.
+    #[serde(default = "default_status_list_refresh")]
+    pub status_list_refresh: u64,
     /// `human` or `json`.
     #[serde(default = "default_log_format")]
     pub log_format: String,
@@ -200,6 +205,9 @@ fn default_spare_keys() -> usize {
 }
 fn default_jwks_max_age() -> u64 {
     60
+}
+fn default_status_list_refresh() -> u64 {
+    10
 }
 fn default_scheduler_interval() -> u64 {
     30
@@ -360,6 +368,9 @@ impl Config {
         }
         if self.scheduler_interval == 0 {
             return bad("scheduler_interval must be at least 1 second");
+        }
+        if !(1..=3600).contains(&self.status_list_refresh) {
+            return bad("status_list_refresh must be between 1 and 3600 seconds");
         }
         if !(1..=300).contains(&self.header_read_timeout) {
             return bad("header_read_timeout must be between 1 and 300 seconds");
@@ -609,6 +620,7 @@ mod tests {
                     "HSM_ROTATOR_SESSIONS" | "HSM_ROTATOR_SPARE_KEYS" => "7",
                     "HSM_ROTATOR_JWKS_MAX_AGE"
                     | "HSM_ROTATOR_SCHEDULER_INTERVAL"
+                    | "HSM_ROTATOR_STATUS_LIST_REFRESH"
                     | "HSM_ROTATOR_ORPHAN_GRACE" => "9",
                     "HSM_ROTATOR_IMPORTED_KEY_MAX_LIFE" => "3600",
                     "HSM_ROTATOR_HEADER_READ_TIMEOUT" => "4",
@@ -642,6 +654,7 @@ mod tests {
         );
         assert_eq!((cfg.sessions, cfg.spare_keys), (7, 7));
         assert_eq!((cfg.jwks_max_age, cfg.scheduler_interval), (9, 9));
+        assert_eq!(cfg.status_list_refresh, 9);
         assert_eq!(cfg.orphan_grace, 9);
         assert_eq!(cfg.imported_key_max_life, 3600);
         assert_eq!(

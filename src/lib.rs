@@ -24,6 +24,7 @@ pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod pubkey;
+pub mod statuslist;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -70,6 +70,7 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     ledger_commit_seconds: Histogram,
     ledger_batch_rows: Histogram,
+    status_list_sign_seconds: Histogram,
     auth_failures: IntCounterVec,
     rate_limited: IntCounterVec,
 }
@@ -181,6 +182,13 @@ impl Metrics {
                 )
                 .buckets(BATCH_BUCKETS.to_vec()),
             )?,
+            status_list_sign_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "hsm_rotator_status_list_sign_duration_seconds",
+                    "Time to sign one status list token in the HSM (issue 24).",
+                )
+                .buckets(COMMIT_BUCKETS.to_vec()),
+            )?,
             auth_failures: counter_vec(
                 "hsm_rotator_auth_failures_total",
                 "Invalid or misplaced credentials, by what was presented (root_key, access_token, unrecognised, access_token_of_another_app, app_token_on_root_route, root_key_on_app_route).",
@@ -211,6 +219,7 @@ impl Metrics {
             Box::new(self.store_errors.clone()),
             Box::new(self.ledger_commit_seconds.clone()),
             Box::new(self.ledger_batch_rows.clone()),
+            Box::new(self.status_list_sign_seconds.clone()),
             Box::new(self.auth_failures.clone()),
             Box::new(self.rate_limited.clone()),
         ]
@@ -368,6 +377,13 @@ pub fn ledger_batch(rows: usize, seconds: f64) {
     if let Some(m) = m() {
         m.ledger_batch_rows.observe(rows as f64);
         m.ledger_commit_seconds.observe(seconds);
+    }
+}
+
+/// A status list token was signed in `seconds`.
+pub fn status_list_signed(seconds: f64) {
+    if let Some(m) = m() {
+        m.status_list_sign_seconds.observe(seconds);
     }
 }
 

@@ -60,6 +60,11 @@ pub(crate) struct CreateApp {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 132, example = "CN=example")]
     pub(crate) subject_dn: Option<String>,
+    /// Give every token a Token Status List entry (a `status` claim; lists at
+    /// `/apps/{id}/statuslists/{n}`), so that verifiers that never call the service learn of
+    /// revocations (default false).
+    #[serde(default)]
+    pub(crate) status_list: Option<bool>,
 }
 
 /// `PATCH /apps/{id}` body: only the fields given change.
@@ -90,6 +95,9 @@ pub(crate) struct PatchApp {
     /// Certificate subject of future keys, an RFC 4514 DN.
     #[schema(min_length = 1, max_length = 132, example = "CN=example")]
     subject_dn: Option<String>,
+    /// Token Status List entries for new tokens. Turning it off leaves the lists of tokens
+    /// already issued published until those tokens expire.
+    status_list: Option<bool>,
 }
 
 pub(crate) fn parse_alg(s: &str) -> Result<Algorithm, ApiError> {
@@ -167,6 +175,7 @@ pub(crate) fn new_app_row(
         cutoff: None,
         last_rotated_at: None,
         access_token_sha256: String::new(),
+        status_list: req.status_list.unwrap_or(false),
     })
 }
 
@@ -366,6 +375,7 @@ async fn patch(
                 refresh_ttl: p.refresh_ttl,
                 refresh_nbf: p.refresh_nbf,
                 subject_dn,
+                status_list: req.status_list.unwrap_or(app.status_list),
             },
         )
         .await?;

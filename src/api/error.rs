@@ -153,6 +153,7 @@ impl ApiError {
             Self::NotFound(what) => match *what {
                 "app" => "app_not_found",
                 "key" => "key_not_found",
+                "status list" => "status_list_not_found",
                 _ => "not_found",
             },
             Self::MethodNotAllowed => "method_not_allowed",

@@ -88,6 +88,10 @@ pub(crate) struct Discovery {
     claims_supported: Vec<String>,
     /// This API's documentation (`/docs`).
     service_documentation: String,
+    /// draft-ietf-oauth-status-list: the app's Status List Aggregation (the URIs of its
+    /// Token Status Lists), present when the app's tokens carry a `status` claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_list_aggregation_endpoint: Option<String>,
     /// Every algorithm the service can sign with.
     #[serde(rename = "x-supported-algorithms")]
     #[schema(rename = "x-supported-algorithms")]
@@ -137,6 +141,7 @@ async fn discovery(
         }
     }
     let body = Discovery {
+        status_list_aggregation_endpoint: app.status_list.then(|| format!("{issuer}/statuslists")),
         jwks_uri: format!("{issuer}/.well-known/jwks.json"),
         introspection_endpoint: format!("{issuer}/tokens/introspect"),
         revocation_endpoint: format!("{issuer}/tokens/revoke"),

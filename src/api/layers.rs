@@ -154,14 +154,29 @@ pub(crate) async fn request_context(
             }
         }
     }
-    let work = crate::audit::request_scope("anonymous", &id, client, next.run(req));
+    // `watch`: whether the request revoked anything, to say when the status lists show it.
+    let work = crate::statuslist::watch(crate::audit::request_scope(
+        "anonymous",
+        &id,
+        client,
+        next.run(req),
+    ));
     let mut res = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         tracing::Instrument::instrument(work, span.clone()),
     )
     .await
     {
-        Ok(r) => r,
+        Ok((mut r, revoked)) => {
+            if revoked
+                && r.status().is_success()
+                && state.registry.apps().iter().any(|a| a.status_list)
+                && let Ok(v) = HeaderValue::from_str(&state.statuslists.visible_by().to_string())
+            {
+                r.headers_mut().insert(STATUS_LIST_VISIBLE_BY, v);
+            }
+            r
+        }
         Err(_) => ApiError::Unavailable {
             code: "timeout",
             message: format!(
@@ -196,6 +211,11 @@ pub(crate) async fn request_context(
     );
     res
 }
+
+/// On a response to a request that revoked tokens: the Unix time by which this replica's
+/// Token Status Lists show the revocation (README, "Token Status Lists").
+pub(crate) const STATUS_LIST_VISIBLE_BY: header::HeaderName =
+    header::HeaderName::from_static("status-list-visible-by");
 
 /// Longest a source's window of authentication failures lasts.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);

@@ -14,6 +14,7 @@ mod jwks;
 mod layers;
 mod metrics;
 pub(crate) mod openapi;
+mod statuslists;
 mod tokens;
 pub mod wire;
 
@@ -54,6 +55,7 @@ fn documented() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi
         .merge(credentials::router())
         .merge(tokens::router())
         .merge(jwks::router())
+        .merge(statuslists::router())
         .merge(compat::router())
         .split_for_parts();
     let (audit, audit_doc) = audit::router().split_for_parts();

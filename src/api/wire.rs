@@ -72,6 +72,8 @@ pub struct App {
     pub updated_at: String,
     /// Tokens issued before this instant are rejected (RFC 3339), or null.
     pub cutoff_at: Option<String>,
+    /// New tokens carry a Token Status List `status` claim.
+    pub status_list: bool,
 }
 
 impl App {
@@ -91,6 +93,7 @@ impl App {
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
             cutoff_at: time(ulid_time(a.cutoff.as_deref())),
+            status_list: a.status_list,
         }
     }
 }

@@ -19,7 +19,8 @@ use crate::auth::{REFRESH_PREFIX, Secret, digest};
 use crate::clock::Clock;
 use crate::hsm::{Hsm, HsmError};
 use crate::keys::{KeyState, Kid, LiveKey, Registry, monotonic_ulid};
-use crate::store::{AppRow, LedgerRow, RefreshRow, SessionRow, Store, StoreError};
+use crate::statuslist::{Allocator, list_uri};
+use crate::store::{AppRow, LedgerRow, RefreshRow, SessionRow, StatusEntry, Store, StoreError};
 
 /// Why issuance, refresh or revocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +139,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     ledger: mpsc::Sender<(LedgerRow, LedgerAck)>,
     audit: crate::audit::Audit,
+    status: Allocator,
 }
 
 /// The token service. Cheap to clone.
@@ -191,6 +193,7 @@ impl TokenService {
         tokio::spawn(ledger_writer(store.clone(), rx));
         Self {
             inner: Arc::new(Inner {
+                status: Allocator::new(store.clone()),
                 store,
                 hsm,
                 registry,
@@ -237,6 +240,24 @@ impl TokenService {
         Ok(input)
     }
 
+    /// Sign `claims` as a `typ` JWT with `app_id`'s current key (status list tokens).
+    ///
+    /// # Errors
+    /// [`TokenError::NoCurrentKey`], HSM failures.
+    pub async fn sign_with_current(
+        &self,
+        app_id: &str,
+        typ: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<String, TokenError> {
+        let key = self
+            .inner
+            .registry
+            .current(app_id)
+            .ok_or(TokenError::NoCurrentKey)?;
+        self.sign(&key, typ, claims).await
+    }
+
     /// Issue a token for `app` with the caller's `claims`.
     ///
     /// # Errors
@@ -249,6 +270,9 @@ impl TokenService {
         opts: &IssueOptions,
     ) -> Result<Issued, TokenError> {
         reserved_check(&claims)?;
+        if app.status_list && claims.contains_key("status") {
+            return Err(TokenError::ReservedClaim("status".into()));
+        }
         let ttl = opts.ttl.unwrap_or(app.token_ttl);
         if ttl < 1 || ttl > app.token_ttl {
             return Err(TokenError::Ttl(app.token_ttl));
@@ -310,6 +334,30 @@ impl TokenService {
         if opts.with_jid {
             claims.insert("jid".into(), jti.clone().into());
         }
+        let refresh_exp = family.as_ref().map(|_| now + app.refresh_ttl);
+        let refresh_jwt = family.is_some() && opts.refresh == RefreshFormat::Jwt;
+        // The Token Status List entry (issue 24): indexes from this replica's reserved
+        // chunk, in memory; the ledger row below records them.
+        let status = if app.status_list {
+            let until = exp.max(refresh_exp.unwrap_or(0));
+            let a = self
+                .inner
+                .status
+                .allocate(app, if refresh_jwt { 2 } else { 1 }, until, now)
+                .await?;
+            let entry = StatusEntry {
+                list: a.list,
+                idx: a.idx[0],
+                refresh_idx: a.idx.get(1).copied(),
+            };
+            claims.insert(
+                "status".into(),
+                json!({"status_list": {"idx": entry.idx, "uri": list_uri(&opts.issuer, a.n)}}),
+            );
+            Some((entry, a.n))
+        } else {
+            None
+        };
         let mut token = self.sign(&key, "JWT", &claims).await?;
         // A revocation may have committed while we signed: a revoked key leaves the
         // registry, and a token it signed is never handed out. Sign again with the key
@@ -328,9 +376,8 @@ impl TokenService {
         if self.inner.registry.key(&key.row.kid).is_none() {
             return Err(TokenError::NoCurrentKey);
         }
-        let (refresh_token, refresh_exp) = match &family {
-            Some(_) => {
-                let rexp = now + app.refresh_ttl;
+        let (refresh_token, refresh_exp) = match (&family, refresh_exp) {
+            (Some(_), Some(rexp)) => {
                 let rt = match opts.refresh {
                     RefreshFormat::Opaque => Secret::generate(REFRESH_PREFIX),
                     RefreshFormat::Jwt => {
@@ -342,12 +389,25 @@ impl TokenService {
                         rc.insert("jti".into(), monotonic_ulid().to_string().into());
                         rc.insert("jid".into(), jti.clone().into());
                         rc.insert("type".into(), "refresh".into());
+                        if let Some((
+                            StatusEntry {
+                                refresh_idx: Some(i),
+                                ..
+                            },
+                            n,
+                        )) = status
+                        {
+                            rc.insert(
+                                "status".into(),
+                                json!({"status_list": {"idx": i, "uri": list_uri(&opts.issuer, n)}}),
+                            );
+                        }
                         Secret::from_string(self.sign(&key, "refresh+jwt", &rc).await?)
                     }
                 };
                 (Some(rt), Some(rexp))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         let row = LedgerRow {
             jti: jti.clone(),
@@ -359,6 +419,7 @@ impl TokenService {
             family,
             refresh_exp,
             meta: opts.meta.as_ref().map(Value::to_string),
+            status: status.map(|(e, _)| e),
         };
         let (ack_tx, ack_rx) = oneshot::channel();
         self.inner

@@ -54,6 +54,9 @@ pub struct Registry {
     /// Bumped by every change to `inner`. A reload that read the store while a change was
     /// applied would install older state over newer, so it retries instead.
     epoch: std::sync::atomic::AtomicU64,
+    /// Bumped by every change that may revoke tokens (deny-list, cut-offs, key states, an
+    /// app reloaded): the status list publisher rebuilds lists when it moved.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -87,6 +90,7 @@ impl Registry {
             store,
             inner: RwLock::new(Inner::default()),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         };
         r.reload_all(now).await?;
         Ok(r)
@@ -109,6 +113,22 @@ impl Registry {
 
     fn epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A counter that moves whenever tokens may have been revoked (see [`Self::revoked`]).
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Something that may revoke tokens was applied: move [`Self::revocation_epoch`], and,
+    /// when `here`, mark the request being served as a revocation (it is told when the
+    /// status lists will show it).
+    fn revoked(&self, here: bool) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if here {
+            crate::statuslist::note_revocation();
+        }
     }
 
     /// Write access for a reload that read the store at `epoch`: `None` if something
@@ -139,6 +159,8 @@ impl Registry {
             let inner = self.read_all(now).await?;
             if let Some(mut guard) = self.write_if_unchanged(epoch, attempt) {
                 *guard = inner;
+                drop(guard);
+                self.revoked(false);
                 return Ok(());
             }
         }
@@ -225,6 +247,8 @@ impl Registry {
                 inner.app_keys.insert(a.id.clone(), kids);
                 inner.apps.insert(a.id.clone(), Arc::new(a));
             }
+            drop(inner);
+            self.revoked(false);
             return Ok(());
         }
         Ok(())
@@ -328,6 +352,7 @@ impl Registry {
     /// Deny-list `jti` until `exp` (after the store has it).
     pub fn deny(&self, jti: String, exp: i64) {
         self.write().denied.insert(jti, exp);
+        self.revoked(true);
     }
 
     /// The cut-off of a subject, if it logged out.
@@ -343,6 +368,7 @@ impl Registry {
         self.write()
             .subjects
             .insert((app_id.to_owned(), sub_sha256.to_owned()), cutoff);
+        self.revoked(true);
     }
 
     /// An app or its keys changed here (the transaction has committed): reload it and tell
@@ -389,6 +415,8 @@ impl Registry {
                 v.retain(|x| x != kid);
             }
         }
+        drop(inner);
+        self.revoked(!kids.is_empty());
     }
 
     /// Apply a committed change to an app's row in memory, ahead of the reload that
@@ -402,6 +430,7 @@ impl Registry {
         };
         let mut row = (**a).clone();
         patch(&mut row);
+        let cut = row.cutoff != a.cutoff;
         if row.access_token_sha256 != a.access_token_sha256 {
             inner.by_token.remove(&a.access_token_sha256);
             inner
@@ -409,6 +438,10 @@ impl Registry {
                 .insert(row.access_token_sha256.clone(), row.id.clone());
         }
         *a = Arc::new(row);
+        drop(guard);
+        if cut {
+            self.revoked(true);
+        }
     }
 
     /// A token id was deny-listed here (after the store has it): apply and publish.

@@ -43,6 +43,8 @@ pub struct AppRow {
     pub last_rotated_at: Option<i64>,
     /// SHA-256 (hex) of the current access token.
     pub access_token_sha256: String,
+    /// New tokens carry a Token Status List `status` claim (issue 24).
+    pub status_list: bool,
 }
 
 /// A policy change (every field replaced).
@@ -70,11 +72,13 @@ pub struct AppPolicy {
     pub refresh_nbf: i64,
     /// Certificate subject.
     pub subject_dn: String,
+    /// New tokens carry a `status` claim.
+    pub status_list: bool,
 }
 
 macro_rules! app_cols {
     () => {
-        "id, name, description, signing_alg, rsa_bits, rotation_period, verification_ttl, token_ttl, token_nbf, refresh_ttl, refresh_nbf, subject_dn, created_at, updated_at, cutoff, last_rotated_at, access_token_sha256"
+        "id, name, description, signing_alg, rsa_bits, rotation_period, verification_ttl, token_ttl, token_nbf, refresh_ttl, refresh_nbf, subject_dn, created_at, updated_at, cutoff, last_rotated_at, access_token_sha256, status_list"
     };
 }
 
@@ -100,6 +104,7 @@ fn app_from_row(r: &AnyRow) -> Result<AppRow, StoreError> {
         cutoff: r.try_get("cutoff")?,
         last_rotated_at: opt_i64(r, "last_rotated_at")?,
         access_token_sha256: r.try_get("access_token_sha256")?,
+        status_list: r.try_get::<i64, _>("status_list")? != 0,
     })
 }
 
@@ -112,8 +117,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO apps (id, name, description, signing_alg, rsa_bits, rotation_period, \
              verification_ttl, token_ttl, token_nbf, refresh_ttl, refresh_nbf, subject_dn, \
-             access_token_sha256, created_at, updated_at, cutoff, last_rotated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             access_token_sha256, created_at, updated_at, cutoff, last_rotated_at, status_list) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&a.id)
         .bind(&a.name)
@@ -132,6 +137,7 @@ impl Store {
         .bind(a.updated_at)
         .bind(&a.cutoff)
         .bind(a.last_rotated_at)
+        .bind(i64::from(a.status_list))
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -190,7 +196,8 @@ impl Store {
         let r = sqlx::query(
             "UPDATE apps SET name = $1, description = $2, signing_alg = $3, rsa_bits = $4, \
              rotation_period = $5, verification_ttl = $6, token_ttl = $7, token_nbf = $8, \
-             refresh_ttl = $9, refresh_nbf = $10, subject_dn = $11, updated_at = $12 WHERE id = $13",
+             refresh_ttl = $9, refresh_nbf = $10, subject_dn = $11, updated_at = $12, \
+             status_list = $14 WHERE id = $13",
         )
         .bind(&p.name)
         .bind(&p.description)
@@ -205,6 +212,7 @@ impl Store {
         .bind(&p.subject_dn)
         .bind(now)
         .bind(id)
+        .bind(i64::from(p.status_list))
         .execute(&mut **tx)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -294,6 +302,7 @@ impl Store {
             "DELETE FROM refresh_tokens WHERE app_id = $1",
             "DELETE FROM denied_jti WHERE app_id = $1",
             "DELETE FROM subject_cutoffs WHERE app_id = $1",
+            "DELETE FROM status_lists WHERE app_id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut **tx).await?;
         }

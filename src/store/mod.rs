@@ -36,6 +36,7 @@ mod error;
 mod keys;
 pub mod lock;
 mod notify;
+mod statuslists;
 mod tokens;
 
 use std::str::FromStr;
@@ -49,7 +50,8 @@ pub use error::StoreError;
 pub use keys::{KeyOrigin, KeyRow, Lease};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
-pub use tokens::{LedgerRow, RefreshRow, SessionRow};
+pub use statuslists::{StatusChunk, StatusFacts, StatusListRow};
+pub use tokens::{LedgerRow, RefreshRow, SessionRow, StatusEntry};
 
 /// Setting that holds the store's id (see [`Store::store_id`]).
 pub const STORE_ID_SETTING: &str = "store_id";

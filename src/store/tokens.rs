@@ -175,6 +175,20 @@ pub struct LedgerRow {
     pub refresh_exp: Option<i64>,
     /// Client metadata (JSON), e.g. JWTPlus `ip` and `useragent`.
     pub meta: Option<String>,
+    /// Its Token Status List entry, when its app publishes lists.
+    pub status: Option<StatusEntry>,
+}
+
+/// Where a token's status bits are: one list of its app, one index for the access token and
+/// one for the refresh JWT issued with it (JWTPlus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusEntry {
+    /// The list (`status_lists.id`, not the number in its URI).
+    pub list: i64,
+    /// The access token's index.
+    pub idx: i64,
+    /// The refresh JWT's index.
+    pub refresh_idx: Option<i64>,
 }
 
 /// A live session as listed for a subject.
@@ -269,15 +283,15 @@ impl Store {
         for (chunk, chunk_slots) in rows.chunks(100).zip(slots.chunks(100)) {
             let mut sql = String::from(
                 "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
-                 sub_key, slot, app_key) VALUES ",
+                 sub_key, slot, status_list, status_idx, refresh_idx, app_key) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 11;
+                let b = i * 14;
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push('(');
-                for c in 1..=11 {
+                for c in 1..=14 {
                     if c > 1 {
                         sql.push_str(", ");
                     }
@@ -303,7 +317,10 @@ impl Store {
                     .bind(r.refresh_exp)
                     .bind(&r.meta)
                     .bind(r.sub_sha256.as_deref().and_then(sub_key))
-                    .bind(slot);
+                    .bind(slot)
+                    .bind(r.status.map(|s| s.list))
+                    .bind(r.status.map(|s| s.idx))
+                    .bind(r.status.and_then(|s| s.refresh_idx));
             }
             q.execute(&mut *tx).await?;
         }
@@ -333,7 +350,8 @@ impl Store {
     /// Database failures.
     pub async fn ledger_row(&self, jti: &str) -> Result<Option<LedgerRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta FROM tokens WHERE jti = $1",
+            "SELECT jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, status_list, \
+             status_idx, refresh_idx FROM tokens WHERE jti = $1",
         )
         .bind(jti)
         .fetch_optional(&self.pool)
@@ -349,6 +367,14 @@ impl Store {
                 family: r.try_get("family")?,
                 refresh_exp: opt_i64(&r, "refresh_exp")?,
                 meta: r.try_get("meta")?,
+                status: match (opt_i64(&r, "status_list")?, opt_i64(&r, "status_idx")?) {
+                    (Some(list), Some(idx)) => Some(StatusEntry {
+                        list,
+                        idx,
+                        refresh_idx: opt_i64(&r, "refresh_idx")?,
+                    }),
+                    _ => None,
+                },
             })
         })
         .transpose()
@@ -833,6 +859,7 @@ mod tests {
             family: None,
             refresh_exp,
             meta: None,
+            status: None,
         }
     }
 

@@ -33,6 +33,7 @@ fn app_row(name: &str) -> AppRow {
         cutoff: None,
         last_rotated_at: None,
         access_token_sha256: String::new(),
+        status_list: false,
     }
 }
 

@@ -29,4 +29,5 @@ mod seed_auth0_rotate;
 mod seed_jwtplus_app_pki;
 mod seed_jwtplus_root_key;
 mod seed_pocketpaw_regenerate;
+mod statuslist;
 mod tokens;

@@ -28,6 +28,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/apps/{id}/sessions", &["get", "delete"]),
     ("/apps/{id}/.well-known/jwks.json", &["get"]),
     ("/apps/{id}/.well-known/openid-configuration", &["get"]),
+    ("/apps/{id}/statuslists", &["get"]),
+    ("/apps/{id}/statuslists/{n}", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/status", &["get"]),

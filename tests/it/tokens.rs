@@ -532,6 +532,7 @@ async fn ledger_rows_from_before_the_compact_subject_index_are_found_after_it() 
             family: None,
             refresh_exp: None,
             meta: None,
+            status: None,
         };
         store
             .insert_ledger(&[new("01F", "a1"), new("01G", "a4")])

@@ -250,6 +250,7 @@ async fn rotate(
         refresh_ttl: app.refresh_ttl,
         refresh_nbf: app.refresh_nbf,
         subject_dn: app.subject_dn.clone(),
+        status_list: app.status_list,
     });
     let r = state
         .keys

@@ -820,6 +820,7 @@ async fn root_create(
         token_ttl: Some(f.token_expire),
         refresh_ttl: Some(f.refresh_expire),
         subject_dn: None,
+        status_list: None,
     };
     let row = new_app_row(req, f.description, f.token_notbefore, f.refresh_notbefore)?;
     let created = state.keys.create_app(row).await.map_err(ApiError::from)?;
@@ -889,6 +890,7 @@ async fn root_patch(
                 refresh_ttl: p.refresh_ttl,
                 refresh_nbf: p.refresh_nbf,
                 subject_dn: app.subject_dn.clone(),
+                status_list: app.status_list,
             },
         )
         .await
