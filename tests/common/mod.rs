@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod proxy;
+pub mod tls;
 pub mod token;
 /// The fixture's module under its older name.
 #[allow(unused_imports)]

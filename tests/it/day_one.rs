@@ -567,30 +567,7 @@ async fn keys_from_before_the_served_record_keep_the_old_guard() {
 async fn with_tls_discovery_advertises_https() {
     use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "openssl req");
+    let (cert, key) = crate::common::tls::self_signed(dir.path());
     let app = TestApp::spawn_with(
         "d1_tls_discovery",
         Engine::Sqlite,

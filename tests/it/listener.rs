@@ -2,8 +2,7 @@
 //! loop, header-read and idle timeouts, the connection cap, HSTS, and a `/readyz` that
 //! does not sign on every call.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,34 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::common::app::{Engine, TestApp};
 
-/// A self-signed P-256 certificate for 127.0.0.1 in `dir`: `(cert, key)`.
-fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "openssl req");
-    (cert, key)
-}
+use crate::common::tls::self_signed;
 
 async fn spawn_tls(name: &str, dir: &Path, env: &[(&str, &str)]) -> TestApp {
     let (cert, key) = self_signed(dir);

@@ -685,30 +685,7 @@ async fn every_response_has_a_request_id_and_security_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_https_from_pem_files() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "openssl req");
+    let (cert, key) = crate::common::tls::self_signed(dir.path());
     let app = TestApp::spawn_with(
         "tls",
         Engine::Sqlite,
