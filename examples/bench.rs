@@ -616,6 +616,7 @@ fn main() {
         Some("scale-sign") => scale::sign_spread(),
         Some("hsm") => bench_hsm(),
         Some("http") => http::run(),
+        Some("http-profile") => http::profile(),
         Some("issue") => bench_issue(),
         Some("introspect") => bench_introspect(),
         Some("rotate") => bench_rotate(),

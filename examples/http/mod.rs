@@ -65,7 +65,11 @@ fn cpu_seconds(pid: &str) -> f64 {
 
 /// Run wrk on `url` (a POST of `body` with `token` when `body` is set, else a GET).
 fn wrk(url: &str, post: Option<(&str, &str)>) -> Wrk {
-    let secs: u64 = env_or("BENCH_WRK_SECONDS", 8);
+    wrk_for(url, post, env_or("BENCH_WRK_SECONDS", 8))
+}
+
+/// [`wrk`] for `secs` seconds.
+fn wrk_for(url: &str, post: Option<(&str, &str)>, secs: u64) -> Wrk {
     let conns: u64 = env_or("BENCH_WRK_CONNECTIONS", 32);
     let mut cmd = Command::new("wrk");
     cmd.args([
@@ -208,4 +212,36 @@ pub(crate) fn run() {
             floor.rate, floor.p50_ms, floor.p99_ms, floor.cpu_us
         );
     }
+}
+
+/// `http-profile`: ES256 issuance under wrk while `perf record` samples the server
+/// (`BENCH_PID`) into `BENCH_PERF_DATA`; prints the rate and the server's CPU per token.
+pub(crate) fn profile() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = Http::new();
+    let (id, pk) = rt.block_on(http.create("ES256", 0));
+    let body = json!({"claims": {"sub": "alice", "aud": "api"}}).to_string();
+    let url = format!("{}/apps/{id}/tokens", http.base);
+    // Warm up (the first signature of an algorithm sets its running mean).
+    let _ = wrk_for(&url, Some((&body, &pk)), 2);
+    let mut perf = Command::new("perf")
+        .args(["record", "-q", "-F", "1999", "-p", &env("BENCH_PID"), "-o"])
+        .arg(env("BENCH_PERF_DATA"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("perf");
+    let w = wrk(&url, Some((&body, &pk)));
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+    println!(
+        "ES256 issuance: {:.0} tokens/s, p99 {:.2} ms, server CPU {:.0} µs per token",
+        w.rate, w.p99_ms, w.cpu_us
+    );
 }
