@@ -3,7 +3,10 @@
 //!
 //! - `hsm`: signatures per second through the session pool vs a raw single-session
 //!   `C_Sign` loop on the same token, per algorithm, for 1 and 2 threads.
-//! - `issue`: HTTP issuance rate vs the raw 2-thread `C_Sign` rate on the same key.
+//! - `http`: issuance, introspection and JWKS under `wrk`, each beside its anchor from the
+//!   same run (see `http/mod.rs`).
+//! - `issue`: HTTP issuance rate vs the raw 2-thread `C_Sign` rate on the same key (reqwest
+//!   load generator, for what wrk cannot do).
 //! - `introspect`: HTTP introspection rate vs in-process jsonwebtoken verification.
 //! - `rotate`: latency of `POST /apps/{id}/keys/rotate` per algorithm (p50, p99).
 //! - `scale-populate`, `scale-measure`, `scale-report`, `scale-issue`, `scale-sign`: the growth curves of
@@ -330,6 +333,53 @@ fn bench_issue() {
     }
 }
 
+/// In-process verification rate: `jsonwebtoken` checking `token` (signed with `alg`)
+/// against its key from `jwks` (its app's JWKS), 2 threads for `secs`.
+fn verify_rate(jwks: &Value, token: &str, alg: &str, secs: f64) -> f64 {
+    let kid = token
+        .split('.')
+        .next()
+        .map(|h| {
+            use base64::Engine as _;
+            let h: Value = serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(h)
+                    .unwrap(),
+            )
+            .unwrap();
+            h["kid"].as_str().unwrap().to_owned()
+        })
+        .unwrap();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid.as_str())
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(alg.parse().unwrap());
+    validation.validate_aud = false;
+    let count = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / secs
+}
+
 fn bench_introspect() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -358,48 +408,7 @@ fn bench_introspect() {
             v["token"].as_str().unwrap().to_owned()
         });
         let jwks = rt.block_on(http.get_json(&format!("/apps/{id}/.well-known/jwks.json"), false));
-        let kid = token
-            .split('.')
-            .next()
-            .map(|h| {
-                use base64::Engine as _;
-                let h: Value = serde_json::from_slice(
-                    &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(h)
-                        .unwrap(),
-                )
-                .unwrap();
-                h["kid"].as_str().unwrap().to_owned()
-            })
-            .unwrap();
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
-            jwks["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|k| k["kid"] == kid.as_str())
-                .unwrap()
-                .clone(),
-        )
-        .unwrap();
-        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
-        let mut validation = jsonwebtoken::Validation::new(alg.parse().unwrap());
-        validation.validate_aud = false;
-        let count = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| {
-                    while !stop.load(Ordering::Relaxed) {
-                        jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-            std::thread::sleep(Duration::from_secs_f64(secs()));
-            stop.store(true, Ordering::Relaxed);
-        });
-        let verify = count.load(Ordering::Relaxed) as f64 / secs();
+        let verify = verify_rate(&jwks, &token, alg, secs());
         let h = http.clone();
         let (rate, p50, p99) = rt.block_on(load(32, secs(), move || {
             let (h, id, pk, token) = (h.clone(), id.clone(), pk.clone(), token.clone());
@@ -593,6 +602,8 @@ fn bench_replicas() {
     }
 }
 
+#[path = "http/mod.rs"]
+mod http;
 #[path = "scale/mod.rs"]
 mod scale;
 
@@ -604,12 +615,14 @@ fn main() {
         Some("scale-issue") => scale::issue_only(),
         Some("scale-sign") => scale::sign_spread(),
         Some("hsm") => bench_hsm(),
+        Some("http") => http::run(),
+        Some("http-profile") => http::profile(),
         Some("issue") => bench_issue(),
         Some("introspect") => bench_introspect(),
         Some("rotate") => bench_rotate(),
         Some("replicas") => bench_replicas(),
         _ => {
-            eprintln!("usage: bench hsm|issue|introspect|rotate|replicas");
+            eprintln!("usage: bench hsm|http|issue|introspect|rotate|replicas");
             std::process::exit(2);
         }
     }

@@ -1,8 +1,9 @@
 //! The HSM: the only module that touches `cryptoki`.
 //!
 //! [`Hsm`] is a cheap, cloneable async facade. Each operation waits (asynchronously) for a
-//! permit of the session pool, then runs its PKCS#11 calls on a blocking thread with a
-//! pooled, logged-in session, so the executor never blocks on the token. Keys are named by
+//! permit of the session pool, then runs its PKCS#11 calls with a pooled, logged-in
+//! session off the executor's task queue (`block_in_place`), except signatures the token
+//! answers fast, which run in place (see [`FastPath`]). Keys are named by
 //! [`Kid`] (their `CKA_ID`); object handles never leave this module. The handle cache is
 //! filled in one listing pass at start, kept current on generate and destroy, and dropped
 //! when sessions are reopened, so the signing path never searches the token.
@@ -18,7 +19,8 @@ mod sign;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
@@ -74,6 +76,115 @@ pub struct Hsm {
     permits: Arc<Semaphore>,
     sessions: usize,
     health: Arc<Health>,
+    fast: Arc<FastPath>,
+}
+
+/// Longest typical signature (the running mean per algorithm) that runs in place on the
+/// executor's worker thread: a fast ECDSA or EdDSA signature (60-300 µs on SoftHSM2) or an
+/// RSA-2048 one (~0.5 ms). Slower ones (RSA-4096, a network HSM) leave the executor.
+const IN_PLACE_MAX_US: u64 = 1_000;
+
+/// While in-place calls are running, another may start only if one returned this recently:
+/// a token that stops answering holds at most the calls that started within this window.
+const IN_PLACE_STALL_US: u64 = 2_000;
+
+/// Whether a signature may run in place, on the worker thread that asked for it.
+///
+/// `block_in_place` hands the worker's task queue to another thread for every call (a
+/// blocking-pool wake and a hand-back each time); for a signature of 60 µs that costs about
+/// a quarter of the raw signing rate. A signature whose algorithm has been fast on this
+/// token runs in place instead, like any short computation, as long as the token keeps
+/// answering: at most one in-place call per worker, none while the running ones have seen
+/// no call return for [`IN_PLACE_STALL_US`], and none for an algorithm whose running mean
+/// is over [`IN_PLACE_MAX_US`] (or still unknown: the first signature of each algorithm
+/// leaves the executor and sets the mean).
+#[derive(Debug)]
+struct FastPath {
+    /// Running mean of the signature time per algorithm (in [`crate::alg::ALL`]'s order), µs;
+    /// 0 until the first signature.
+    mean_us: [AtomicU64; crate::alg::ALL.len()],
+    /// In-place calls running now.
+    running: AtomicUsize,
+    /// When an in-place call last returned, µs after `epoch`.
+    last_done_us: AtomicU64,
+    epoch: Instant,
+}
+
+/// Whether a signature may run in place: `mean_us` its algorithm's running mean, `running`
+/// the in-place calls running now on `workers` worker threads, `since_done_us` the time
+/// since one last returned.
+fn may_run_in_place(mean_us: u64, running: usize, workers: usize, since_done_us: u64) -> bool {
+    (1..=IN_PLACE_MAX_US).contains(&mean_us)
+        && running < workers
+        && (running == 0 || since_done_us <= IN_PLACE_STALL_US)
+}
+
+/// Leaves the in-place count when the call returns (or unwinds).
+struct InPlace<'a>(&'a FastPath);
+
+impl Drop for InPlace<'_> {
+    fn drop(&mut self) {
+        let f = self.0;
+        f.last_done_us.store(f.now_us(), Ordering::Relaxed);
+        f.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl FastPath {
+    fn new() -> Self {
+        Self {
+            mean_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            running: AtomicUsize::new(0),
+            last_done_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn index(alg: Algorithm) -> usize {
+        crate::alg::ALL
+            .iter()
+            .position(|a| *a == alg)
+            .unwrap_or_default()
+    }
+
+    /// Note one signature's time (a mean over about the last eight).
+    fn observe(&self, alg: Algorithm, elapsed: std::time::Duration) {
+        let us = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mean = &self.mean_us[Self::index(alg)];
+        let old = mean.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        mean.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Enter the in-place path for a signature with `alg` on a runtime of `workers` worker
+    /// threads, if it may.
+    fn enter(&self, alg: Algorithm, workers: usize) -> Option<InPlace<'_>> {
+        let mean = self.mean_us[Self::index(alg)].load(Ordering::Relaxed);
+        let mut running = self.running.load(Ordering::Acquire);
+        loop {
+            let since = self
+                .now_us()
+                .saturating_sub(self.last_done_us.load(Ordering::Relaxed));
+            if !may_run_in_place(mean, running, workers, since) {
+                return None;
+            }
+            match self.running.compare_exchange_weak(
+                running,
+                running + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(InPlace(self)),
+                Err(now) => running = now,
+            }
+        }
+    }
 }
 
 /// Whether the token's last call succeeded, and how often that has changed.
@@ -124,6 +235,7 @@ impl Hsm {
             permits: Arc::new(Semaphore::new(sessions)),
             sessions,
             health: Arc::default(),
+            fast: Arc::new(FastPath::new()),
         })
     }
 
@@ -139,17 +251,19 @@ impl Hsm {
         &self,
         f: impl FnOnce(&Core) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, HsmError> {
-        let result = self.blocking_inner(f).await;
+        let result = self.blocking_inner(None, f).await;
         self.health.record(&result);
         result
     }
 
-    /// [`Self::blocking`] without the health note.
+    /// [`Self::blocking`] without the health note. `fast`: the algorithm of a signature,
+    /// which may run in place (see [`FastPath`]).
     async fn blocking_inner<T: Send + 'static>(
         &self,
+        fast: Option<Algorithm>,
         f: impl FnOnce(&Core) -> Result<T, HsmError> + Send + 'static,
     ) -> Result<T, HsmError> {
-        let asked = std::time::Instant::now();
+        let asked = Instant::now();
         let permit = self
             .permits
             .clone()
@@ -157,10 +271,19 @@ impl Hsm {
             .await
             .map_err(|_| HsmError::Worker)?;
         crate::metrics::hsm_pool_wait(asked.elapsed().as_secs_f64());
+        let workers = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            .map(|h| h.metrics().num_workers());
+        if let (Some(alg), Some(workers)) = (fast, workers)
+            && let Some(_in_place) = self.fast.enter(alg, workers)
+        {
+            let result = f(&self.core);
+            drop(permit);
+            return result;
+        }
         let core = self.core.clone();
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
+        if workers.is_some() {
             let result = tokio::task::block_in_place(|| f(&core));
             drop(permit);
             return result;
@@ -210,15 +333,23 @@ impl Hsm {
     /// cannot be reached; [`HsmError::Algorithm`] if the token cannot sign with `alg`.
     pub async fn sign(&self, kid: Kid, alg: Algorithm, data: Vec<u8>) -> Result<Vec<u8>, HsmError> {
         self.core.mechanisms().check_sign(alg)?;
-        self.blocking(move |core| {
-            let started = std::time::Instant::now();
-            let sig = core.run(Some(kid), |core, s| {
-                sign::sign_in(core, s, &kid, alg, &data)
-            });
-            crate::metrics::hsm_sign(alg, started.elapsed().as_secs_f64());
-            sig
-        })
-        .await
+        let fast = self.fast.clone();
+        let result = self
+            .blocking_inner(Some(alg), move |core| {
+                let started = Instant::now();
+                let sig = core.run(Some(kid), |core, s| {
+                    sign::sign_in(core, s, &kid, alg, &data)
+                });
+                let elapsed = started.elapsed();
+                if sig.is_ok() {
+                    fast.observe(alg, elapsed);
+                }
+                crate::metrics::hsm_sign(alg, elapsed.as_secs_f64());
+                sig
+            })
+            .await;
+        self.health.record(&result);
+        result
     }
 
     /// Sign synchronously on the calling (blocking) thread; for benchmarks and the CLI.
@@ -231,7 +362,7 @@ impl Hsm {
         alg: Algorithm,
         data: &[u8],
     ) -> Result<Vec<u8>, HsmError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let sig = self
             .core
             .run(Some(kid), |core, s| sign::sign_in(core, s, &kid, alg, data));
@@ -403,5 +534,57 @@ impl Hsm {
     pub async fn close(&self) {
         let core = self.core.clone();
         let _ = tokio::task::spawn_blocking(move || core.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn fast_signatures_run_in_place_while_the_token_keeps_answering() {
+        // Unknown mean (first signature of the algorithm): off the executor.
+        assert!(!may_run_in_place(0, 0, 2, 0));
+        // Nothing in place: a fast algorithm goes in place, however long ago the last returned.
+        assert!(may_run_in_place(60, 0, 2, 10_000_000));
+        assert!(may_run_in_place(60, 1, 2, 100));
+        // At most one per worker thread.
+        assert!(!may_run_in_place(60, 2, 2, 100));
+        // The running call has not returned for too long: the token may hang; keep away.
+        assert!(!may_run_in_place(60, 1, 2, IN_PLACE_STALL_US + 1));
+        // A slow algorithm (RSA-4096, a network HSM) leaves the executor.
+        assert!(!may_run_in_place(IN_PLACE_MAX_US + 1, 0, 2, 0));
+    }
+
+    #[test]
+    fn the_mean_follows_the_token_and_in_place_calls_are_counted() {
+        let f = FastPath::new();
+        assert!(f.enter(Algorithm::ES256, 2).is_none(), "no mean yet");
+        f.observe(Algorithm::ES256, Duration::from_micros(80));
+        let a = f.enter(Algorithm::ES256, 2);
+        let b = f.enter(Algorithm::ES256, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            f.enter(Algorithm::ES256, 2).is_none(),
+            "both workers in place"
+        );
+        drop(a);
+        assert!(
+            f.enter(Algorithm::ES256, 2).is_some(),
+            "a returned call frees its place"
+        );
+        drop(b);
+        assert_eq!(f.running.load(Ordering::Relaxed), 0);
+        // A token that turns slow moves its signatures off the executor; other algorithms
+        // keep their own mean.
+        for _ in 0..40 {
+            f.observe(Algorithm::ES256, Duration::from_millis(5));
+        }
+        assert!(f.enter(Algorithm::ES256, 2).is_none());
+        assert!(f.enter(Algorithm::EdDSA, 2).is_none(), "no mean yet");
+        f.observe(Algorithm::EdDSA, Duration::from_micros(200));
+        assert!(f.enter(Algorithm::EdDSA, 2).is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The PKCS#11 context, the logged-in session pool, the handle cache and the recovery loop.
 //!
-//! Everything here is blocking and runs on tokio's blocking threads (see [`super::Hsm`]).
+//! Everything here is blocking: it runs off the executor (`block_in_place`), or in place for a
+//! fast signature (see [`super::Hsm`]).
 //! One *anchor* session stays logged in for the life of the process: when every session of
 //! an application closes, the token logs the application out and, on SoftHSM, every cached
 //! object handle dies. Pooled sessions are opened lazily, returned after each call, and
