@@ -475,7 +475,10 @@ async fn every_native_route_answers_401_and_403_by_rfc_9110() {
     ];
     let mut checked = 0;
     for (n, (method, path, schemes)) in ops.iter().enumerate() {
-        let concrete = path.replace("{id}", &a).replace("{kid}", &next_a);
+        let concrete = path
+            .replace("{id}", &a)
+            .replace("{kid}", &next_a)
+            .replace("{n}", "0");
         assert!(!concrete.contains('{'), "unfilled parameter in {path}");
         let concrete = if path.ends_with("/sessions") {
             format!("{concrete}?sub=s1")
