@@ -39,6 +39,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// JWKS `max-age`, seconds.
     pub jwks_max_age: u64,
+    /// Seconds an audit record may stay unsealed before `GET /audit/verify` fails on it.
+    pub audit_seal_max_lag: i64,
 }
 
 /// Shared state handed to every handler.
@@ -135,6 +137,7 @@ impl AppState {
             settings: Arc::new(Settings {
                 public_url: cfg.public_url.clone(),
                 jwks_max_age: cfg.jwks_max_age,
+                audit_seal_max_lag: cfg.audit_max_lag(),
             }),
         })
     }
@@ -223,6 +226,7 @@ impl Application {
             "start-up: store, token, caches and reconciliation done"
         );
         tokio::spawn(state.keys.spares().clone().run());
+        tokio::spawn(state.keys.audit().clone().run_sealer(state.hsm.clone()));
         tokio::spawn(
             state
                 .store

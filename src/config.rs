@@ -30,6 +30,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("tls_cert", Kind::Str),
     ("tls_key", Kind::Str),
     ("orphan_grace", Kind::Int),
+    ("audit_seal_max_lag", Kind::Int),
 ];
 
 /// Keys holding file paths: relative ones in a config file are taken from the file's
@@ -105,6 +106,11 @@ pub struct Config {
     /// the reconciler (in several passes) before it is destroyed.
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace: u64,
+    /// Seconds an audit record may stay unsealed (no HSM MAC yet) before `audit verify`
+    /// fails on it. The sealer runs moments after every append, so only a stopped sealer
+    /// (or a record added outside the service) gets that old.
+    #[serde(default = "default_audit_seal_max_lag")]
+    pub audit_seal_max_lag: u64,
 }
 
 /// A PIN as a string. Any other TOML type is refused with a message that never shows the
@@ -177,6 +183,10 @@ fn default_log_format() -> String {
 fn default_log_level() -> String {
     "info".into()
 }
+fn default_audit_seal_max_lag() -> u64 {
+    300
+}
+
 fn default_orphan_grace() -> u64 {
     crate::keys::reconcile::DEFAULT_ORPHAN_GRACE.unsigned_abs()
 }
@@ -355,6 +365,11 @@ impl Config {
             )));
         }
         Ok(SecretString::from(pin.to_owned()))
+    }
+
+    /// [`Self::audit_seal_max_lag`] in seconds, as `audit::verify` takes it.
+    pub fn audit_max_lag(&self) -> i64 {
+        i64::try_from(self.audit_seal_max_lag).unwrap_or(i64::MAX)
     }
 
     /// Reconciler options with this configuration's orphan grace.

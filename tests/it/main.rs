@@ -14,6 +14,7 @@ mod console;
 mod faults;
 mod hostile;
 mod hygiene;
+mod integrity;
 mod metrics;
 mod openapi;
 mod ownership;
