@@ -38,7 +38,7 @@ async fn sealed(app: &TestApp) -> Value {
     let mut last = Value::Null;
     for _ in 0..600 {
         let (s, v) = app.root("GET", "/audit/verify", None).await;
-        assert_eq!(s, 200, "{v}");
+        assert_eq!(s, 200, "{v}\n{}", app.log_tail());
         assert_eq!(v["ok"], true, "{v}");
         if v["unsealed"] == 0 && v["seals"].as_i64() > Some(0) && v["hsm_mark"] == v["records"] {
             return v;
@@ -264,3 +264,72 @@ engines!(
     forged_tail_record
 );
 engines!(the_existing_log_is_anchored_in_the_hsm_once, anchored_once);
+
+/// A change and its audit record commit together: when the record cannot be written, the
+/// change does not happen either (before, the rotation stayed and its record was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_audit_record_cannot_be_written_does_not_happen() {
+    let app = TestApp::spawn("audit_same_tx", Engine::Sqlite).await;
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Tx", "signing_alg": "ES256"}))
+        .await;
+    let before = app.keys(&id).await;
+    sql(
+        &app.database_url,
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit log unavailable'); END",
+    )
+    .await;
+    let (s, v) = app
+        .root("POST", &format!("/apps/{id}/keys/rotate"), None)
+        .await;
+    assert_eq!(s, 500, "{v}");
+    let (s, v) = app
+        .bearer(&pk, "POST", &format!("/apps/{id}/tokens/flush"), None)
+        .await;
+    assert_eq!(s, 500, "{v}");
+    sql(&app.database_url, "DROP TRIGGER audit_down").await;
+    assert_eq!(
+        app.keys(&id).await,
+        before,
+        "the rotation happened without its record"
+    );
+    let (s, v) = app.root("GET", &format!("/apps/{id}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["cutoff_at"].is_null(),
+        "the flush happened without its record: {v}"
+    );
+}
+
+/// A numeric `sub` is refused (a subject logout, which names subjects by string, could
+/// never reach such a token); JWTPlus's sign answers a type mismatch as JWTPlus does (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_string_sub_is_refused() {
+    let app = TestApp::spawn("sub_not_string", Engine::Sqlite).await;
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Sub", "signing_alg": "ES256"}))
+        .await;
+    let (s, v) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens"),
+            Some(json!({"claims": {"sub": 123}})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"], "invalid_claim", "{v}");
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&pk),
+            Some(json!({"sub": 123, "aud": "a", "ip": "127.0.0.1", "useragent": "t"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["errors"]["error_message"], "invalid json data type",
+        "{v}"
+    );
+}
