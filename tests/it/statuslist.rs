@@ -858,3 +858,36 @@ async fn an_offline_verifier_reads_a_revocation_from_the_list_and_never_calls_in
     assert_eq!(requests_on(&app, "/apps/{id}/tokens/introspect").await, 0);
     assert!(requests_on(&app, "/apps/{id}/statuslists/{n}").await > 0);
 }
+
+/// `GET /apps/{id}` (what the console shows) lists each status list with its size and
+/// when it was signed; an app that never had lists shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_view_shows_each_status_list_with_its_size_and_signing_time() {
+    let app = TestApp::spawn_with("sl_app_view", Engine::Sqlite, FAST).await;
+    let (id, pk) = native_app(&app, "Viewed", json!({})).await;
+    let (plain, _, _) = app
+        .create_app(json!({"name": "Plain", "signing_alg": "ES256"}))
+        .await;
+    let t = issue(&app, &id, &pk, "v").await;
+    // Reading the list signs it (if the background pass has not yet).
+    bit_now(&app, t["token"].as_str().unwrap()).await;
+    let (s, v) = app.root("GET", &format!("/apps/{id}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let lists = v["status_lists"].as_array().expect("status_lists");
+    assert_eq!(lists.len(), 1, "{v}");
+    assert_eq!(lists[0]["n"], 1, "{v}");
+    assert!(lists[0]["size"].as_i64().unwrap() >= 16_384, "{v}");
+    assert!(lists[0]["signed_at"].is_string(), "{v}");
+    assert!(lists[0]["bytes"].as_i64().unwrap() > 0, "{v}");
+    let (s, v) = app.root("GET", &format!("/apps/{plain}"), None).await;
+    assert_eq!((s, &v["status_lists"]), (200, &json!([])), "{v}");
+    let (s, v) = app.root("GET", "/apps", None).await;
+    assert_eq!(s, 200, "{v}");
+    let listed = v["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["status_lists"].as_array().unwrap().len(), 1, "{v}");
+}
