@@ -20,9 +20,9 @@
 //!   list is half way to its `exp`, or the app's current key changed).
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rand::Rng as _;
@@ -308,7 +308,6 @@ pub struct Publisher {
     building: tokio::sync::Mutex<()>,
     next_tick: AtomicI64,
     last_build: AtomicI64,
-    last_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -337,7 +336,6 @@ impl Publisher {
             cache: RwLock::default(),
             building: tokio::sync::Mutex::new(()),
             last_build: AtomicI64::new(0),
-            last_epoch: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -492,31 +490,54 @@ impl Publisher {
         s
     }
 
+    /// The apps whose lists a revocation may have changed: those `revoked` names, and
+    /// those that issued its deny-listed jtis (`None`: every app).
+    async fn dirty_apps(
+        &self,
+        revoked: &crate::keys::Revoked,
+    ) -> Result<Option<HashSet<String>>, StoreError> {
+        if revoked.all {
+            return Ok(None);
+        }
+        let mut apps = revoked.apps.clone();
+        if !revoked.jtis.is_empty() {
+            apps.extend(self.store.apps_of_jtis(&revoked.jtis).await?);
+        }
+        Ok(Some(apps))
+    }
+
     /// One pass: rebuild every list that may have changed (a revocation applied here since
-    /// the last pass, a list signed elsewhere or never, or one half way to its `exp`).
-    pub async fn tick(&self, issuers: &Issuers) {
+    /// the last pass in the list's app, a list signed elsewhere or never, or one half way
+    /// to its `exp`). Returns how many lists it computed.
+    pub async fn tick(&self, issuers: &Issuers) -> usize {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         self.next_tick.store(now + self.refresh, Ordering::SeqCst);
-        // Read before the store: a revocation applied after this is seen by the next pass.
-        let epoch = self.registry.revocation_epoch();
-        let dirty = epoch != self.last_epoch.load(Ordering::SeqCst);
-        let rows = match self.store.status_lists(None).await {
-            Ok(r) => r,
-            Err(e) => {
+        // Taken before the store is read: a revocation applied after this is seen by the
+        // next pass.
+        let revoked = self.registry.take_revoked();
+        let (dirty, rows) = match (
+            self.dirty_apps(&revoked).await,
+            self.store.status_lists(None).await,
+        ) {
+            (Ok(d), Ok(r)) => (d, r),
+            (Err(e), _) | (_, Err(e)) => {
+                self.registry.put_back_revoked(revoked);
                 tracing::warn!(error = %e, "status lists: cannot list; next pass retries");
-                return;
+                return 0;
             }
         };
+        let dirty = |app: &str| dirty.as_ref().is_none_or(|d| d.contains(app));
         let _one = self.building.lock().await;
         let mut failed = false;
+        let mut built = 0;
         for row in rows {
             let cached = self.cached(&row.app_id, row.n);
             let needed = match &cached {
                 None => true,
                 Some(c) => {
                     // Nobody needs a list whose tokens have all expired kept fresh.
-                    (dirty && row.until > now)
+                    (dirty(&row.app_id) && row.until > now)
                         || row.signed_at != Some(c.signed_at)
                         || (!self.fresh(c, now + self.refresh) && row.until > now)
                 }
@@ -524,18 +545,20 @@ impl Publisher {
             if !needed {
                 continue;
             }
+            built += 1;
             if let Err(e) = self.build(issuers, &row).await {
                 failed = true;
                 tracing::warn!(app_id = %row.app_id, n = row.n, error = %e, "status list not rebuilt; next pass retries");
             }
         }
-        if !failed {
-            self.last_epoch.store(epoch, Ordering::SeqCst);
+        if failed {
+            self.registry.put_back_revoked(revoked);
         }
         self.last_build.store(
             i64::try_from(started.elapsed().as_secs()).unwrap_or(0),
             Ordering::SeqCst,
         );
+        built
     }
 
     /// Run [`Self::tick`] every `refresh` seconds until the process ends.
@@ -546,7 +569,7 @@ impl Publisher {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            self.tick(&issuers).await;
+            let _ = self.tick(&issuers).await;
         }
     }
 

@@ -289,6 +289,33 @@ impl Store {
             .collect()
     }
 
+    /// The apps that issued the tokens `jtis` (those the ledger knows), to rebuild only
+    /// their lists after a deny-listing.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn apps_of_jtis(
+        &self,
+        jtis: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut apps = std::collections::HashSet::new();
+        for part in jtis.chunks(500) {
+            let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT DISTINCT app_id FROM tokens WHERE status_list IS NOT NULL AND jti IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for j in part {
+                q = q.bind(j);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                apps.insert(r.try_get("app_id")?);
+            }
+        }
+        Ok(apps)
+    }
+
     /// List `n` of `app_id`.
     ///
     /// # Errors
