@@ -107,7 +107,7 @@ fn header_max_age(f: &super::remote::Fetched) -> i64 {
 /// A list is reused for its `ttl` (read unverified: it only sets how long to cache; the
 /// list is verified on every use), else its `Cache-Control`.
 fn list_max_age(f: &super::remote::Fetched) -> i64 {
-    crate::jwt::parse(f.body.trim())
+    crate::statuslist::parse_list(f.body.trim())
         .and_then(|c| c.claims.get("ttl").and_then(Value::as_i64))
         .unwrap_or(f.max_age)
         .clamp(0, MAX_TTL)
@@ -288,7 +288,7 @@ async fn status_bit(
     loop {
         let (e, fetched) = v.get(&fetch_url, MEDIA_JWT, again, list_max_age).await?;
         let list = e.body.trim();
-        let c = crate::jwt::parse(list)
+        let c = crate::statuslist::parse_list(list)
             .ok_or_else(|| anyhow::anyhow!("the status list at {uri} is not a JWT"))?;
         if !c
             .header

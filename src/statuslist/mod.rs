@@ -43,6 +43,17 @@ pub const TYP: &str = "statuslist+jwt";
 /// Seconds from signing to a status list token's `exp`; it is re-signed at half that age.
 pub const LIFETIME: i64 = 3_600;
 
+/// Largest status list token, bytes: the base64url of a list of [`MAX_BITS`] entries that
+/// does not compress at all (2 MiB, 2.7 MiB encoded), with room for its header and claims.
+pub const MAX_LIST_TOKEN_LEN: usize = 3 << 20;
+
+/// Split and decode a status list token (up to [`MAX_LIST_TOKEN_LEN`] bytes; an access
+/// token's bound, [`crate::jwt::MAX_TOKEN_LEN`], is far smaller than a list with a few
+/// thousand revoked entries).
+pub fn parse_list(token: &str) -> Option<crate::jwt::Compact<'_>> {
+    crate::jwt::parse_bounded(token, MAX_LIST_TOKEN_LEN)
+}
+
 /// Smallest list, entries (2 KiB of bits before compression).
 const MIN_BITS: i64 = 1 << 14;
 /// Largest list, entries (2 MiB of bits before compression).
@@ -251,7 +262,7 @@ pub struct Signed {
 
 impl Signed {
     fn from_token(row: &StatusListRow, token: String) -> Option<Self> {
-        let c = crate::jwt::parse(&token)?;
+        let c = parse_list(&token)?;
         let lst = c
             .claims
             .get("status_list")?
@@ -609,6 +620,42 @@ mod tests {
         assert_eq!(bit(&back, 8), Some(0));
         assert_eq!(bit(&back, 32), None);
         assert_eq!(decompress("not zlib!"), None);
+    }
+
+    /// A list with 1 % of 2^21 entries set at random signs into a token far larger than an
+    /// access token may be; it is still read back (as served, and by verifiers).
+    #[test]
+    fn a_list_token_larger_than_an_access_token_is_read_back() {
+        let bits: i64 = 1 << 21;
+        let mut bytes = vec![0u8; usize::try_from(bits / 8).unwrap()];
+        let mut rng = rand::rng();
+        for _ in 0..bits / 100 {
+            set_bit(&mut bytes, rng.random_range(0..bits));
+        }
+        let lst = compress(&bytes);
+        let token = format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"ES256","typ":"statuslist+jwt","kid":"01ARZ3NDEKTSV4RRFFQ69G5FAV"}"#),
+            b64(json!({"iat": 1, "status_list": {"bits": 1, "lst": lst}})
+                .to_string()
+                .as_bytes()),
+            b64(&[7u8; 64])
+        );
+        assert!(token.len() > crate::jwt::MAX_TOKEN_LEN, "{}", token.len());
+        let row = StatusListRow {
+            id: 1,
+            app_id: "a".into(),
+            n: 1,
+            bits,
+            until: 0,
+            handed: 0,
+            chunk: 0,
+            token: None,
+            lst_sha256: None,
+            signed_at: None,
+        };
+        let s = Signed::from_token(&row, token).expect("a large list reads back");
+        assert_eq!(decompress(&s.lst).unwrap(), bytes);
     }
 
     /// Lists are powers of two holding twice the live tokens, within bounds.
