@@ -265,6 +265,16 @@ function fact(k, v) {
   return [h('div', {}, h('dt', {}, k), h('dd', {}, v))];
 }
 
+// Token Status Lists: how many, their entries in all, and when the newest was signed.
+function statusLists(lists) {
+  const n = lists.length;
+  const size = lists.reduce((sum, l) => sum + l.size, 0);
+  const signed = lists.map((l) => l.signed_at).filter(Boolean).sort().pop();
+  return h('span', { class: 'status-lists' },
+    `${n} list${n === 1 ? '' : 's'} · ${size.toLocaleString('en')} entries · `,
+    signed ? h('span', {}, 'signed ', timeEl(signed)) : 'not signed yet');
+}
+
 function renderApp() {
   const a = state.app;
   $('app-title').textContent = a.name;
@@ -280,6 +290,7 @@ function renderApp() {
     ...fact('Rotation safe', rotationSafeIn() > 0 ? timeEl(state.rotationSafeAt) : 'now'),
     ...fact('Live tokens', String(a.live_tokens ?? 0)),
     ...fact('Token cut-off', timeEl(a.cutoff_at)),
+    ...(a.status_list || a.status_lists?.length ? fact('Status lists', statusLists(a.status_lists ?? [])) : []),
   );
   drawTimeline($('timeline'), state.keys, a, $('span').value, $('tip'));
   const keys = [...state.keys].sort((x, y) => (x.kid < y.kid ? 1 : -1));

@@ -12,6 +12,8 @@
 //! - `scale-populate`, `scale-measure`, `scale-report`, `scale-issue`, `scale-sign`: the growth curves of
 //!   `scripts/bench scale` (apps created through the API, figures at each size written as
 //!   `key value` lines, then tables and the plot's data file).
+//! - `statuslist-http`, `statuslist-scale`: what Token Status Lists cost (see
+//!   `statuslist/mod.rs`).
 //!
 //! Environment (set by `scripts/bench`): `SOFTHSM2_CONF`, `BENCH_PIN`, `BENCH_LABEL`,
 //! `BENCH_URL`, `BENCH_ROOT` (for the HTTP benchmarks).
@@ -606,6 +608,8 @@ fn bench_replicas() {
 mod http;
 #[path = "scale/mod.rs"]
 mod scale;
+#[path = "statuslist/mod.rs"]
+mod statuslist;
 
 fn main() {
     match std::env::args().nth(1).as_deref() {
@@ -614,6 +618,8 @@ fn main() {
         Some("scale-report") => scale::report(),
         Some("scale-issue") => scale::issue_only(),
         Some("scale-sign") => scale::sign_spread(),
+        Some("statuslist-http") => statuslist::http(),
+        Some("statuslist-scale") => statuslist::scale(),
         Some("hsm") => bench_hsm(),
         Some("http") => http::run(),
         Some("http-profile") => http::profile(),

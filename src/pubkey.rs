@@ -165,6 +165,67 @@ impl PublicKey {
         }
     }
 
+    /// Read a public JWK (the members [`Self::jwk_members`] writes: `kty` RSA with `n e`,
+    /// EC with `crv x y`, OKP Ed25519 with `x`), as a verifier finds it in a JWKS.
+    ///
+    /// # Errors
+    /// [`BadPublicKey`] naming the missing or malformed member, or the unsupported type.
+    pub fn from_jwk(
+        jwk: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, BadPublicKey> {
+        let member = |name: &str| -> Result<Vec<u8>, BadPublicKey> {
+            let s = jwk
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| BadPublicKey(format!("the JWK has no {name:?} member")))?;
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|_| BadPublicKey(format!("the JWK member {name:?} is not base64url")))
+        };
+        let crv = jwk
+            .get("crv")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        match jwk.get("kty").and_then(serde_json::Value::as_str) {
+            Some("RSA") => Ok(Self::rsa(&member("n")?, &member("e")?)),
+            Some("EC") => {
+                let curve = match crv {
+                    "P-256" => Curve::P256,
+                    "P-384" => Curve::P384,
+                    "P-521" => Curve::P521,
+                    other => return Err(BadPublicKey(format!("unsupported curve {other:?}"))),
+                };
+                let (x, y) = (member("x")?, member("y")?);
+                let len = curve.field_len();
+                if x.len() != len || y.len() != len {
+                    return Err(BadPublicKey(format!(
+                        "x and y must be {len} bytes each on {crv}"
+                    )));
+                }
+                Ok(Self::Ec {
+                    curve,
+                    point: [&[4u8][..], &x, &y].concat(),
+                })
+            }
+            Some("OKP") if crv == "Ed25519" => {
+                let x = member("x")?;
+                if x.len() != 32 {
+                    return Err(BadPublicKey("an Ed25519 key is 32 bytes".into()));
+                }
+                Ok(Self::Ed25519(x))
+            }
+            Some(other) => Err(BadPublicKey(format!(
+                "unsupported JWK kty {other:?}{}",
+                if crv.is_empty() {
+                    String::new()
+                } else {
+                    format!(" crv {crv:?}")
+                }
+            ))),
+            None => Err(BadPublicKey("the JWK has no \"kty\"".into())),
+        }
+    }
+
     /// SHA-256 of the SPKI DER, hex: a stable fingerprint of the key itself.
     ///
     /// # Errors
@@ -239,6 +300,29 @@ mod tests {
             let der = k.to_spki_der().expect("encode");
             assert_eq!(PublicKey::from_spki_der(&der).expect("decode"), k);
         }
+    }
+
+    /// What `jwk_members` writes, `from_jwk` reads back; a short coordinate is refused.
+    #[test]
+    fn public_jwks_round_trip() {
+        let keys = [
+            PublicKey::rsa(&[0xc1, 2, 3, 4], &[1, 0, 1]),
+            PublicKey::Ec {
+                curve: Curve::P384,
+                point: [vec![4u8], vec![7u8; 96]].concat(),
+            },
+            PublicKey::Ed25519(vec![9u8; 32]),
+        ];
+        for k in keys {
+            assert_eq!(PublicKey::from_jwk(&k.jwk_members()).expect("decode"), k);
+        }
+        let mut short = PublicKey::Ec {
+            curve: Curve::P256,
+            point: [vec![4u8], vec![7u8; 64]].concat(),
+        }
+        .jwk_members();
+        short.insert("x".into(), "AAAA".into());
+        assert!(PublicKey::from_jwk(&short).is_err());
     }
 
     #[test]

@@ -206,6 +206,7 @@ fn key_summary(state: &AppState, app_id: &str) -> wire::KeySummary {
 struct AppStats {
     keys: HashMap<String, HashMap<String, i64>>,
     live_tokens: HashMap<String, i64>,
+    status_lists: HashMap<String, Vec<crate::store::StatusListFigures>>,
 }
 
 impl AppStats {
@@ -219,7 +220,15 @@ impl AppStats {
             .store
             .live_token_counts_per_app(app_id, state.clock.now())
             .await?;
-        Ok(Self { keys, live_tokens })
+        let mut status_lists: HashMap<String, Vec<_>> = HashMap::new();
+        for f in state.store.status_list_figures(app_id).await? {
+            status_lists.entry(f.app_id.clone()).or_default().push(f);
+        }
+        Ok(Self {
+            keys,
+            live_tokens,
+            status_lists,
+        })
     }
 
     fn key_counts(&self, app_id: &str) -> wire::KeyCounts {
@@ -252,6 +261,11 @@ fn app_view(state: &AppState, a: &AppRow, stats: &AppStats) -> AppView {
         last_rotation_at: activated.map(rfc3339),
         next_rotation_at: state.keys.next_rotation_at(&a.id).map(rfc3339),
         live_tokens: stats.live_tokens.get(&a.id).copied().unwrap_or(0),
+        status_lists: stats
+            .status_lists
+            .get(&a.id)
+            .map(|l| l.iter().map(wire::StatusListView::new).collect())
+            .unwrap_or_default(),
     }
 }
 

@@ -226,6 +226,33 @@ pub struct AppView {
     pub next_rotation_at: Option<String>,
     /// Tokens issued and not expired yet.
     pub live_tokens: i64,
+    /// Its Token Status Lists (empty while `status_list` was never on).
+    pub status_lists: Vec<StatusListView>,
+}
+
+/// One Token Status List of an app, as the app view shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusListView {
+    /// Its number (`/apps/{id}/statuslists/{n}`).
+    pub n: i64,
+    /// Entries (tokens it can hold, one bit each).
+    pub size: i64,
+    /// When its status list token was last signed (RFC 3339), or null before the first.
+    pub signed_at: Option<String>,
+    /// Bytes of that signed token, or null.
+    pub bytes: Option<i64>,
+}
+
+impl StatusListView {
+    /// The view of one list's figures.
+    pub fn new(f: &crate::store::StatusListFigures) -> Self {
+        Self {
+            n: f.n,
+            size: f.bits,
+            signed_at: f.signed_at.map(rfc3339),
+            bytes: f.token_bytes,
+        }
+    }
 }
 
 /// `GET /apps/{id}/blast-radius`: the tokens (and their distinct subjects) that still

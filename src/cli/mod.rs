@@ -19,6 +19,7 @@
 mod apps;
 mod check;
 mod direct;
+mod offline;
 mod output;
 mod remote;
 mod root_key;
@@ -281,6 +282,16 @@ pub enum TokenCommand {
         /// File holding the token (`-`: stdin, the default).
         #[arg(long, value_name = "FILE", default_value = "-")]
         token_file: String,
+        /// Verify as a relying party that never calls the token endpoints: signature
+        /// against the app's JWKS, expiry, and the token's bit in its status list, all
+        /// fetched from --url (else the configured public_url or listen address) and
+        /// cached on disk.
+        #[arg(long)]
+        offline: bool,
+        /// With --offline: where the JWKS and lists are cached (default
+        /// $XDG_CACHE_HOME/hsm-rotator, else ~/.cache/hsm-rotator).
+        #[arg(long, value_name = "DIR", requires = "offline")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -414,6 +425,15 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             let r = root_key::run(apps::Target::Direct(&d), command, out).await;
             d.close().await;
             r
+        }
+        Command::Token {
+            command: command @ TokenCommand::Verify { offline: true, .. },
+        } => {
+            // Offline verification opens neither the store nor the HSM: it reads the
+            // server's public documents, at the base its tokens' issuers name.
+            let issuers = crate::app::configured_issuers(cfg, &cfg.listen);
+            let remote = Remote::new(issuers.base(), None)?;
+            tokens::run(apps::Target::Remote(remote), command, out).await
         }
         Command::Token { command } => {
             // Issuing writes only the token ledger, which no server caches: no lock needed.

@@ -161,6 +161,82 @@ impl Remote {
     }
 }
 
+/// The answer to an unauthenticated GET: status, `ETag`, `Cache-Control` max-age, body.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// HTTP status.
+    pub(crate) status: u16,
+    /// `ETag`, if any.
+    pub(crate) etag: Option<String>,
+    /// `Cache-Control: max-age`, seconds (0 without one, or with `no-store`/`no-cache`).
+    pub(crate) max_age: i64,
+    /// Body text.
+    pub(crate) body: String,
+}
+
+/// Seconds a response may be reused, from its `Cache-Control`.
+fn max_age(cache_control: Option<&str>) -> i64 {
+    let Some(cc) = cache_control else { return 0 };
+    let mut age = 0;
+    for d in cc.split(',').map(str::trim) {
+        let d = d.to_ascii_lowercase();
+        if d == "no-store" || d == "no-cache" {
+            return 0;
+        }
+        if let Some(v) = d.strip_prefix("max-age=") {
+            age = v.trim_matches('"').parse().unwrap_or(0);
+        }
+    }
+    age
+}
+
+impl Remote {
+    /// The server's base URL (no trailing slash).
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET a public document (`url` absolute) without credentials, conditionally when an
+    /// `etag` is known.
+    ///
+    /// # Errors
+    /// The server unreachable, or its answer cut short.
+    pub(crate) async fn fetch(
+        &self,
+        url: &str,
+        accept: &str,
+        etag: Option<&str>,
+    ) -> anyhow::Result<Fetched> {
+        let mut rb = self.client.get(url).header(reqwest::header::ACCEPT, accept);
+        if let Some(e) = etag {
+            rb = rb.header(reqwest::header::IF_NONE_MATCH, e);
+        }
+        let res = rb
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot fetch {url}: {}", plain(&e)))?;
+        let header = |h: reqwest::header::HeaderName| {
+            res.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let etag = header(reqwest::header::ETAG);
+        let max_age = max_age(header(reqwest::header::CACHE_CONTROL).as_deref());
+        let status = res.status().as_u16();
+        let body = res
+            .text()
+            .await
+            .map_err(|e| anyhow::anyhow!("the answer from {url} was cut short: {}", plain(&e)))?;
+        Ok(Fetched {
+            status,
+            etag,
+            max_age,
+            body,
+        })
+    }
+}
+
 /// A reqwest error in a sentence, with its innermost cause (connection refused, ...).
 fn plain(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
@@ -170,4 +246,17 @@ fn plain(e: &reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_age;
+
+    #[test]
+    fn cache_control_max_age_is_read_and_no_store_means_zero() {
+        assert_eq!(max_age(Some("public, max-age=300")), 300);
+        assert_eq!(max_age(Some("max-age=10, no-store")), 0);
+        assert_eq!(max_age(Some("public")), 0);
+        assert_eq!(max_age(None), 0);
+    }
 }

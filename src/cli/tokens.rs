@@ -110,7 +110,33 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
             );
             Ok(())
         }
-        TokenCommand::Verify { app, token_file } => {
+        TokenCommand::Verify {
+            app,
+            token_file,
+            offline: true,
+            cache_dir,
+        } => {
+            let token = zeroize::Zeroizing::new(read_token(&token_file)?);
+            let Target::Remote(r) = &t else {
+                anyhow::bail!("--offline verifies against a server's public documents only");
+            };
+            match super::offline::verify(r, &app, &token, cache_dir).await? {
+                super::offline::Verdict::Active(mut claims) => {
+                    claims.insert("active".into(), true.into());
+                    let v = Value::Object(claims);
+                    print_active(&v, out)
+                }
+                super::offline::Verdict::Inactive(why) => {
+                    if out.json {
+                        out.json(&json!({"active": false}))?;
+                    }
+                    anyhow::bail!("the token is not active: {why}")
+                }
+            }
+        }
+        TokenCommand::Verify {
+            app, token_file, ..
+        } => {
             let token = zeroize::Zeroizing::new(read_token(&token_file)?);
             let (v, why) = match &t {
                 Target::Remote(r) => (
@@ -141,17 +167,10 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
                 }
             };
             let active = v["active"].as_bool().unwrap_or(false);
-            if out.json {
+            if active {
+                print_active(&v, out)?;
+            } else if out.json {
                 out.json(&v)?;
-            } else if active {
-                println!(
-                    "active: sub {}, kid {}, expires {}",
-                    s(&v, "sub"),
-                    s(&v, "kid"),
-                    v["exp"]
-                        .as_i64()
-                        .map_or_else(|| "-".into(), crate::clock::rfc3339)
-                );
             }
             if !active {
                 match why {
@@ -168,6 +187,22 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
     }
 }
 
+/// An active token's claims: as JSON, or one line.
+fn print_active(v: &Value, out: &Output) -> anyhow::Result<()> {
+    if out.json {
+        return out.json(v);
+    }
+    println!(
+        "active: sub {}, kid {}, expires {}",
+        s(v, "sub"),
+        s(v, "kid"),
+        v["exp"]
+            .as_i64()
+            .map_or_else(|| "-".into(), crate::clock::rfc3339)
+    );
+    Ok(())
+}
+
 fn d_issuer(t: &Target<'_>, app: &str) -> String {
     match t {
         Target::Direct(d) => d.issuer(app),
@@ -176,7 +211,7 @@ fn d_issuer(t: &Target<'_>, app: &str) -> String {
 }
 
 /// Why a token is not active, in words (direct mode knows; a server only says `false`).
-fn rejection_words(r: crate::jwt::Rejection) -> &'static str {
+pub(super) fn rejection_words(r: crate::jwt::Rejection) -> &'static str {
     use crate::jwt::Rejection as R;
     match r {
         R::Malformed => "it is not a well-formed JWT",

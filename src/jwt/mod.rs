@@ -47,9 +47,16 @@ pub struct Compact<'a> {
     pub signature: Vec<u8>,
 }
 
-/// Split and decode a compact JWS; `None` if it is not one.
+/// Split and decode a compact JWS of at most [`MAX_TOKEN_LEN`] bytes; `None` if it is not
+/// one.
 pub fn parse(token: &str) -> Option<Compact<'_>> {
-    if token.len() > MAX_TOKEN_LEN {
+    parse_bounded(token, MAX_TOKEN_LEN)
+}
+
+/// [`parse`] for a JWS of at most `max` bytes (a status list token is far larger than an
+/// access token).
+pub fn parse_bounded(token: &str, max: usize) -> Option<Compact<'_>> {
+    if token.len() > max {
         return None;
     }
     let mut parts = token.split('.');

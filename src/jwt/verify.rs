@@ -97,3 +97,45 @@ impl Verifier {
         }
     }
 }
+
+/// Check the signature of `c` with the key its `kid` names in the JWK Set `jwks` (as a
+/// verifier that never calls us does): the key must exist, carry the token's `alg` when it
+/// names one, fit that algorithm, and verify the signature. A `crit` header fails.
+///
+/// # Errors
+/// [`Rejection::UnknownKey`] when no key of `jwks` has the `kid` (a caller may fetch the set
+/// again), [`Rejection::Critical`], [`Rejection::Algorithm`], [`Rejection::Signature`].
+pub fn check_with_jwks(
+    c: &super::Compact<'_>,
+    jwks: &serde_json::Value,
+) -> Result<(), super::Rejection> {
+    use super::Rejection;
+    if c.header.crit.is_some() {
+        return Err(Rejection::Critical);
+    }
+    let alg: Algorithm = c.header.alg.parse().map_err(|_| Rejection::Algorithm)?;
+    let kid = c.header.kid.as_deref().ok_or(Rejection::UnknownKey)?;
+    let jwk = jwks
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|keys| {
+            keys.iter()
+                .filter_map(serde_json::Value::as_object)
+                .find(|k| k.get("kid").and_then(serde_json::Value::as_str) == Some(kid))
+        })
+        .ok_or(Rejection::UnknownKey)?;
+    if jwk
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|a| a != alg.as_str())
+    {
+        return Err(Rejection::Algorithm);
+    }
+    let pk = PublicKey::from_jwk(jwk).map_err(|_| Rejection::UnknownKey)?;
+    let verifier = Verifier::new(&pk, alg).map_err(|_| Rejection::Algorithm)?;
+    if verifier.verify(c.signing_input.as_bytes(), &c.signature) {
+        Ok(())
+    } else {
+        Err(Rejection::Signature)
+    }
+}

@@ -12,7 +12,7 @@ pub mod spares;
 mod state;
 
 pub use kid::{BadId, Kid, LABEL_PREFIX, LabelOwner, label_owner, monotonic_ulid, parse_ulid};
-pub use registry::{LiveKey, Registry};
+pub use registry::{LiveKey, Registry, Revoked};
 pub use service::{
     CreatedApp, Early, EmergencyRotation, KeyError, KeyService, Revocation, Rotation, RotationKind,
 };

@@ -5,8 +5,8 @@
 //! consulted on a miss. Every write path updates it after its transaction commits, by
 //! re-reading the rows it changed, so it never holds state the store does not.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ulid::Ulid;
 
@@ -24,6 +24,47 @@ pub struct LiveKey {
     pub public: PublicKey,
     /// Its verifier.
     pub verifier: Verifier,
+}
+
+/// Deny-listed jtis remembered for the status list publisher before it gives up naming
+/// them and rebuilds every app instead.
+const MAX_REVOKED_JTIS: usize = 100_000;
+
+/// What may have revoked tokens since the status list publisher last looked (see
+/// [`Registry::take_revoked`]): only the apps named here need their lists rebuilt.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// Every app (a full reload, or too many jtis to name).
+    pub all: bool,
+    /// Apps whose cut-offs, keys or row changed.
+    pub apps: HashSet<String>,
+    /// Deny-listed jtis (their app is in the ledger; the notice does not carry it).
+    pub jtis: Vec<String>,
+}
+
+impl Revoked {
+    /// Whether nothing was revoked.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.apps.is_empty() && self.jtis.is_empty()
+    }
+
+    /// Add `other` (a pass that failed puts back what it took).
+    pub fn merge(&mut self, other: Self) {
+        self.all |= other.all;
+        self.apps.extend(other.apps);
+        self.jtis.extend(other.jtis);
+        if self.jtis.len() > MAX_REVOKED_JTIS {
+            self.all = true;
+            self.jtis = Vec::new();
+        }
+    }
+}
+
+/// What one revocation touched.
+enum Grain<'a> {
+    All,
+    App(&'a str),
+    Jti(&'a str),
 }
 
 #[derive(Default)]
@@ -54,9 +95,9 @@ pub struct Registry {
     /// Bumped by every change to `inner`. A reload that read the store while a change was
     /// applied would install older state over newer, so it retries instead.
     epoch: std::sync::atomic::AtomicU64,
-    /// Bumped by every change that may revoke tokens (deny-list, cut-offs, key states, an
-    /// app reloaded): the status list publisher rebuilds lists when it moved.
-    revocations: std::sync::atomic::AtomicU64,
+    /// Every change that may revoke tokens (deny-list, cut-offs, key states, an app
+    /// reloaded) since the status list publisher last took them.
+    revocations: Mutex<Revoked>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -90,7 +131,7 @@ impl Registry {
             store,
             inner: RwLock::new(Inner::default()),
             epoch: std::sync::atomic::AtomicU64::new(0),
-            revocations: std::sync::atomic::AtomicU64::new(0),
+            revocations: Mutex::default(),
         };
         r.reload_all(now).await?;
         Ok(r)
@@ -115,17 +156,38 @@ impl Registry {
         self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// A counter that moves whenever tokens may have been revoked (see [`Self::revoked`]).
-    pub fn revocation_epoch(&self) -> u64 {
-        self.revocations.load(std::sync::atomic::Ordering::SeqCst)
+    /// Take what may have revoked tokens since the last call (the status list publisher's
+    /// work for its next pass).
+    pub fn take_revoked(&self) -> Revoked {
+        std::mem::take(
+            &mut *self
+                .revocations
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
-    /// Something that may revoke tokens was applied: move [`Self::revocation_epoch`], and,
-    /// when `here`, mark the request being served as a revocation (it is told when the
-    /// status lists will show it).
-    fn revoked(&self, here: bool) {
+    /// Give back what [`Self::take_revoked`] returned when it could not all be handled.
+    pub fn put_back_revoked(&self, r: Revoked) {
         self.revocations
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .merge(r);
+    }
+
+    /// Something that may revoke tokens was applied: note what it touched for the status
+    /// list publisher, and, when `here`, mark the request being served as a revocation (it
+    /// is told when the status lists will show it).
+    fn revoked(&self, grain: Grain<'_>, here: bool) {
+        let mut r = Revoked::default();
+        match grain {
+            Grain::All => r.all = true,
+            Grain::App(a) => {
+                r.apps.insert(a.to_owned());
+            }
+            Grain::Jti(j) => r.jtis.push(j.to_owned()),
+        }
+        self.put_back_revoked(r);
         if here {
             crate::statuslist::note_revocation();
         }
@@ -160,7 +222,7 @@ impl Registry {
             if let Some(mut guard) = self.write_if_unchanged(epoch, attempt) {
                 *guard = inner;
                 drop(guard);
-                self.revoked(false);
+                self.revoked(Grain::All, false);
                 return Ok(());
             }
         }
@@ -248,7 +310,7 @@ impl Registry {
                 inner.apps.insert(a.id.clone(), Arc::new(a));
             }
             drop(inner);
-            self.revoked(false);
+            self.revoked(Grain::App(app_id), false);
             return Ok(());
         }
         Ok(())
@@ -351,8 +413,8 @@ impl Registry {
 
     /// Deny-list `jti` until `exp` (after the store has it).
     pub fn deny(&self, jti: String, exp: i64) {
-        self.write().denied.insert(jti, exp);
-        self.revoked(true);
+        self.write().denied.insert(jti.clone(), exp);
+        self.revoked(Grain::Jti(&jti), true);
     }
 
     /// The cut-off of a subject, if it logged out.
@@ -368,7 +430,7 @@ impl Registry {
         self.write()
             .subjects
             .insert((app_id.to_owned(), sub_sha256.to_owned()), cutoff);
-        self.revoked(true);
+        self.revoked(Grain::App(app_id), true);
     }
 
     /// An app or its keys changed here (the transaction has committed): reload it and tell
@@ -405,6 +467,7 @@ impl Registry {
     /// key usable.
     pub fn withdraw(&self, kids: &[Kid]) {
         let mut inner = self.write();
+        let mut apps = HashSet::new();
         for kid in kids {
             let Some(k) = inner.keys.remove(kid) else {
                 continue;
@@ -413,10 +476,17 @@ impl Registry {
                 && let Some(v) = inner.app_keys.get_mut(app)
             {
                 v.retain(|x| x != kid);
+                apps.insert(app.clone());
             }
         }
         drop(inner);
-        self.revoked(!kids.is_empty());
+        for app in &apps {
+            self.revoked(Grain::App(app), true);
+        }
+        if apps.is_empty() && !kids.is_empty() {
+            // Not in memory here; the reload that follows marks the app.
+            crate::statuslist::note_revocation();
+        }
     }
 
     /// Apply a committed change to an app's row in memory, ahead of the reload that
@@ -440,7 +510,7 @@ impl Registry {
         *a = Arc::new(row);
         drop(guard);
         if cut {
-            self.revoked(true);
+            self.revoked(Grain::App(app_id), true);
         }
     }
 

@@ -20,9 +20,9 @@
 //!   list is half way to its `exp`, or the app's current key changed).
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rand::Rng as _;
@@ -42,6 +42,17 @@ pub const MEDIA_JSON: &str = "application/statuslist+json";
 pub const TYP: &str = "statuslist+jwt";
 /// Seconds from signing to a status list token's `exp`; it is re-signed at half that age.
 pub const LIFETIME: i64 = 3_600;
+
+/// Largest status list token, bytes: the base64url of a list of [`MAX_BITS`] entries that
+/// does not compress at all (2 MiB, 2.7 MiB encoded), with room for its header and claims.
+pub const MAX_LIST_TOKEN_LEN: usize = 3 << 20;
+
+/// Split and decode a status list token (up to [`MAX_LIST_TOKEN_LEN`] bytes; an access
+/// token's bound, [`crate::jwt::MAX_TOKEN_LEN`], is far smaller than a list with a few
+/// thousand revoked entries).
+pub fn parse_list(token: &str) -> Option<crate::jwt::Compact<'_>> {
+    crate::jwt::parse_bounded(token, MAX_LIST_TOKEN_LEN)
+}
 
 /// Smallest list, entries (2 KiB of bits before compression).
 const MIN_BITS: i64 = 1 << 14;
@@ -251,7 +262,7 @@ pub struct Signed {
 
 impl Signed {
     fn from_token(row: &StatusListRow, token: String) -> Option<Self> {
-        let c = crate::jwt::parse(&token)?;
+        let c = parse_list(&token)?;
         let lst = c
             .claims
             .get("status_list")?
@@ -308,7 +319,6 @@ pub struct Publisher {
     building: tokio::sync::Mutex<()>,
     next_tick: AtomicI64,
     last_build: AtomicI64,
-    last_epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -337,7 +347,6 @@ impl Publisher {
             cache: RwLock::default(),
             building: tokio::sync::Mutex::new(()),
             last_build: AtomicI64::new(0),
-            last_epoch: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -492,31 +501,54 @@ impl Publisher {
         s
     }
 
+    /// The apps whose lists a revocation may have changed: those `revoked` names, and
+    /// those that issued its deny-listed jtis (`None`: every app).
+    async fn dirty_apps(
+        &self,
+        revoked: &crate::keys::Revoked,
+    ) -> Result<Option<HashSet<String>>, StoreError> {
+        if revoked.all {
+            return Ok(None);
+        }
+        let mut apps = revoked.apps.clone();
+        if !revoked.jtis.is_empty() {
+            apps.extend(self.store.apps_of_jtis(&revoked.jtis).await?);
+        }
+        Ok(Some(apps))
+    }
+
     /// One pass: rebuild every list that may have changed (a revocation applied here since
-    /// the last pass, a list signed elsewhere or never, or one half way to its `exp`).
-    pub async fn tick(&self, issuers: &Issuers) {
+    /// the last pass in the list's app, a list signed elsewhere or never, or one half way
+    /// to its `exp`). Returns how many lists it computed.
+    pub async fn tick(&self, issuers: &Issuers) -> usize {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         self.next_tick.store(now + self.refresh, Ordering::SeqCst);
-        // Read before the store: a revocation applied after this is seen by the next pass.
-        let epoch = self.registry.revocation_epoch();
-        let dirty = epoch != self.last_epoch.load(Ordering::SeqCst);
-        let rows = match self.store.status_lists(None).await {
-            Ok(r) => r,
-            Err(e) => {
+        // Taken before the store is read: a revocation applied after this is seen by the
+        // next pass.
+        let revoked = self.registry.take_revoked();
+        let (dirty, rows) = match (
+            self.dirty_apps(&revoked).await,
+            self.store.status_lists(None).await,
+        ) {
+            (Ok(d), Ok(r)) => (d, r),
+            (Err(e), _) | (_, Err(e)) => {
+                self.registry.put_back_revoked(revoked);
                 tracing::warn!(error = %e, "status lists: cannot list; next pass retries");
-                return;
+                return 0;
             }
         };
+        let dirty = |app: &str| dirty.as_ref().is_none_or(|d| d.contains(app));
         let _one = self.building.lock().await;
         let mut failed = false;
+        let mut built = 0;
         for row in rows {
             let cached = self.cached(&row.app_id, row.n);
             let needed = match &cached {
                 None => true,
                 Some(c) => {
                     // Nobody needs a list whose tokens have all expired kept fresh.
-                    (dirty && row.until > now)
+                    (dirty(&row.app_id) && row.until > now)
                         || row.signed_at != Some(c.signed_at)
                         || (!self.fresh(c, now + self.refresh) && row.until > now)
                 }
@@ -524,18 +556,20 @@ impl Publisher {
             if !needed {
                 continue;
             }
+            built += 1;
             if let Err(e) = self.build(issuers, &row).await {
                 failed = true;
                 tracing::warn!(app_id = %row.app_id, n = row.n, error = %e, "status list not rebuilt; next pass retries");
             }
         }
-        if !failed {
-            self.last_epoch.store(epoch, Ordering::SeqCst);
+        if failed {
+            self.registry.put_back_revoked(revoked);
         }
         self.last_build.store(
             i64::try_from(started.elapsed().as_secs()).unwrap_or(0),
             Ordering::SeqCst,
         );
+        built
     }
 
     /// Run [`Self::tick`] every `refresh` seconds until the process ends.
@@ -546,7 +580,7 @@ impl Publisher {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            self.tick(&issuers).await;
+            let _ = self.tick(&issuers).await;
         }
     }
 
@@ -586,6 +620,42 @@ mod tests {
         assert_eq!(bit(&back, 8), Some(0));
         assert_eq!(bit(&back, 32), None);
         assert_eq!(decompress("not zlib!"), None);
+    }
+
+    /// A list with 1 % of 2^21 entries set at random signs into a token far larger than an
+    /// access token may be; it is still read back (as served, and by verifiers).
+    #[test]
+    fn a_list_token_larger_than_an_access_token_is_read_back() {
+        let bits: i64 = 1 << 21;
+        let mut bytes = vec![0u8; usize::try_from(bits / 8).unwrap()];
+        let mut rng = rand::rng();
+        for _ in 0..bits / 100 {
+            set_bit(&mut bytes, rng.random_range(0..bits));
+        }
+        let lst = compress(&bytes);
+        let token = format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"ES256","typ":"statuslist+jwt","kid":"01ARZ3NDEKTSV4RRFFQ69G5FAV"}"#),
+            b64(json!({"iat": 1, "status_list": {"bits": 1, "lst": lst}})
+                .to_string()
+                .as_bytes()),
+            b64(&[7u8; 64])
+        );
+        assert!(token.len() > crate::jwt::MAX_TOKEN_LEN, "{}", token.len());
+        let row = StatusListRow {
+            id: 1,
+            app_id: "a".into(),
+            n: 1,
+            bits,
+            until: 0,
+            handed: 0,
+            chunk: 0,
+            token: None,
+            lst_sha256: None,
+            signed_at: None,
+        };
+        let s = Signed::from_token(&row, token).expect("a large list reads back");
+        assert_eq!(decompress(&s.lst).unwrap(), bytes);
     }
 
     /// Lists are powers of two holding twice the live tokens, within bounds.

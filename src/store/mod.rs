@@ -50,7 +50,7 @@ pub use error::StoreError;
 pub use keys::{KeyOrigin, KeyRow, Lease};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
-pub use statuslists::{StatusChunk, StatusFacts, StatusListRow};
+pub use statuslists::{StatusChunk, StatusFacts, StatusListFigures, StatusListRow};
 pub use tokens::{LedgerRow, RefreshRow, SessionRow, StatusEntry};
 
 /// Setting that holds the store's id (see [`Store::store_id`]).

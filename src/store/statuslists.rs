@@ -66,6 +66,21 @@ pub struct StatusFacts {
     pub refresh_spent: bool,
 }
 
+/// What the app view shows of one list: no token, only its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusListFigures {
+    /// App.
+    pub app_id: String,
+    /// Number in the app's URIs.
+    pub n: i64,
+    /// Entries (one bit each).
+    pub bits: i64,
+    /// When its token was last signed (never: `None`).
+    pub signed_at: Option<i64>,
+    /// Bytes of that token.
+    pub token_bytes: Option<i64>,
+}
+
 const LIST_COLS: &str =
     "id, app_id, n, bits, until, handed, chunk, token, lst_sha256, signed_at FROM status_lists";
 
@@ -233,6 +248,72 @@ impl Store {
             }
         };
         rows.iter().map(list_from_row).collect()
+    }
+
+    /// The figures of the lists of `app_id` (every app: `None`), by app and number; the
+    /// tokens themselves stay in the database.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn status_list_figures(
+        &self,
+        app_id: Option<&str>,
+    ) -> Result<Vec<StatusListFigures>, StoreError> {
+        const COLS: &str = "SELECT app_id, n, bits, signed_at, \
+            CAST(LENGTH(token) AS BIGINT) AS token_bytes FROM status_lists";
+        let rows = match app_id {
+            Some(a) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{COLS} WHERE app_id = $1 ORDER BY n"
+                )))
+                .bind(a)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("{COLS} ORDER BY app_id, n")))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(StatusListFigures {
+                    app_id: r.try_get("app_id")?,
+                    n: r.try_get("n")?,
+                    bits: r.try_get("bits")?,
+                    signed_at: opt_i64(r, "signed_at")?,
+                    token_bytes: opt_i64(r, "token_bytes")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The apps that issued the tokens `jtis` (those the ledger knows), to rebuild only
+    /// their lists after a deny-listing.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn apps_of_jtis(
+        &self,
+        jtis: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut apps = std::collections::HashSet::new();
+        for part in jtis.chunks(500) {
+            let marks: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT DISTINCT app_id FROM tokens WHERE status_list IS NOT NULL AND jti IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for j in part {
+                q = q.bind(j);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                apps.insert(r.try_get("app_id")?);
+            }
+        }
+        Ok(apps)
     }
 
     /// List `n` of `app_id`.

@@ -132,8 +132,10 @@ try {
   await row.waitFor();
   step('app created');
 
-  // Some live tokens for the blast radius: 3 tokens, 2 subjects.
+  // Some live tokens for the blast radius: 3 tokens, 2 subjects (with status lists on, so
+  // the app view shows its list).
   const appId = (await row.locator('.mono').first().textContent()).trim();
+  assert.equal((await call(base, 'PATCH', `/apps/${appId}`, rootKey, { status_list: true })).status, 200);
   for (const sub of ['alice', 'bob', 'alice']) {
     const r = await call(base, 'POST', `/apps/${appId}/tokens`, accessToken, { claims: { sub } });
     assert.equal(r.status, 201);
@@ -147,6 +149,7 @@ try {
   // The timeline: two bars (current, next), then three after a rotation.
   await page.getByRole('link', { name: 'Checkout' }).click();
   await page.getByRole('heading', { name: 'Checkout' }).waitFor();
+  await page.locator('#app-facts .status-lists', { hasText: /^1 list · [0-9,]+ entries · / }).waitFor();
   const bars = page.locator('#timeline svg g.row');
   await bars.first().waitFor();
   assert.equal(await bars.count(), 2);

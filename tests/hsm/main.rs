@@ -14,6 +14,7 @@ mod import;
 mod recovery;
 mod scheduler;
 mod signing;
+mod statuslist;
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use hsm_rotator::store::AppRow;
 use super::point_module_at;
 use super::token::TestToken;
 
-fn app_row(name: &str) -> AppRow {
+pub(crate) fn app_row(name: &str) -> AppRow {
     AppRow {
         id: ulid::Ulid::new().to_string(),
         name: name.into(),

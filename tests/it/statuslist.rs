@@ -669,3 +669,225 @@ async fn truth_reads_back(
     await_bits(app, &cases).await;
     cases
 }
+
+/// One `token verify --offline --json` run: exit status, stdout, stderr.
+struct OfflineRun {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `hsm-rotator [--url BASE] token verify ID --offline --cache-dir DIR --json`, the token on
+/// stdin. With `url`, no other environment at all (no credential: the offline verifier
+/// needs none); without, the test server's configuration with its address as `listen`, so
+/// the CLI finds the server where the tokens' issuers point.
+async fn verify_offline(
+    app: &TestApp,
+    id: &str,
+    token: &str,
+    cache: &std::path::Path,
+    url: bool,
+) -> OfflineRun {
+    let cache = cache.display().to_string();
+    let mut args = vec![];
+    if url {
+        args.extend(["--url", app.base.as_str()]);
+    }
+    args.extend([
+        "token",
+        "verify",
+        id,
+        "--offline",
+        "--cache-dir",
+        &cache,
+        "--json",
+    ]);
+    let mut cmd = if url {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        c
+    } else {
+        let listen = app.base.trim_start_matches("http://").to_owned();
+        crate::common::app::command(
+            &app.token,
+            &app.database_url,
+            &[("HSM_ROTATOR_LISTEN", &listen)],
+        )
+    };
+    let mut child = cmd
+        .args(&args)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(token.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the CLI finished in 60 s")
+        .unwrap();
+    OfflineRun {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Requests the server answered on `route`, from its metrics.
+async fn requests_on(app: &TestApp, route: &str) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("hsm_rotator_http_requests_total{")
+                && l.contains(&format!("route=\"{route}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_verifier_reads_a_revocation_from_the_list_and_never_calls_introspection() {
+    let app = TestApp::spawn_with("sl_offline", Engine::Sqlite, FAST).await;
+    let (id, pk) = native_app(&app, "Offline", json!({})).await;
+    let (a, b) = (
+        issue(&app, &id, &pk, "u1").await,
+        issue(&app, &id, &pk, "u1").await,
+    );
+    let (a, b) = (
+        a["token"].as_str().unwrap().to_owned(),
+        b["token"].as_str().unwrap().to_owned(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+
+    // Both active, read from --url and from the configured address alike.
+    for (t, url) in [(&a, true), (&b, false)] {
+        let run = verify_offline(&app, &id, t, dir.path(), url).await;
+        assert!(run.ok, "{}{}", run.stdout, run.stderr);
+        let v: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(
+            (&v["active"], &v["sub"]),
+            (&json!(true), &json!("u1")),
+            "{v}"
+        );
+        assert!(v["status"]["status_list"]["idx"].is_u64(), "{v}");
+    }
+
+    // Revoke one; the offline verifier reads it inactive once the lists show it (at most
+    // a refresh plus the list's ttl later), and the sibling stays active.
+    let res = app
+        .client
+        .post(app.url(&format!("/apps/{id}/tokens/revoke")))
+        .header("Authorization", format!("Bearer {pk}"))
+        .form(&[("token", a.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let revoked = loop {
+        let run = verify_offline(&app, &id, &a, dir.path(), true).await;
+        if !run.ok {
+            break run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still active offline after 30 s\n{}",
+            app.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        serde_json::from_str::<Value>(&revoked.stdout).unwrap(),
+        json!({"active": false}),
+        "{}",
+        revoked.stderr
+    );
+    assert!(
+        revoked.stderr.contains("status list marks it revoked"),
+        "{}",
+        revoked.stderr
+    );
+    let sibling = verify_offline(&app, &id, &b, dir.path(), true).await;
+    assert!(sibling.ok, "{}{}", sibling.stdout, sibling.stderr);
+
+    // A cached list with one byte of its signature changed is refused, not trusted (the
+    // server answers 304 to its ETag, so the verifier keeps the bytes it holds).
+    let mut tampered = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if !v["url"].as_str().unwrap().contains("/statuslists/") {
+            continue;
+        }
+        let body = v["body"].as_str().unwrap().to_owned();
+        let at = body.rfind('.').unwrap() + 5;
+        let mut bytes = body.into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        v["body"] = String::from_utf8(bytes).unwrap().into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        tampered += 1;
+    }
+    assert_eq!(tampered, 1, "one list cached");
+    let refused = verify_offline(&app, &id, &b, dir.path(), true).await;
+    assert!(
+        !refused.ok,
+        "a tampered list was trusted: {}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("signature does not verify"),
+        "{}",
+        refused.stderr
+    );
+
+    // Every answer came from public documents: introspection was never asked.
+    assert_eq!(requests_on(&app, "/apps/{id}/tokens/introspect").await, 0);
+    assert!(requests_on(&app, "/apps/{id}/statuslists/{n}").await > 0);
+}
+
+/// `GET /apps/{id}` (what the console shows) lists each status list with its size and
+/// when it was signed; an app that never had lists shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_view_shows_each_status_list_with_its_size_and_signing_time() {
+    let app = TestApp::spawn_with("sl_app_view", Engine::Sqlite, FAST).await;
+    let (id, pk) = native_app(&app, "Viewed", json!({})).await;
+    let (plain, _, _) = app
+        .create_app(json!({"name": "Plain", "signing_alg": "ES256"}))
+        .await;
+    let t = issue(&app, &id, &pk, "v").await;
+    // Reading the list signs it (if the background pass has not yet).
+    bit_now(&app, t["token"].as_str().unwrap()).await;
+    let (s, v) = app.root("GET", &format!("/apps/{id}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let lists = v["status_lists"].as_array().expect("status_lists");
+    assert_eq!(lists.len(), 1, "{v}");
+    assert_eq!(lists[0]["n"], 1, "{v}");
+    assert!(lists[0]["size"].as_i64().unwrap() >= 16_384, "{v}");
+    assert!(lists[0]["signed_at"].is_string(), "{v}");
+    assert!(lists[0]["bytes"].as_i64().unwrap() > 0, "{v}");
+    let (s, v) = app.root("GET", &format!("/apps/{plain}"), None).await;
+    assert_eq!((s, &v["status_lists"]), (200, &json!([])), "{v}");
+    let (s, v) = app.root("GET", "/apps", None).await;
+    assert_eq!(s, 200, "{v}");
+    let listed = v["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["status_lists"].as_array().unwrap().len(), 1, "{v}");
+}
