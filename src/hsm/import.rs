@@ -11,8 +11,7 @@ use cryptoki::object::{Attribute, KeyType, ObjectClass};
 use cryptoki::session::Session;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use super::object::read_public;
-use super::pool::{Core, Handles, OpError};
+use super::pool::{Core, OpError};
 use crate::alg::{Algorithm, Curve};
 use crate::keys::Kid;
 use crate::pubkey::PublicKey;
@@ -125,29 +124,9 @@ pub(crate) fn import_in(
     kid: &Kid,
     material: &KeyMaterial,
 ) -> Result<PublicKey, OpError> {
-    let id = kid.cka_id().to_vec();
-    let label = kid.label(core.store_id()?).into_bytes();
-    let mut public = vec![
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::Token(true),
-        Attribute::Private(false),
-        Attribute::Verify(true),
-        Attribute::Id(id.clone()),
-        Attribute::Label(label.clone()),
-    ];
-    let mut private = vec![
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Derive(false),
-        Attribute::Unwrap(false),
-        Attribute::Id(id),
-        Attribute::Label(label),
-    ];
+    let (mut public, mut private) = super::keygen::templates(core, kid)?;
+    public.push(Attribute::Class(ObjectClass::PUBLIC_KEY));
+    private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
     match material {
         KeyMaterial::Rsa {
             n,
@@ -213,23 +192,7 @@ pub(crate) fn import_in(
             return Err(e.into());
         }
     };
-    match read_public(session, pub_h, material.read_alg()) {
-        Ok(pk) => {
-            core.remember(
-                *kid,
-                Handles {
-                    private: Some(priv_h),
-                    public: Some(pub_h),
-                },
-            );
-            Ok(pk)
-        }
-        Err(e) => {
-            let _ = session.destroy_object(priv_h);
-            let _ = session.destroy_object(pub_h);
-            Err(e)
-        }
-    }
+    super::keygen::keep_pair(core, session, kid, pub_h, priv_h, material.read_alg())
 }
 
 #[cfg(test)]

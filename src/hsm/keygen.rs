@@ -5,12 +5,12 @@
 //! `CKA_LABEL = hsm-rotator/<store id>/<kid>`.
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::Attribute;
+use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::object::read_public;
 use super::pool::{Core, Handles, OpError};
-use crate::alg::{KeyFamily, KeySpec};
+use crate::alg::{Algorithm, KeyFamily, KeySpec};
 use crate::keys::Kid;
 use crate::pubkey::PublicKey;
 
@@ -21,9 +21,36 @@ pub(crate) fn generate_in(
     kid: &Kid,
     spec: KeySpec,
 ) -> Result<PublicKey, OpError> {
+    let (mut public, private) = templates(core, kid)?;
+    let mechanism = match spec.alg.family() {
+        KeyFamily::Rsa => {
+            public.push(Attribute::ModulusBits(u64::from(spec.rsa_bits).into()));
+            public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        KeyFamily::Ec(curve) => {
+            public.push(Attribute::EcParams(curve.oid_der().to_vec()));
+            Mechanism::EccKeyPairGen
+        }
+        KeyFamily::Ed(curve) => {
+            public.push(Attribute::EcParams(curve.oid_der().to_vec()));
+            Mechanism::EccEdwardsKeyPairGen
+        }
+    };
+    let (pub_h, priv_h) = session.generate_key_pair(&mechanism, &public, &private)?;
+    keep_pair(core, session, kid, pub_h, priv_h, spec.alg)
+}
+
+/// The templates every key pair of ours starts from, generated or imported: both halves
+/// token objects under `kid`'s `CKA_ID` and label, the private half private, sensitive,
+/// never extractable and usable only to sign.
+pub(super) fn templates(
+    core: &Core,
+    kid: &Kid,
+) -> Result<(Vec<Attribute>, Vec<Attribute>), OpError> {
     let id = kid.cka_id().to_vec();
     let label = kid.label(core.store_id()?).into_bytes();
-    let mut public = vec![
+    let public = vec![
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
@@ -44,23 +71,20 @@ pub(crate) fn generate_in(
         Attribute::Id(id),
         Attribute::Label(label),
     ];
-    let mechanism = match spec.alg.family() {
-        KeyFamily::Rsa => {
-            public.push(Attribute::ModulusBits(u64::from(spec.rsa_bits).into()));
-            public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-            Mechanism::RsaPkcsKeyPairGen
-        }
-        KeyFamily::Ec(curve) => {
-            public.push(Attribute::EcParams(curve.oid_der().to_vec()));
-            Mechanism::EccKeyPairGen
-        }
-        KeyFamily::Ed(curve) => {
-            public.push(Attribute::EcParams(curve.oid_der().to_vec()));
-            Mechanism::EccEdwardsKeyPairGen
-        }
-    };
-    let (pub_h, priv_h) = session.generate_key_pair(&mechanism, &public, &private)?;
-    match read_public(session, pub_h, spec.alg) {
+    Ok((public, private))
+}
+
+/// Keep a pair just made in the token: read its public half and cache its handles, or, if
+/// that fails, destroy both halves (never leave a pair behind the caller does not know about).
+pub(super) fn keep_pair(
+    core: &Core,
+    session: &Session,
+    kid: &Kid,
+    pub_h: ObjectHandle,
+    priv_h: ObjectHandle,
+    alg: Algorithm,
+) -> Result<PublicKey, OpError> {
+    match read_public(session, pub_h, alg) {
         Ok(pk) => {
             core.remember(
                 *kid,
@@ -72,7 +96,6 @@ pub(crate) fn generate_in(
             Ok(pk)
         }
         Err(e) => {
-            // Never leave a pair behind that the caller does not know about.
             let _ = session.destroy_object(priv_h);
             let _ = session.destroy_object(pub_h);
             Err(e)
