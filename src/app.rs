@@ -40,6 +40,8 @@ pub struct Settings {
     pub jwks_max_age: u64,
     /// Proxies whose `Forwarded` / `X-Forwarded-For` are believed.
     pub trusted_proxies: Vec<crate::auth::proxies::Cidr>,
+    /// Seconds an audit record may stay unsealed before `GET /audit/verify` fails on it.
+    pub audit_seal_max_lag: i64,
 }
 
 /// Shared state handed to every handler.
@@ -156,6 +158,7 @@ impl AppState {
                 issuers: configured_issuers(cfg, &cfg.listen),
                 jwks_max_age: cfg.jwks_max_age,
                 trusted_proxies: cfg.trusted_proxies().context("Invalid trusted_proxies")?,
+                audit_seal_max_lag: cfg.audit_max_lag(),
             }),
         })
     }
@@ -286,6 +289,7 @@ impl Application {
             "start-up: store, token, caches and reconciliation done"
         );
         tokio::spawn(state.keys.spares().clone().run());
+        tokio::spawn(state.keys.audit().clone().run_sealer(state.hsm.clone()));
         tokio::spawn(
             state
                 .store
@@ -315,8 +319,7 @@ impl Application {
         if let Some(addr) = bound {
             state.settings = Arc::new(Settings {
                 issuers: configured_issuers(cfg, &addr.to_string()),
-                jwks_max_age: cfg.jwks_max_age,
-                trusted_proxies: state.settings.trusted_proxies.clone(),
+                ..(*state.settings).clone()
             });
         }
         if let Some(w) = issuer_warning(cfg, bound) {

@@ -37,6 +37,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("idle_timeout", Kind::Int),
     ("max_connections", Kind::Int),
     ("trusted_proxies", Kind::List),
+    ("audit_seal_max_lag", Kind::Int),
 ];
 
 /// Keys holding file paths: relative ones in a config file are taken from the file's
@@ -143,6 +144,11 @@ pub struct Config {
     /// believed; empty (the default): those headers are ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Seconds an audit record may stay unsealed (no HSM MAC yet) before `audit verify`
+    /// fails on it. The sealer runs moments after every append, so only a stopped sealer
+    /// (or a record added outside the service) gets that old.
+    #[serde(default = "default_audit_seal_max_lag")]
+    pub audit_seal_max_lag: u64,
 }
 
 /// A PIN as a string. Any other TOML type is refused with a message that never shows the
@@ -230,6 +236,10 @@ fn default_log_level() -> String {
 fn default_imported_key_max_life() -> u64 {
     crate::keys::import::DEFAULT_IMPORTED_MAX_LIFE.unsigned_abs()
 }
+fn default_audit_seal_max_lag() -> u64 {
+    300
+}
+
 fn default_orphan_grace() -> u64 {
     crate::keys::reconcile::DEFAULT_ORPHAN_GRACE.unsigned_abs()
 }
@@ -456,6 +466,11 @@ impl Config {
             )));
         }
         Ok(SecretString::from(pin.to_owned()))
+    }
+
+    /// [`Self::audit_seal_max_lag`] in seconds, as `audit::verify` takes it.
+    pub fn audit_max_lag(&self) -> i64 {
+        i64::try_from(self.audit_seal_max_lag).unwrap_or(i64::MAX)
     }
 
     /// Reconciler options with this configuration's orphan grace.

@@ -80,8 +80,12 @@ pub(crate) struct ChainStatus {
     ok: bool,
     /// Records checked.
     records: i64,
-    /// HSM seals checked.
+    /// Records whose HSM seal (HMAC) verified.
     seals: usize,
+    /// Newest records not sealed yet (younger than `audit_seal_max_lag`).
+    unsealed: i64,
+    /// The newest sealed record as the HSM's high-water mark says (null: no mark yet).
+    hsm_mark: Option<i64>,
     /// The first failure, if any.
     broken: Option<Broken>,
 }
@@ -164,17 +168,24 @@ async fn verify(
     Credential(cred): Credential,
 ) -> Result<Json<ChainStatus>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
-    let v = crate::audit::verify(&state.store)
-        .await
-        .map_err(|e| match e {
-            crate::audit::AuditError::Store(s) => ApiError::from(s),
-            crate::audit::AuditError::Hsm(h) => ApiError::from(h),
-            other @ crate::audit::AuditError::Corrupt(_) => ApiError::Internal(Box::new(other)),
-        })?;
+    let v = crate::audit::verify(
+        &state.store,
+        &state.hsm,
+        state.settings.audit_seal_max_lag,
+        state.clock.now(),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::audit::AuditError::Store(s) => ApiError::from(s),
+        crate::audit::AuditError::Hsm(h) => ApiError::from(h),
+        other @ crate::audit::AuditError::Corrupt(_) => ApiError::Internal(Box::new(other)),
+    })?;
     Ok(Json(ChainStatus {
         ok: v.broken.is_none(),
         records: v.records,
         seals: v.seals,
+        unsealed: v.unsealed,
+        hsm_mark: v.hsm_mark,
         broken: v.broken.map(|(seq, what)| Broken { seq, what }),
     }))
 }

@@ -209,6 +209,7 @@ impl From<crate::jwt::service::TokenError> for ApiError {
         use crate::jwt::service::TokenError as T;
         match e {
             T::ReservedClaim(_) => Self::unprocessable("reserved_claim", e.to_string()),
+            T::SubjectNotString => Self::unprocessable("invalid_claim", e.to_string()),
             T::Ttl(_) => Self::unprocessable("invalid_ttl", e.to_string()),
             T::NoCurrentKey => Self::Unavailable {
                 code: "no_current_key",

@@ -1,28 +1,28 @@
 //! The audit log: every rotation, revocation, key creation and destruction, root-key
 //! rotation, access-token regeneration, app change and authentication failure, as an
-//! append-only, hash-chained record in the store. The chain head is signed from time to
-//! time by a dedicated audit key in the HSM; `hsm-rotator audit verify` checks the chain
-//! and the signatures and names the first broken record. Nothing secret is recorded.
+//! append-only, hash-chained record in the store, written in the transaction of the change
+//! it describes. Moments later the sealer gives each record an HMAC computed in the HSM
+//! with a secret key that never leaves it, and moves a high-water mark kept in the HSM;
+//! `hsm-rotator audit verify` (which needs the HSM) checks the chain, every seal and the
+//! mark, and names the first broken record. Someone who can write the database but not use
+//! the HSM can neither recompute a seal nor delete seals unnoticed. Nothing secret is
+//! recorded.
 //!
 //! Who did it and in which request come from a task-local context set by the HTTP
 //! middleware (request id), the auth checks (actor) and the background tasks.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::Value;
-use tracing::{error, info};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
 
-use crate::alg::{Algorithm, KeySpec};
 use crate::clock::Clock;
 use crate::hsm::Hsm;
-use crate::keys::{Kid, monotonic_ulid};
-use crate::pubkey::PublicKey;
+use crate::keys::monotonic_ulid;
 use crate::store::audit::{AuditRow, GENESIS, record_hash};
-use crate::store::{Store, StoreError};
-
-/// Setting keys of the audit key.
-const AUDIT_KID: &str = "audit_kid";
-const AUDIT_SPKI: &str = "audit_spki_hex";
+use crate::store::{Store, StoreError, Tx};
 
 #[derive(Debug, Clone, Default)]
 struct Ctx {
@@ -55,6 +55,18 @@ pub async fn request_scope<F: std::future::Future>(
     CTX.scope(ctx, f).await
 }
 
+/// `f` with the current audit context (actor, request id), for a task spawned to finish
+/// work that a client going away must not cancel: its records still name who asked.
+pub fn carry<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    let ctx = CTX.try_with(Arc::clone).ok();
+    async move {
+        match ctx {
+            Some(c) => CTX.scope(c, f).await,
+            None => f.await,
+        }
+    }
+}
+
 /// The address of the client of the current request, if known.
 pub fn client() -> Option<std::net::IpAddr> {
     current().client
@@ -83,6 +95,10 @@ fn current() -> Ctx {
 pub struct Audit {
     store: Store,
     clock: Arc<dyn Clock>,
+    /// Woken on every append, so the sealer seals within moments.
+    appended: Arc<Notify>,
+    /// One seal pass at a time in this process.
+    sealing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -91,17 +107,26 @@ impl std::fmt::Debug for Audit {
     }
 }
 
+/// How often the sealer runs when nothing wakes it (it also runs after every append).
+pub const SEAL_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the sealer, woken by an append, waits for more before sealing.
+const SEAL_GATHER: Duration = Duration::from_millis(200);
+
 impl Audit {
     /// A writer on `store`.
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            appended: Arc::default(),
+            sealing: Arc::default(),
+        }
     }
 
-    /// Append a record. A failure to write is logged loudly; the action it describes has
-    /// already happened and is not undone.
-    pub async fn record(&self, action: &str, target: &str, outcome: &str, details: Value) {
+    fn row(&self, action: &str, target: &str, outcome: &str, details: &Value) -> AuditRow {
         let ctx = current();
-        let row = AuditRow {
+        AuditRow {
             seq: 0,
             id: monotonic_ulid().to_string(),
             at: self.clock.now(),
@@ -113,74 +138,201 @@ impl Audit {
             details: details.to_string(),
             prev_hash: String::new(),
             hash: String::new(),
-        };
-        if let Err(e) = self.store.append_audit(row).await {
-            error!(action, target, error = %e, "AUDIT RECORD LOST: could not append to the audit log");
         }
     }
 
-    /// The audit key (created in the HSM on first use): its kid.
-    async fn audit_key(&self, hsm: &Hsm) -> Result<Kid, AuditError> {
-        if let Some(k) = self.store.setting(AUDIT_KID).await? {
-            return k
-                .parse()
-                .map_err(|_| AuditError::Corrupt("audit_kid setting".into()));
+    /// Append a record on its own, for events that change nothing in the store (an
+    /// authentication failure, an HSM object destroyed). A failure to write is logged
+    /// loudly; the event it describes has already happened. Changes to the store record in
+    /// their own transaction instead ([`Self::record_in`]).
+    pub async fn record(&self, action: &str, target: &str, outcome: &str, details: Value) {
+        let row = self.row(action, target, outcome, &details);
+        match self.store.append_audit(row).await {
+            Ok(_) => self.appended.notify_one(),
+            Err(e) => {
+                error!(action, target, error = %e, "AUDIT RECORD LOST: could not append to the audit log");
+            }
         }
-        let kid = Kid::generate();
-        // The setting names the key before it exists, so the reconciler never sees an
-        // object no row knows.
-        if !self
-            .store
-            .insert_setting_if_absent(AUDIT_KID, &kid.to_string())
-            .await?
-        {
-            return Box::pin(self.audit_key(hsm)).await;
-        }
-        let public = hsm.generate(kid, KeySpec::new(Algorithm::ES256, 0)).await?;
-        let spki = public
-            .to_spki_der()
-            .map_err(|e| AuditError::Corrupt(e.to_string()))?;
-        self.store
-            .insert_setting_if_absent(AUDIT_SPKI, &crate::pubkey::hex(&spki))
-            .await?;
-        info!(%kid, "audit key created in the HSM");
-        Ok(kid)
     }
 
-    /// Sign the chain head with the audit key if it moved since the last seal.
+    /// Append a record inside the transaction of the change it describes: both commit or
+    /// neither does, so no timeout or dropped connection between them can keep the change
+    /// and lose its record. Call it last before committing (on PostgreSQL it holds the
+    /// chain-head lock until `tx` ends), then [`Self::committed`] after the commit.
     ///
     /// # Errors
-    /// Store or HSM failures.
+    /// Database failures (the caller's transaction then fails as a whole).
+    pub async fn record_in(
+        &self,
+        tx: &mut Tx,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        details: Value,
+    ) -> Result<(), StoreError> {
+        let row = self.row(action, target, outcome, &details);
+        self.store.append_audit_tx(tx, row).await?;
+        crate::metrics::audit_appended();
+        Ok(())
+    }
+
+    /// A transaction holding records committed: wake the sealer.
+    pub fn committed(&self) {
+        self.appended.notify_one();
+    }
+
+    /// Seal every record appended since the last pass: each gets its HMAC, computed in the
+    /// HSM with the store's audit key, and the HSM's high-water mark moves to the newest.
+    /// The first pass on a token without the key makes it and seals the whole existing log
+    /// (after migration 0008, or on a new store), then records that it did
+    /// (`audit.anchor`). A pass refuses to seal over a log that does not follow on from
+    /// what is sealed (records or seals edited or deleted): `audit verify` reports it.
+    /// Returns the newest sealed seq, if it moved.
+    ///
+    /// # Errors
+    /// Store or HSM failures; [`AuditError::Corrupt`] when the log was tampered with.
     pub async fn seal(&self, hsm: &Hsm) -> Result<Option<i64>, AuditError> {
+        let _one = self.sealing.lock().await;
         let Some(head) = self.store.audit_head().await? else {
             return Ok(None);
         };
-        if self.store.last_seal().await? >= head.seq {
+        let last = self.store.last_audit_mac().await?;
+        let has_key = hsm.audit_macs(Vec::new(), false).await?.is_some();
+        if !has_key && last > 0 {
+            return Err(AuditError::Corrupt(
+                "the log has seals but the HSM has no audit MAC key (another token?)".into(),
+            ));
+        }
+        if has_key && let Some((mark, mark_mac)) = read_mark(hsm).await? {
+            let stored = self.store.audit_macs(mark, mark).await?;
+            if stored.first().map(|(_, m)| m) != Some(&mark_mac) {
+                return Err(AuditError::Corrupt(format!(
+                    "the seal of record {mark}, which the HSM's mark vouches for, is missing or altered; not sealing over it"
+                )));
+            }
+        }
+        if last >= head.seq {
             return Ok(None);
         }
-        let kid = self.audit_key(hsm).await?;
-        let sig = hsm
-            .sign(kid, Algorithm::ES256, head.hash.clone().into_bytes())
-            .await?;
-        self.store
-            .insert_seal(
-                head.seq,
-                &head.hash,
-                &kid.to_string(),
-                &sig,
-                self.clock.now(),
+        let mut prev = match last {
+            0 => GENESIS.to_owned(),
+            n => match self.store.audit_record(n).await? {
+                Some(r) => r.hash,
+                None => {
+                    return Err(AuditError::Corrupt(format!(
+                        "sealed record {n} is missing; not sealing over it"
+                    )));
+                }
+            },
+        };
+        let mut after = last;
+        let mut anchored = false;
+        let mut newest = None;
+        loop {
+            let page = self.store.audit_page(after, 1000).await?;
+            if page.is_empty() {
+                break;
+            }
+            let mut messages = Vec::with_capacity(page.len());
+            for r in &page {
+                if r.seq != after + 1 || r.prev_hash != prev || record_hash(r) != r.hash {
+                    return Err(AuditError::Corrupt(format!(
+                        "record {} does not follow on from record {}; not sealing it",
+                        after + 1,
+                        after
+                    )));
+                }
+                messages.push(mac_input(r));
+                prev = r.hash.clone();
+                after = r.seq;
+            }
+            let Some((macs, created)) = hsm.audit_macs(messages, true).await? else {
+                return Err(AuditError::Corrupt("the HSM made no audit MAC key".into()));
+            };
+            anchored |= created;
+            let rows: Vec<(i64, String)> = page
+                .iter()
+                .zip(&macs)
+                .map(|(r, m)| (r.seq, crate::pubkey::hex(m)))
+                .collect();
+            self.store
+                .insert_audit_macs(&rows, self.clock.now())
+                .await?;
+            if let Some((seq, mac)) = rows.last() {
+                hsm.set_audit_mark(format!("{seq}:{mac}").into_bytes())
+                    .await?;
+                newest = Some(*seq);
+            }
+        }
+        if anchored && let Some(n) = newest {
+            info!(
+                records = n,
+                "audit log anchored in the HSM: every existing record sealed"
+            );
+            self.record(
+                "audit.anchor",
+                "audit",
+                "ok",
+                serde_json::json!({"sealed_records": n, "reason": "audit MAC key created in the HSM"}),
             )
-            .await?;
-        Ok(Some(head.seq))
+            .await;
+        }
+        Ok(newest)
     }
 
-    /// The audit key's kid, if one exists (the reconciler must not take it for an orphan).
-    ///
-    /// # Errors
-    /// Store failures.
-    pub async fn audit_kid(store: &Store) -> Result<Option<Kid>, StoreError> {
-        Ok(store.setting(AUDIT_KID).await?.and_then(|k| k.parse().ok()))
+    /// Seal after every append (and every [`SEAL_EVERY`]) until the process ends. With
+    /// several replicas, the one holding the scheduler lease at the time seals.
+    pub async fn run_sealer(self, hsm: Hsm) {
+        loop {
+            if tokio::time::timeout(SEAL_EVERY, self.appended.notified())
+                .await
+                .is_ok()
+            {
+                // Let a burst of appends gather into one pass: each pass moves the mark in
+                // the token (an object written), so fewer passes spare the token.
+                tokio::time::sleep(SEAL_GATHER).await;
+            }
+            let lease = match self.store.scheduler_lease().await {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(error = %e, "could not take the lease to seal the audit log; will retry");
+                    continue;
+                }
+            };
+            if let Err(e) = self.seal(&hsm).await {
+                match e {
+                    AuditError::Corrupt(_) => error!(error = %e, "AUDIT LOG NOT SEALED"),
+                    _ => warn!(error = %e, "could not seal the audit log; will retry"),
+                }
+            }
+            lease.release().await;
+        }
     }
+}
+
+/// What an audit record's HMAC covers: its seq, its time and its hash (which covers every
+/// field and the previous record's hash).
+fn mac_input(r: &AuditRow) -> Vec<u8> {
+    format!("hsm-rotator audit v1\n{}\n{}\n{}", r.seq, r.at, r.hash).into_bytes()
+}
+
+/// The HSM's high-water mark: the newest sealed seq and its MAC (hex).
+async fn read_mark(hsm: &Hsm) -> Result<Option<(i64, String)>, AuditError> {
+    let mut best: Option<(i64, String)> = None;
+    for v in hsm.audit_mark().await? {
+        let m = String::from_utf8(v)
+            .ok()
+            .and_then(|s| {
+                let (seq, mac) = s.split_once(':')?;
+                Some((seq.parse::<i64>().ok()?, mac.to_owned()))
+            })
+            .ok_or_else(|| AuditError::Corrupt("audit mark unreadable".into()))?;
+        if best.as_ref().is_none_or(|b| m.0 > b.0) {
+            best = Some(m);
+        }
+    }
+    Ok(best)
 }
 
 /// Audit failures.
@@ -192,7 +344,7 @@ pub enum AuditError {
     /// HSM failure.
     #[error(transparent)]
     Hsm(#[from] crate::hsm::HsmError),
-    /// Unreadable audit data.
+    /// Unreadable or tampered audit data.
     #[error("audit data unreadable: {0}")]
     Corrupt(String),
 }
@@ -202,96 +354,194 @@ pub enum AuditError {
 pub struct Verification {
     /// Records checked.
     pub records: i64,
-    /// Seals whose signature verified.
+    /// Records whose HSM MAC verified.
     pub seals: usize,
+    /// Records not sealed yet (the newest ones, younger than the allowed lag).
+    pub unsealed: i64,
+    /// The newest sealed record as the HSM's high-water mark says (`None`: no mark yet).
+    pub hsm_mark: Option<i64>,
     /// The first problem: `(seq, what)`.
     pub broken: Option<(i64, String)>,
 }
 
-/// Check the whole chain and every seal.
+/// Check the whole chain and every record's HSM MAC: fails on the first record that was
+/// edited, deleted, reordered or forged, on seals deleted under the HSM's high-water
+/// mark, and on a record left unsealed longer than `max_lag` seconds (as of `now`).
 ///
 /// # Errors
-/// Store failures (a broken chain is a result, not an error).
-pub async fn verify(store: &Store) -> Result<Verification, AuditError> {
-    let mut expected_seq = 1;
+/// Store or HSM failures (a broken chain is a result, not an error).
+pub async fn verify(
+    store: &Store,
+    hsm: &Hsm,
+    max_lag: i64,
+    now: i64,
+) -> Result<Verification, AuditError> {
+    let mut v = Verification {
+        records: 0,
+        seals: 0,
+        unsealed: 0,
+        hsm_mark: None,
+        broken: None,
+    };
+    let broken = |mut v: Verification, seq: i64, what: String| {
+        v.broken = Some((seq, what));
+        Ok(v)
+    };
+    let has_key = hsm.audit_macs(Vec::new(), false).await?.is_some();
     let mut prev = GENESIS.to_owned();
-    let mut hashes = std::collections::HashMap::new();
     let mut after = 0;
+    // The first record without a seal: `(seq, at)`.
+    let mut first_unsealed: Option<(i64, i64)> = None;
+    // The unsealed record with the oldest time: `(seq, at)`.
+    let mut oldest_unsealed: Option<(i64, i64)> = None;
     loop {
         let page = store.audit_page(after, 1000).await?;
-        if page.is_empty() {
+        let (Some(first), Some(last)) = (page.first(), page.last()) else {
             break;
-        }
-        for r in page {
-            after = r.seq;
-            let broken = |what: String| Verification {
-                records: expected_seq - 1,
-                seals: 0,
-                broken: Some((expected_seq, what)),
-            };
-            if r.seq != expected_seq {
-                return Ok(broken(format!(
-                    "record {expected_seq} is missing (next present is {})",
-                    r.seq
-                )));
+        };
+        let stored: std::collections::HashMap<i64, String> = store
+            .audit_macs(first.seq, last.seq)
+            .await?
+            .into_iter()
+            .collect();
+        let expected = match hsm
+            .audit_macs(page.iter().map(mac_input).collect(), false)
+            .await?
+        {
+            Some((macs, _)) => macs,
+            None => Vec::new(),
+        };
+        for (i, r) in page.iter().enumerate() {
+            let seq = after + 1;
+            if r.seq != seq {
+                return broken(
+                    v,
+                    seq,
+                    format!("record {seq} is missing (next present is {})", r.seq),
+                );
             }
             if r.prev_hash != prev {
-                return Ok(broken(format!(
-                    "record {} ({}) does not follow record {}: prev_hash mismatch",
-                    r.seq,
-                    r.id,
-                    r.seq - 1
-                )));
+                return broken(
+                    v,
+                    seq,
+                    format!(
+                        "record {seq} ({}) does not follow record {}: prev_hash mismatch",
+                        r.id,
+                        seq - 1
+                    ),
+                );
             }
-            if record_hash(&r) != r.hash {
-                return Ok(broken(format!(
-                    "record {} ({}) was altered: its hash does not match its fields",
-                    r.seq, r.id
-                )));
+            if record_hash(r) != r.hash {
+                return broken(
+                    v,
+                    seq,
+                    format!(
+                        "record {seq} ({}) was altered: its hash does not match its fields",
+                        r.id
+                    ),
+                );
+            }
+            match (stored.get(&seq), expected.get(i)) {
+                (Some(mac), Some(want)) => {
+                    if let Some((u, _)) = first_unsealed {
+                        return broken(
+                            v,
+                            u,
+                            format!(
+                                "record {u} has no seal but record {seq} after it has one: seals were deleted"
+                            ),
+                        );
+                    }
+                    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                        mac.as_bytes(),
+                        crate::pubkey::hex(want).as_bytes(),
+                    )) {
+                        return broken(
+                            v,
+                            seq,
+                            format!(
+                                "record {seq} ({}) does not match its HSM seal: altered, renumbered or forged",
+                                r.id
+                            ),
+                        );
+                    }
+                    v.seals += 1;
+                }
+                (Some(_), None) => {
+                    return broken(
+                        v,
+                        seq,
+                        format!(
+                            "record {seq} has a seal but the HSM has no audit MAC key to check it with"
+                        ),
+                    );
+                }
+                (None, _) => {
+                    if first_unsealed.is_none() {
+                        first_unsealed = Some((seq, r.at));
+                    }
+                    // Times are not trusted to grow (a forged record may carry any).
+                    if oldest_unsealed.is_none_or(|(_, at)| r.at < at) {
+                        oldest_unsealed = Some((seq, r.at));
+                    }
+                    v.unsealed += 1;
+                }
             }
             prev = r.hash.clone();
-            hashes.insert(r.seq, r.hash);
-            expected_seq += 1;
+            after = seq;
+            v.records = seq;
         }
     }
-    let records = expected_seq - 1;
-    let spki = store.setting(AUDIT_SPKI).await?;
-    let mut seals = 0;
-    for (seq, hash, _kid, sig) in store.seals().await? {
-        let fail = |what: String| Verification {
-            records,
-            seals,
-            broken: Some((seq, what)),
-        };
-        if hashes.get(&seq) != Some(&hash) {
-            return Ok(fail(format!(
-                "seal of record {seq} does not match the chain"
-            )));
-        }
-        let Some(spki) = spki.as_deref().and_then(hex_decode) else {
-            return Ok(fail("no audit public key to check seals with".into()));
-        };
-        let ok = PublicKey::from_spki_der(&spki)
-            .ok()
-            .and_then(|pk| crate::jwt::verify::Verifier::new(&pk, Algorithm::ES256).ok())
-            .is_some_and(|v| v.verify(hash.as_bytes(), &sig));
-        if !ok {
-            return Ok(fail(format!(
-                "seal of record {seq} has an invalid signature"
-            )));
-        }
-        seals += 1;
+    let records = v.records;
+    if store.last_audit_mac().await? > records {
+        return broken(
+            v,
+            records + 1,
+            format!(
+                "record {} is missing: it was sealed, then deleted",
+                records + 1
+            ),
+        );
     }
-    Ok(Verification {
-        records,
-        seals,
-        broken: None,
-    })
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
+    if has_key && let Some((mark, _)) = read_mark(hsm).await? {
+        v.hsm_mark = Some(mark);
+        if let Some((u, _)) = first_unsealed
+            && u <= mark
+        {
+            return broken(
+                v,
+                u,
+                format!(
+                    "record {u} has no seal, yet the HSM's mark says records up to {mark} were sealed: seals were deleted"
+                ),
+            );
+        }
+        if mark > records {
+            return broken(
+                v,
+                records + 1,
+                format!(
+                    "records {} to {mark} are missing: the HSM's mark says they were sealed",
+                    records + 1
+                ),
+            );
+        }
+    }
+    if let Some((u, at)) = oldest_unsealed
+        && now - at > max_lag
+    {
+        let what = if v.seals == 0 {
+            format!(
+                "no seal: record {u} and every record after it were never sealed in the HSM ({}s old; audit_seal_max_lag is {max_lag}s)",
+                now - at
+            )
+        } else {
+            format!(
+                "record {u} is still unsealed {}s after it was written (audit_seal_max_lag is {max_lag}s): the sealer is not running, or the record was added outside the service",
+                now - at
+            )
+        };
+        return broken(v, u, what);
+    }
+    Ok(v)
 }

@@ -298,7 +298,8 @@ pub enum TokenCommand {
 /// `hsm-rotator audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain and the HSM seals; name the first broken record.
+    /// Check the hash chain and every record's HSM seal (needs the HSM); name the first
+    /// broken record.
     Verify,
 }
 
@@ -486,17 +487,28 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             let store = crate::store::Store::open(&cfg.database_url())
                 .await
                 .context("Failed to open the store")?;
-            let v = crate::audit::verify(&store)
+            let mut hsm_cfg = cfg.hsm()?;
+            hsm_cfg.store_id = Some(store.store_id().await?);
+            // The seals are HMACs only the HSM can compute: checking them needs it.
+            let hsm = crate::hsm::Hsm::connect(hsm_cfg)
                 .await
-                .context("Failed to read the audit log")?;
+                .context("Failed to open the HSM token (audit seals are checked in it)")?;
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let v = crate::audit::verify(&store, &hsm, cfg.audit_max_lag(), now).await;
+            hsm.close().await;
+            let v = v.context("Failed to read the audit log")?;
             if out.json {
                 out.json(&serde_json::to_value(&v)?)?;
             } else if let Some((seq, what)) = &v.broken {
                 println!("audit log BROKEN at record {seq}: {what}");
             } else {
                 println!(
-                    "audit log intact: {} records, {} seals verified",
-                    v.records, v.seals
+                    "audit log intact: {} records, {} sealed in the HSM (its mark: {}), {} not sealed yet",
+                    v.records,
+                    v.seals,
+                    v.hsm_mark
+                        .map_or_else(|| "none".to_owned(), |m| format!("record {m}")),
+                    v.unsealed
                 );
             }
             if v.broken.is_some() {

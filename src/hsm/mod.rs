@@ -12,6 +12,7 @@ pub mod diagnose;
 mod error;
 mod import;
 mod keygen;
+mod mac;
 mod mechanisms;
 mod object;
 mod pool;
@@ -389,6 +390,41 @@ impl Hsm {
             })
         })
         .await
+    }
+
+    /// HMAC-SHA256 of each of `messages` with this store's audit MAC key, a secret that
+    /// never leaves the token; with `create`, the key is made first when the token has none.
+    /// `Ok(None)`: no key and `create` not set. The flag: whether this call made the key.
+    ///
+    /// # Errors
+    /// Token failures; [`HsmError::Config`] without a store id.
+    pub async fn audit_macs(
+        &self,
+        messages: Vec<Vec<u8>>,
+        create: bool,
+    ) -> Result<Option<mac::Macs>, HsmError> {
+        self.blocking(move |core| {
+            core.run(None, |core, s| mac::macs_in(core, s, &messages, create))
+        })
+        .await
+    }
+
+    /// The values of the audit high-water mark kept in the token (see [`crate::audit`]):
+    /// none before the first seal, one normally, two for a moment while it moves.
+    ///
+    /// # Errors
+    /// Token failures; [`HsmError::Config`] without a store id.
+    pub async fn audit_mark(&self) -> Result<Vec<Vec<u8>>, HsmError> {
+        self.blocking(|core| core.run(None, mac::mark_in)).await
+    }
+
+    /// Replace the audit high-water mark kept in the token.
+    ///
+    /// # Errors
+    /// Token failures; [`HsmError::Config`] without a store id.
+    pub async fn set_audit_mark(&self, value: Vec<u8>) -> Result<(), HsmError> {
+        self.blocking(move |core| core.run(None, |core, s| mac::set_mark_in(core, s, &value)))
+            .await
     }
 
     /// Destroy both halves of `kid`. `Ok(false)` if neither existed.

@@ -29,6 +29,10 @@ pub enum TokenError {
     /// The caller tried to set a claim the service sets.
     #[error("claim {0:?} is set by the service and cannot be supplied")]
     ReservedClaim(String),
+    /// `sub` is not a string (RFC 7519 §4.1.2: a StringOrURI): a numeric subject could
+    /// never be logged out, since logout names subjects by string.
+    #[error("claim \"sub\" must be a string")]
+    SubjectNotString,
     /// Requested lifetime out of range.
     #[error("ttl must be between 1 and the app's token_ttl ({0} seconds)")]
     Ttl(i64),
@@ -174,9 +178,12 @@ async fn ledger_writer(store: Store, mut rx: mpsc::Receiver<(LedgerRow, LedgerAc
 }
 
 fn reserved_check(claims: &Map<String, Value>) -> Result<(), TokenError> {
-    match RESERVED_CLAIMS.iter().find(|c| claims.contains_key(**c)) {
-        Some(c) => Err(TokenError::ReservedClaim((*c).to_owned())),
-        None => Ok(()),
+    if let Some(c) = RESERVED_CLAIMS.iter().find(|c| claims.contains_key(**c)) {
+        return Err(TokenError::ReservedClaim((*c).to_owned()));
+    }
+    match claims.get("sub") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(TokenError::SubjectNotString),
     }
 }
 
@@ -477,20 +484,22 @@ impl TokenService {
             for (jti, exp) in &denied {
                 store.deny_jti(&mut tx, jti, &app.id, *exp).await?;
             }
-            tx.commit().await?;
-            for (jti, exp) in denied {
-                self.inner.registry.denied(jti, exp).await;
-            }
-            warn!(family = %row.family, "refresh token reuse: family revoked");
             self.inner
                 .audit
-                .record(
+                .record_in(
+                    &mut tx,
                     "token.refresh_reuse",
                     &app.id,
                     "family_revoked",
                     serde_json::json!({"family": row.family}),
                 )
-                .await;
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            for (jti, exp) in denied {
+                self.inner.registry.denied(jti, exp).await;
+            }
+            warn!(family = %row.family, "refresh token reuse: family revoked");
             return Err(TokenError::RefreshReused);
         }
         // Logged out or flushed since: the refresh token died with its access token.
@@ -501,14 +510,49 @@ impl TokenService {
         }
         tx.commit().await?;
         // The token is spent. Until the new pair is stored, a failure gives it back, so
-        // the client's retry is not taken for reuse (which would end its session).
-        let result = self.exchange(app, &row, &hash, opts).await;
-        if let Err(e) = &result
-            && !matches!(e, TokenError::RefreshReused)
-        {
-            let _ = store.unuse_refresh(&hash).await;
-        }
-        result
+        // the client's retry is not taken for reuse (which would end its session). The
+        // exchange runs in a task of its own: a client that goes away mid-way cannot stop
+        // it between spending the token and storing (or giving back) the new one, which
+        // would turn its retry into a false reuse that revokes the whole family.
+        let this = self.clone();
+        let app = app.clone();
+        let opts = opts.clone();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::audit::carry(async move {
+            let result = this.exchange(&app, &row, &hash, &opts).await;
+            if let Err(e) = &result
+                && !matches!(e, TokenError::RefreshReused)
+            {
+                let _ = this.inner.store.unuse_refresh(&hash).await;
+            }
+            // The client went away before its answer: the new pair never reached it, so
+            // it is withdrawn and the old token given back for the client's retry.
+            if let Err(Ok(issued)) = answer.send(result) {
+                let undone = this
+                    .inner
+                    .store
+                    .undo_exchange(
+                        &hash,
+                        issued.refresh_token.as_ref().map(|t| t.digest()).as_deref(),
+                        &issued.jti,
+                        &app.id,
+                        issued.exp,
+                        this.now(),
+                    )
+                    .await;
+                match undone {
+                    Ok(()) => this.inner.registry.denied(issued.jti, issued.exp).await,
+                    Err(e) => {
+                        warn!(error = %e, "could not withdraw a refresh exchange its client never received")
+                    }
+                }
+            }
+        }));
+        answered.await.map_err(|_| {
+            TokenError::Store(StoreError::corrupt(
+                "the refresh exchange task failed".to_owned(),
+            ))
+        })?
     }
 
     /// The second half of [`Self::refresh`]: sign the new pair, then store its refresh
@@ -744,20 +788,22 @@ impl TokenService {
             for (jti, exp) in &denied {
                 store.deny_jti(&mut tx, jti, &app.id, *exp).await?;
             }
-            tx.commit().await?;
-            for (jti, exp) in denied {
-                self.inner.registry.denied(jti, exp).await;
-            }
-            crate::metrics::revocation("token");
             self.inner
                 .audit
-                .record(
+                .record_in(
+                    &mut tx,
                     "token.revoke",
                     &app.id,
                     "ok",
                     serde_json::json!({"refresh_family": r.family}),
                 )
-                .await;
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            for (jti, exp) in denied {
+                self.inner.registry.denied(jti, exp).await;
+            }
+            crate::metrics::revocation("token");
             return Ok(());
         }
         let Ok(claims) = verified else {
@@ -770,18 +816,20 @@ impl TokenService {
             return Ok(());
         };
         store.deny_jti(&mut tx, jti, &app.id, exp).await?;
-        tx.commit().await?;
-        self.inner.registry.denied(jti.to_owned(), exp).await;
-        crate::metrics::revocation("token");
         self.inner
             .audit
-            .record(
+            .record_in(
+                &mut tx,
                 "token.revoke",
                 &app.id,
                 "ok",
                 serde_json::json!({"jti": jti}),
             )
-            .await;
+            .await?;
+        tx.commit().await?;
+        self.inner.audit.committed();
+        self.inner.registry.denied(jti.to_owned(), exp).await;
+        crate::metrics::revocation("token");
         Ok(())
     }
 
@@ -803,21 +851,23 @@ impl TokenService {
         store
             .revoke_subject_refresh(&mut tx, &app.id, &sub_hash, now)
             .await?;
-        tx.commit().await?;
-        self.inner
-            .registry
-            .subject_logged_out(&app.id, &sub_hash, cutoff)
-            .await;
-        crate::metrics::revocation("subject");
         self.inner
             .audit
-            .record(
+            .record_in(
+                &mut tx,
                 "subject.logout",
                 &app.id,
                 "ok",
                 serde_json::json!({"sub_sha256": sub_hash}),
             )
+            .await?;
+        tx.commit().await?;
+        self.inner.audit.committed();
+        self.inner
+            .registry
+            .subject_logged_out(&app.id, &sub_hash, cutoff)
             .await;
+        crate::metrics::revocation("subject");
         Ok(())
     }
 
@@ -833,16 +883,19 @@ impl TokenService {
         store
             .revoke_app_refresh(&mut tx, &app.id, self.now())
             .await?;
+        self.inner
+            .audit
+            .record_in(&mut tx, "app.flush", &app.id, "ok", serde_json::json!({}))
+            .await?;
         tx.commit().await?;
+        self.inner.audit.committed();
         self.inner
             .registry
             .patch_app(&app.id, |a| a.cutoff = Some(cutoff));
-        self.inner.registry.app_changed(&app.id).await;
         crate::metrics::revocation("app");
-        self.inner
-            .audit
-            .record("app.flush", &app.id, "ok", serde_json::json!({}))
-            .await;
+        let registry = self.inner.registry.clone();
+        let id = app.id.clone();
+        let _ = tokio::spawn(async move { registry.app_changed(&id).await }).await;
         Ok(())
     }
 
@@ -888,20 +941,22 @@ impl TokenService {
                 denied.push((j, e));
             }
         }
-        tx.commit().await?;
-        for (j, e) in denied {
-            self.inner.registry.denied(j, e).await;
-        }
-        crate::metrics::revocation("token");
         self.inner
             .audit
-            .record(
+            .record_in(
+                &mut tx,
                 "session.end",
                 &app.id,
                 "ok",
                 serde_json::json!({"jti": jti}),
             )
-            .await;
+            .await?;
+        tx.commit().await?;
+        self.inner.audit.committed();
+        for (j, e) in denied {
+            self.inner.registry.denied(j, e).await;
+        }
+        crate::metrics::revocation("token");
         Ok(true)
     }
 }

@@ -295,11 +295,8 @@ async fn pass(
     }
 
     // 2. Objects no row knows, and legacy objects to adopt.
-    let mut known = store.all_kids().await?;
+    let known = store.all_kids().await?;
     let store_has_no_keys = known.is_empty();
-    if let Some(audit_kid) = crate::audit::Audit::audit_kid(store).await? {
-        known.insert(audit_kid);
-    }
     let mut adopt: Vec<Kid> = legacy
         .iter()
         .filter(|k| known.contains(k))

@@ -44,7 +44,7 @@ pub struct TickTimings {
     pub retire_ms: u64,
     /// Purging expired ledger, deny-list, refresh and cut-off rows.
     pub purge_ms: u64,
-    /// The whole tick, including spare refill, audit seal and reconciler.
+    /// The whole tick, including spare refill and reconciler.
     pub total_ms: u64,
 }
 
@@ -177,9 +177,6 @@ impl Scheduler {
         match self.keys.spares().refill().await {
             Ok(n) => report.spares_made = n,
             Err(e) => warn!(error = %e, "spare refill failed; will retry"),
-        }
-        if let Err(e) = self.keys.audit().seal(self.keys.hsm()).await {
-            warn!(error = %e, "could not seal the audit log; will retry");
         }
         if n.is_multiple_of(self.reconcile_every) {
             let opts = super::reconcile::Options {

@@ -262,20 +262,24 @@ impl KeyService {
                 .store
                 .transition_key(&mut tx, kid, KeyState::Previous, KeyState::Retired, now)
                 .await?;
-            tx.commit().await?;
             if moved {
-                self.inner.registry.app_changed(&app_id).await;
-                self.destroy_objects(&[kid]).await;
-                info!(app_id, %kid, "key retired");
                 self.inner
                     .audit
-                    .record(
+                    .record_in(
+                        &mut tx,
                         "key.retire",
                         &kid.to_string(),
                         "ok",
                         serde_json::json!({"app_id": app_id}),
                     )
-                    .await;
+                    .await?;
+            }
+            tx.commit().await?;
+            if moved {
+                self.inner.audit.committed();
+                self.inner.registry.app_changed(&app_id).await;
+                self.destroy_objects(&[kid]).await;
+                info!(app_id, %kid, "key retired");
                 retired.push(kid);
             }
         }
@@ -362,19 +366,21 @@ impl KeyService {
             else {
                 continue;
             };
-            tx.commit().await?;
-            drop(claim);
-            self.after_change(&app.id).await;
-            info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
             self.inner
                 .audit
-                .record(
+                .record_in(
+                    &mut tx,
                     "app.create",
                     &app.id,
                     "ok",
                     serde_json::json!({"name": app.name, "signing_alg": app.signing_alg.as_str(), "current": current.kid.to_string(), "next": next.kid.to_string()}),
                 )
-                .await;
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            drop(claim);
+            self.finish(&app.id, Vec::new()).await;
+            info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
             let keys = self.inner.store.app_keys(&app.id).await?;
             return Ok(CreatedApp {
                 app,
@@ -553,16 +559,11 @@ impl KeyService {
                 continue;
             };
             self.inner.store.set_rotated(&mut tx, app_id, now).await?;
-            tx.commit().await?;
-            drop(claim);
-            self.after_change(app_id).await;
-            info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
             let (action, metric) = match kind {
                 RotationKind::Manual => ("key.rotate", "graceful"),
                 RotationKind::Scheduled => ("key.rotate_scheduled", "scheduled"),
                 RotationKind::Repair => ("key.rotate_repair", "repair"),
             };
-            crate::metrics::rotation(metric);
             let mut details = serde_json::json!({"current": outcome.0.to_string(), "next": outcome.1.to_string()});
             if let Some((age, safe_in, by)) = promoted_early {
                 warn!(
@@ -577,7 +578,16 @@ impl KeyService {
                 details["safe_in"] = safe_in.into();
                 details["allowed_by"] = by.into();
             }
-            self.inner.audit.record(action, app_id, "ok", details).await;
+            self.inner
+                .audit
+                .record_in(&mut tx, action, app_id, "ok", details)
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            drop(claim);
+            crate::metrics::rotation(metric);
+            self.finish(app_id, Vec::new()).await;
+            info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
             return self.rotation_view(app_id).await;
         }
         Err(KeyError::Inconsistent(
@@ -631,6 +641,21 @@ impl KeyService {
             return Ok(None);
         };
         Ok(Some((new_current, new_next.kid)))
+    }
+
+    /// Post-commit work of a key change, in a task of its own so that a client going away
+    /// cannot cancel it half-way (the request still waits for it): registry and
+    /// certificates ([`Self::after_change`]), then the HSM objects of `destroy`.
+    async fn finish(&self, app_id: &str, destroy: Vec<Kid>) {
+        let this = self.clone();
+        let app_id = app_id.to_owned();
+        let task = tokio::spawn(crate::audit::carry(async move {
+            this.after_change(&app_id).await;
+            this.destroy_objects(&destroy).await;
+        }));
+        if let Err(e) = task.await {
+            warn!(error = %e, "post-commit work of a key change failed; the reconciler finishes it");
+        }
     }
 
     /// After a committed key change: the registry first (so a key that stopped signing
@@ -796,13 +821,6 @@ impl KeyService {
                 continue;
             }
             store.set_rotated(&mut tx, app_id, now).await?;
-            tx.commit().await?;
-            drop(claim);
-            self.inner.registry.withdraw(&[kid]);
-            self.after_change(app_id).await;
-            self.destroy_objects(&[kid]).await;
-            warn!(app_id, %kid, revoked_tokens, "key revoked");
-            crate::metrics::revocation("key");
             let mut details = serde_json::json!({"app_id": app_id, "was": target.state.as_str(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects});
             if let Some(age) = promoted_early {
                 details["early"] = true.into();
@@ -810,8 +828,15 @@ impl KeyService {
             }
             self.inner
                 .audit
-                .record("key.revoke", &kid.to_string(), "ok", details)
-                .await;
+                .record_in(&mut tx, "key.revoke", &kid.to_string(), "ok", details)
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            drop(claim);
+            self.inner.registry.withdraw(&[kid]);
+            crate::metrics::revocation("key");
+            self.finish(app_id, vec![kid]).await;
+            warn!(app_id, %kid, revoked_tokens, "key revoked");
             let view = store.app_keys(app_id).await?;
             return Ok(Revocation {
                 revoked: view.iter().filter(|k| k.kid == kid).cloned().collect(),
@@ -886,30 +911,31 @@ impl KeyService {
             store.set_cutoff(&mut tx, app_id, &cutoff).await?;
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
             store.set_rotated(&mut tx, app_id, now).await?;
+            self.inner
+                .audit
+                .record_in(
+                    &mut tx,
+                    "key.emergency_rotate",
+                    app_id,
+                    "ok",
+                    serde_json::json!({"revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects, "current": current.kid.to_string(), "next": next.kid.to_string()}),
+                )
+                .await?;
             tx.commit().await?;
+            self.inner.audit.committed();
             drop(claim);
             self.inner.registry.withdraw(&revoked);
             self.inner
                 .registry
                 .patch_app(app_id, |a| a.cutoff = Some(cutoff.clone()));
-            self.after_change(app_id).await;
-            self.destroy_objects(&revoked).await;
+            crate::metrics::rotation("emergency");
+            self.finish(app_id, revoked.clone()).await;
             warn!(
                 app_id,
                 revoked = revoked.len(),
                 revoked_tokens,
                 "emergency rotation"
             );
-            crate::metrics::rotation("emergency");
-            self.inner
-                .audit
-                .record(
-                    "key.emergency_rotate",
-                    app_id,
-                    "ok",
-                    serde_json::json!({"revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>(), "revoked_tokens": revoked_tokens, "affected_subjects": affected_subjects, "current": current.kid.to_string(), "next": next.kid.to_string()}),
-                )
-                .await;
             let view = store.app_keys(app_id).await?;
             return Ok(EmergencyRotation {
                 revoked: view
@@ -951,19 +977,19 @@ impl KeyService {
             revoked.push(k.kid);
         }
         store.delete_app(&mut tx, app_id).await?;
+        self.inner
+            .audit
+            .record_in(&mut tx, "app.delete", app_id, "ok", serde_json::json!({"revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+            .await?;
         tx.commit().await?;
+        self.inner.audit.committed();
         self.inner.registry.withdraw(&revoked);
-        self.inner.registry.app_changed(app_id).await;
-        self.destroy_objects(&revoked).await;
+        self.finish(app_id, revoked.clone()).await;
         self.inner.app_locks.lock().await.remove(app_id);
         if let Ok(mut m) = self.inner.served.write() {
             m.remove(app_id);
         }
         warn!(app_id, revoked = revoked.len(), "app deleted");
-        self.inner
-            .audit
-            .record("app.delete", app_id, "ok", serde_json::json!({"revoked_kids": revoked.iter().map(ToString::to_string).collect::<Vec<_>>()}))
-            .await;
         Ok(revoked)
     }
 
@@ -992,7 +1018,18 @@ impl KeyService {
             store.set_cutoff(&mut tx, app_id, c).await?;
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
         }
+        self.inner
+            .audit
+            .record_in(
+                &mut tx,
+                "app.access_token_regenerate",
+                app_id,
+                "ok",
+                serde_json::json!({"sessions_rejected": flush}),
+            )
+            .await?;
         tx.commit().await?;
+        self.inner.audit.committed();
         let digest = token.digest();
         self.inner.registry.patch_app(app_id, |a| {
             a.access_token_sha256 = digest;
@@ -1000,17 +1037,10 @@ impl KeyService {
                 a.cutoff = cutoff;
             }
         });
-        self.inner.registry.app_changed(app_id).await;
+        let registry = self.inner.registry.clone();
+        let id = app_id.to_owned();
+        let _ = tokio::spawn(async move { registry.app_changed(&id).await }).await;
         info!(app_id, flush, "access token regenerated");
-        self.inner
-            .audit
-            .record(
-                "app.access_token_regenerate",
-                app_id,
-                "ok",
-                serde_json::json!({"sessions_rejected": flush}),
-            )
-            .await;
         Ok(token)
     }
 
@@ -1022,22 +1052,27 @@ impl KeyService {
     pub async fn rotate_root_key(&self, old_digest: &str) -> Result<Secret, KeyError> {
         let new = Secret::generate(crate::auth::ROOT_PREFIX);
         let setting = super::registry::ROOT_SETTING;
+        let mut tx = self.inner.store.begin().await?;
         if !self
             .inner
             .store
-            .swap_setting(setting, old_digest, &new.digest())
+            .swap_setting_tx(&mut tx, setting, old_digest, &new.digest())
             .await?
         {
             return Err(KeyError::InvalidState(
                 "the root key changed meanwhile".into(),
             ));
         }
-        self.inner.registry.root_changed(new.digest()).await;
-        warn!("root key rotated");
         self.inner
             .audit
-            .record("root.rotate", "root", "ok", serde_json::json!({}))
-            .await;
+            .record_in(&mut tx, "root.rotate", "root", "ok", serde_json::json!({}))
+            .await?;
+        tx.commit().await?;
+        self.inner.audit.committed();
+        let registry = self.inner.registry.clone();
+        let digest = new.digest();
+        let _ = tokio::spawn(async move { registry.root_changed(digest).await }).await;
+        warn!("root key rotated");
         Ok(new)
     }
 

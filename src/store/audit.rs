@@ -1,4 +1,5 @@
-//! Audit rows: append with a hash chain, page through, read seals.
+//! Audit rows: append with a hash chain (in the change's own transaction), page through,
+//! and store the HSM MACs that seal them.
 
 use sqlx::Row as _;
 
@@ -86,56 +87,64 @@ const COLS: &str =
     "seq, id, at, actor, action, target, outcome, request_id, details, prev_hash, hash";
 
 impl Store {
-    /// Append a record at the head of the chain (its `seq`, `prev_hash` and `hash` are
-    /// filled in here). Concurrent appenders (replicas) retry on a `seq` conflict.
+    /// Append a record at the head of the chain in its own transaction (its `seq`,
+    /// `prev_hash` and `hash` are filled in here). Changes append in their own transaction
+    /// instead, with [`Self::append_audit_tx`].
     ///
     /// # Errors
     /// Database failures.
-    pub async fn append_audit(&self, mut r: AuditRow) -> Result<AuditRow, StoreError> {
-        let mut last_err = None;
-        for _ in 0..20 {
-            let mut tx = self.begin().await?;
-            let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
+    pub async fn append_audit(&self, r: AuditRow) -> Result<AuditRow, StoreError> {
+        let mut tx = self.begin().await?;
+        let r = self.append_audit_tx(&mut tx, r).await?;
+        tx.commit().await?;
+        crate::metrics::audit_appended();
+        Ok(r)
+    }
+
+    /// Append a record at the head of the chain inside `tx`, so that it commits (or not)
+    /// with the change it describes. Appenders serialise on the chain head: on SQLite the
+    /// write transaction already does; on PostgreSQL a transaction-scoped advisory lock,
+    /// held until `tx` ends, so call this last, just before committing.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn append_audit_tx(
+        &self,
+        tx: &mut super::Tx,
+        mut r: AuditRow,
+    ) -> Result<AuditRow, StoreError> {
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(AUDIT_HEAD_LOCK)
+                .execute(&mut **tx)
                 .await?;
-            (r.seq, r.prev_hash) = match head {
-                Some(h) => (h.try_get::<i64, _>("seq")? + 1, h.try_get("hash")?),
-                None => (1, GENESIS.to_owned()),
-            };
-            r.hash = record_hash(&r);
-            let ins = sqlx::query(
-                "INSERT INTO audit_log (seq, id, at, actor, action, target, outcome, request_id, details, prev_hash, hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(r.seq)
-            .bind(&r.id)
-            .bind(r.at)
-            .bind(&r.actor)
-            .bind(&r.action)
-            .bind(&r.target)
-            .bind(&r.outcome)
-            .bind(&r.request_id)
-            .bind(&r.details)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .execute(&mut *tx)
-            .await;
-            match ins {
-                Ok(_) => {
-                    tx.commit().await?;
-                    crate::metrics::audit_appended();
-                    return Ok(r);
-                }
-                Err(e) => {
-                    // Another replica took this seq; read the new head and try again.
-                    last_err = Some(e);
-                    drop(tx);
-                }
-            }
         }
-        Err(StoreError::from(
-            last_err.unwrap_or(sqlx::Error::PoolTimedOut),
-        ))
+        let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+        (r.seq, r.prev_hash) = match head {
+            Some(h) => (h.try_get::<i64, _>("seq")? + 1, h.try_get("hash")?),
+            None => (1, GENESIS.to_owned()),
+        };
+        r.hash = record_hash(&r);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, id, at, actor, action, target, outcome, request_id, details, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(r.seq)
+        .bind(&r.id)
+        .bind(r.at)
+        .bind(&r.actor)
+        .bind(&r.action)
+        .bind(&r.target)
+        .bind(&r.outcome)
+        .bind(&r.request_id)
+        .bind(&r.details)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .execute(&mut **tx)
+        .await?;
+        Ok(r)
     }
 
     /// Records with `seq > after`, oldest first, at most `limit`.
@@ -220,57 +229,69 @@ impl Store {
         r.as_ref().map(row).transpose()
     }
 
-    /// Store a seal (a signature of the record at `seq`).
+    /// The record at `seq`.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn insert_seal(
+    pub async fn audit_record(&self, seq: i64) -> Result<Option<AuditRow>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM audit_log WHERE seq = $1");
+        let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// Store the HSM MACs (hex) of records, `(seq, mac)`, sealed at `at`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_audit_macs(
         &self,
-        seq: i64,
-        hash: &str,
-        kid: &str,
-        signature: &[u8],
+        macs: &[(i64, String)],
         at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO audit_seals (seq, hash, kid, signature, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING")
-            .bind(seq)
-            .bind(hash)
-            .bind(kid)
-            .bind(signature)
-            .bind(at)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.begin().await?;
+        for (seq, mac) in macs {
+            sqlx::query("INSERT INTO audit_macs (seq, mac, at) VALUES ($1, $2, $3) ON CONFLICT (seq) DO NOTHING")
+                .bind(seq)
+                .bind(mac)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Every seal: `(seq, hash, kid, signature)`, oldest first.
+    /// The MACs of records `from..=to`: `(seq, mac)`, oldest first.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn seals(&self) -> Result<Vec<(i64, String, String, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query("SELECT seq, hash, kid, signature FROM audit_seals ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn audit_macs(&self, from: i64, to: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, mac FROM audit_macs WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("seq")?,
-                    r.try_get("hash")?,
-                    r.try_get("kid")?,
-                    r.try_get("signature")?,
-                ))
-            })
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("mac")?)))
             .collect()
     }
 
-    /// The newest seal's seq.
+    /// The highest sealed record's seq (0 when none is).
     ///
     /// # Errors
     /// Database failures.
-    pub async fn last_seal(&self) -> Result<i64, StoreError> {
-        let r = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM audit_seals")
+    pub async fn last_audit_mac(&self) -> Result<i64, StoreError> {
+        let r = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM audit_macs")
             .fetch_one(&self.pool)
             .await?;
         Ok(r.try_get("s")?)
     }
 }
+
+/// PostgreSQL advisory lock serialising appends to the audit chain ("hsmaud").
+const AUDIT_HEAD_LOCK: i64 = 0x6873_6d61_7564;

@@ -439,6 +439,26 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// [`Self::swap_setting`] inside `tx`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn swap_setting_tx(
+        &self,
+        tx: &mut Tx,
+        key: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE settings SET value = $1 WHERE key = $2 AND value = $3")
+            .bind(new)
+            .bind(key)
+            .bind(old)
+            .execute(&mut **tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Replace a setting only if it still has `old`; returns whether it changed.
     ///
     /// # Errors

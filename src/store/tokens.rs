@@ -766,9 +766,50 @@ impl Store {
     /// # Errors
     /// Database failures.
     pub async fn unuse_refresh(&self, token_sha256: &str) -> Result<(), StoreError> {
+        self.unuse_refresh_on(&self.pool, token_sha256).await
+    }
+
+    /// Undo an exchange whose answer never reached the client: the new refresh token
+    /// (`new_sha256`) is revoked and its access token denied, and the old one
+    /// (`old_sha256`) can be used again, in one transaction, so the client's retry with
+    /// the old token is an ordinary exchange, not a reuse that revokes the family.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn undo_exchange(
+        &self,
+        old_sha256: &str,
+        new_sha256: Option<&str>,
+        new_jti: &str,
+        app_id: &str,
+        new_exp: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(n) = new_sha256 {
+            sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE token_sha256 = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.deny_jti(&mut tx, new_jti, app_id, new_exp).await?;
+        sqlx::query("UPDATE refresh_tokens SET used_at = NULL WHERE token_sha256 = $1 AND revoked_at IS NULL")
+            .bind(old_sha256)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn unuse_refresh_on(
+        &self,
+        pool: &sqlx::AnyPool,
+        token_sha256: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE refresh_tokens SET used_at = NULL WHERE token_sha256 = $1 AND revoked_at IS NULL")
             .bind(token_sha256)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
         Ok(())
     }

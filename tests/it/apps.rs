@@ -474,7 +474,7 @@ async fn concurrent_creation(app: &TestApp) {
     }
     for t in tasks {
         let failures = t.await.unwrap();
-        assert!(failures.is_empty(), "{failures:?}");
+        assert!(failures.is_empty(), "{failures:?}\n{}", app.log_tail());
     }
     let (s, list) = app.root("GET", "/apps", None).await;
     assert_eq!(s, 200);

@@ -17,6 +17,7 @@ mod faults;
 mod hostile;
 mod hygiene;
 mod import;
+mod integrity;
 mod listener;
 mod metrics;
 mod openapi;

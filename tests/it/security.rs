@@ -8,12 +8,22 @@ use serde_json::{Value, json};
 
 use crate::common::app::{Engine, TestApp};
 
-fn audit_verify(app: &TestApp) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hsm-rotator"))
+/// `hsm-rotator audit verify` (which checks the seals in the test's token).
+pub(crate) async fn audit_verify(app: &TestApp) -> (bool, String) {
+    verify_store(&app.token, &app.database_url, &[]).await
+}
+
+/// `hsm-rotator audit verify` on a store and token, with extra environment.
+pub(crate) async fn verify_store(
+    token: &crate::common::token::TestToken,
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (bool, String) {
+    let out = crate::common::app::command(token, database_url, env)
         .args(["audit", "verify"])
-        .env("HSM_ROTATOR_DATABASE_URL", &app.database_url)
-        .env("HSM_ROTATOR_LOG_LEVEL", "error")
+        .env("RUST_LOG", "error")
         .output()
+        .await
         .unwrap();
     (
         out.status.success(),
@@ -31,7 +41,7 @@ async fn records(app: &TestApp) -> Vec<Value> {
     v["records"].as_array().unwrap().clone()
 }
 
-async fn sql(url: &str, statement: &str) {
+pub(crate) async fn sql(url: &str, statement: &str) {
     use sqlx::Connection as _;
     if url.starts_with("sqlite") {
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
@@ -143,7 +153,7 @@ async fn audited(app: &TestApp) {
     ] {
         assert!(!all.contains(secret), "a secret is in the audit log");
     }
-    let (ok, out) = audit_verify(app);
+    let (ok, out) = audit_verify(app).await;
     assert!(ok, "{out}");
     assert!(out.contains("intact"), "{out}");
 
@@ -155,7 +165,7 @@ async fn audited(app: &TestApp) {
         &format!("UPDATE audit_log SET target = 'tampered' WHERE seq = {victim}"),
     )
     .await;
-    let (ok, out) = audit_verify(app);
+    let (ok, out) = audit_verify(app).await;
     assert!(
         !ok && out.contains(&format!("record {victim}")),
         "edit not detected: {out}"
@@ -168,7 +178,7 @@ async fn audited(app: &TestApp) {
         ),
     )
     .await;
-    let (ok, out) = audit_verify(app);
+    let (ok, out) = audit_verify(app).await;
     assert!(ok, "restored chain should verify: {out}");
 
     // Delete one record.
@@ -178,7 +188,7 @@ async fn audited(app: &TestApp) {
         &format!("DELETE FROM audit_log WHERE seq = {gone}"),
     )
     .await;
-    let (ok, out) = audit_verify(app);
+    let (ok, out) = audit_verify(app).await;
     assert!(
         !ok && out.contains(&format!("record {gone}")),
         "deletion not detected: {out}"
@@ -211,7 +221,7 @@ async fn reordered_audit_records_are_detected() {
         "UPDATE audit_log SET seq = 3 WHERE seq = -1",
     )
     .await;
-    let (ok, out) = audit_verify(&app);
+    let (ok, out) = audit_verify(&app).await;
     assert!(
         !ok && out.contains("record 2"),
         "reordering not detected: {out}"
@@ -346,7 +356,7 @@ async fn a_flood_of_failures_writes_a_bounded_number_of_audit_records() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let (ok, out) = audit_verify(&app);
+    let (ok, out) = audit_verify(&app).await;
     assert!(ok, "{out}");
 }
 
