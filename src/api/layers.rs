@@ -213,7 +213,7 @@ pub(crate) async fn request_context(
 }
 
 /// On a response to a request that revoked tokens: the Unix time by which this replica's
-/// Token Status Lists show the revocation (README, "Token Status Lists").
+/// Token Status Lists show the revocation (docs/operations.md, "Token Status Lists").
 pub(crate) const STATUS_LIST_VISIBLE_BY: header::HeaderName =
     header::HeaderName::from_static("status-list-visible-by");
 
