@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text exposition (see [`crate::metrics`]).
 //!
-//! Unauthenticated, like every Prometheus target; SPEC §3.2 asks that in production the
-//! service listen on a private address (or that a proxy keep `/metrics` inside).
+//! Unauthenticated, like every Prometheus target; in production the service should listen
+//! on a private address (or a proxy keep `/metrics` inside): docs/metrics.md.
 
 use axum::Router;
 use axum::extract::State;

@@ -1,4 +1,6 @@
-//! HTTP API: one router per resource, merged here. Only this module imports axum.
+//! HTTP API: one router per resource, merged here. Handlers, extractors and errors live
+//! only here; outside `api`, axum appears only where the router is assembled ([`crate::app`])
+//! and served ([`crate::listener`]).
 
 pub(crate) mod apps;
 pub(crate) mod auth;

@@ -1,4 +1,5 @@
-//! Wire shapes of the native API (SPEC §3.3). Domain rows never go out as they are.
+//! Wire shapes of the native API (the README's API table, `/openapi.json`). Domain rows never
+//! go out as they are.
 //!
 //! Each shape is a typed struct the handlers return; the same type gives the OpenAPI
 //! schema (`ToSchema`), so the document at `/openapi.json` is the code, not a copy of it.

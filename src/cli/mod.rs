@@ -1,4 +1,4 @@
-//! Command line (SPEC §7): `serve`, `init`, `app`, `keys`, `token`, `root-key rotate`,
+//! Command line (docs/cli.md): `serve`, `init`, `app`, `keys`, `token`, `root-key rotate`,
 //! `audit verify`, `reconcile` and `config check`.
 //!
 //! The operator commands (`app`, `keys`, `token`, `root-key`) work in two modes. By default they open

@@ -39,7 +39,8 @@ pub enum HsmError {
     /// Any other PKCS#11 failure.
     #[error("HSM error: {0}")]
     Internal(#[source] CkError),
-    /// The blocking task running the PKCS#11 call panicked or was cancelled.
+    /// The session pool was closed, or a PKCS#11 call run on tokio's blocking pool (opening
+    /// the module, or any call without a multi-threaded runtime) panicked or was cancelled.
     #[error("HSM worker failed")]
     Worker,
 }

@@ -2,8 +2,9 @@
 //!
 //! [`Hsm`] is a cheap, cloneable async facade. Each operation waits (asynchronously) for a
 //! permit of the session pool, then runs its PKCS#11 calls with a pooled, logged-in
-//! session off the executor's task queue (`block_in_place`), except signatures the token
-//! answers fast, which run in place (see [`FastPath`]). Keys are named by
+//! session on the calling worker thread after handing its task queue to another worker
+//! (`block_in_place`; tokio's blocking pool without a multi-threaded runtime), except
+//! signatures the token answers fast, which run in place (see [`FastPath`]). Keys are named by
 //! [`Kid`] (their `CKA_ID`); object handles never leave this module. The handle cache is
 //! filled in one listing pass at start, kept current on generate and destroy, and dropped
 //! when sessions are reopened, so the signing path never searches the token.

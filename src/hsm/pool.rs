@@ -1,7 +1,8 @@
 //! The PKCS#11 context, the logged-in session pool, the handle cache and the recovery loop.
 //!
-//! Everything here is blocking: it runs off the executor (`block_in_place`), or in place for a
-//! fast signature (see [`super::Hsm`]).
+//! Everything here is blocking. On a multi-threaded runtime a call runs on its worker thread
+//! after `block_in_place` has moved that worker's tasks elsewhere, or simply in place for a
+//! fast signature; otherwise on tokio's blocking pool (see [`super::Hsm`]).
 //! One *anchor* session stays logged in for the life of the process: when every session of
 //! an application closes, the token logs the application out and, on SoftHSM, every cached
 //! object handle dies. Pooled sessions are opened lazily, returned after each call, and

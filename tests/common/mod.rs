@@ -6,9 +6,6 @@ pub mod app;
 pub mod proxy;
 pub mod tls;
 pub mod token;
-/// The fixture's module under its older name.
-#[allow(unused_imports)]
-pub use token as softhsm;
 
 /// Define `$name` twice: once on SQLite, once on PostgreSQL.
 #[macro_export]

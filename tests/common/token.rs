@@ -80,9 +80,6 @@ pub struct TestToken {
     mechanisms: Mutex<Option<Vec<Mechanism>>>,
 }
 
-/// The name the token had when only SoftHSM2 was tested.
-pub type SoftHsm = TestToken;
-
 /// 24 random alphanumeric characters.
 fn random_pin() -> String {
     ulid::Ulid::new().to_string()[2..].to_owned() + "xY"

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 
 use crate::common::app::{Engine, TestApp};
-use crate::common::softhsm::SoftHsm;
+use crate::common::token::TestToken;
 
 /// One run of the CLI.
 struct Run {
@@ -32,7 +32,7 @@ impl Run {
 }
 
 /// Environment of a direct-mode run on `token` with the store at `db`.
-fn direct_env(token: &SoftHsm, db: &str) -> Vec<(String, String)> {
+fn direct_env(token: &TestToken, db: &str) -> Vec<(String, String)> {
     [
         ("SOFTHSM2_CONF", token.conf.display().to_string()),
         ("HSM_ROTATOR_PIN", token.pin.clone()),
@@ -104,7 +104,7 @@ fn assert_clean(runs: &[Run], secrets: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_mode_creates_rotates_issues_verifies_and_revokes() {
-    let token = SoftHsm::new("cli_direct");
+    let token = TestToken::new("cli_direct");
     let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
     let env = direct_env(&token, &db);
     let mut runs = Vec::new();
@@ -292,7 +292,7 @@ async fn direct_mode_creates_rotates_issues_verifies_and_revokes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_apps_in_one_command() {
-    let token = SoftHsm::new("cli_count");
+    let token = TestToken::new("cli_count");
     let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
     let env = direct_env(&token, &db);
     assert!(cli(&env, &["init", "--json"], None).await.ok);
@@ -538,7 +538,7 @@ async fn direct_writes_reach_a_running_postgres_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_passes_on_a_good_config_and_names_each_problem() {
-    let token = SoftHsm::new("cli_check");
+    let token = TestToken::new("cli_check");
     let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
     let env = direct_env(&token, &db);
     let mut runs = Vec::new();

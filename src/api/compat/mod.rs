@@ -2,8 +2,8 @@
 //!
 //! Each module speaks its peer's dialect (paths, auth header, field names, status codes and
 //! error bodies) and delegates to the same services as the native API; none holds logic
-//! of its own beyond translation. `../shared/seeds/peer-apis.md` is the reference; what
-//! it marks BUG is not copied.
+//! of its own beyond translation. docs/compat.md summarises what each peer does that this
+//! code relies on, and which of the peers' bugs are deliberately not copied.
 
 pub(crate) mod auth0;
 pub(crate) mod jwtplus;
