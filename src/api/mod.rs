@@ -5,6 +5,7 @@ pub(crate) mod auth;
 mod compat;
 pub(crate) mod error;
 pub(crate) mod extract;
+mod legacy;
 
 mod audit;
 mod console;
