@@ -5,7 +5,7 @@ pub(crate) mod auth;
 mod compat;
 pub(crate) mod error;
 pub(crate) mod extract;
-mod legacy;
+pub(crate) mod legacy;
 
 mod audit;
 mod console;

@@ -18,8 +18,7 @@ pub(crate) fn jwtplus_token(app: &AppRow, key: &KeyRow, claims: &mut Map<String,
     let Some(name) = app.legacy_issuer.as_deref() else {
         return false;
     };
-    if key.origin != KeyOrigin::Imported
-        || claims.get("iss").and_then(Value::as_str) != Some(name)
+    if key.origin != KeyOrigin::Imported || claims.get("iss").and_then(Value::as_str) != Some(name)
     {
         return false;
     }

@@ -7,6 +7,9 @@ use super::{Store, StoreError, Tx};
 
 /// Setting holding the SHA-512 (hex) of the JWTPlus root key, until the root key rotates.
 pub const LEGACY_ROOT_SETTING: &str = "root_key_legacy_sha512";
+/// Setting recording the JWTPlus root-key digest a migration kept (never dropped), so that
+/// a second run does not bring back a key rotated since.
+pub const MIGRATED_ROOT_SETTING: &str = "migrated_jwtplus_root_sha512";
 
 impl Store {
     /// The app whose JWTPlus app key has this SHA-512 (hex) digest, while it is accepted.
@@ -40,19 +43,25 @@ impl Store {
     }
 
     /// Keep the JWTPlus root-key digest as a legacy credential (inside `tx`), replacing
-    /// any earlier one.
+    /// any earlier one, and record that it was kept ([`MIGRATED_ROOT_SETTING`]).
     ///
     /// # Errors
     /// Database failures.
-    pub async fn set_legacy_root_key(&self, tx: &mut Tx, sha512_hex: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(LEGACY_ROOT_SETTING)
-        .bind(sha512_hex)
-        .execute(&mut **tx)
-        .await?;
+    pub async fn set_legacy_root_key(
+        &self,
+        tx: &mut Tx,
+        sha512_hex: &str,
+    ) -> Result<(), StoreError> {
+        for key in [LEGACY_ROOT_SETTING, MIGRATED_ROOT_SETTING] {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(sha512_hex)
+            .execute(&mut **tx)
+            .await?;
+        }
         Ok(())
     }
 

@@ -49,7 +49,7 @@ use sqlx::{AnyPool, Executor as _, Transaction};
 pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
 pub use keys::{KeyOrigin, KeyRow, Lease};
-pub use legacy::LEGACY_ROOT_SETTING;
+pub use legacy::{LEGACY_ROOT_SETTING, MIGRATED_ROOT_SETTING};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use statuslists::{StatusChunk, StatusFacts, StatusListFigures, StatusListRow};

@@ -361,7 +361,11 @@ impl Store {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn insert_ledger_tx(&self, tx: &mut Tx, rows: &[LedgerRow]) -> Result<(), StoreError> {
+    pub async fn insert_ledger_tx(
+        &self,
+        tx: &mut Tx,
+        rows: &[LedgerRow],
+    ) -> Result<(), StoreError> {
         let slots: Vec<i64> = rows
             .iter()
             .map(|r| ledger_slot(r.iat, ledger_until(r)))
