@@ -162,6 +162,10 @@ async fn plan_app(a: SrcApp, store: &Store, now: i64) -> Result<AppPlan, String>
     row.updated_at = now;
     row.last_rotated_at = Some(now);
     row.legacy_issuer = Some(a.name.clone());
+    // No access token of ours yet: the JWTPlus app key is the app's credential until it
+    // gets one (`app access-token`, `/root/{id}/rotate/key`), which also ends the old key.
+    // The digest of a token nobody is shown fills the (unique) column meanwhile.
+    row.access_token_sha256 = crate::auth::Secret::generate(crate::auth::ACCESS_PREFIX).digest();
     if let Some(e) = existing {
         if e.legacy_issuer.is_none() {
             return Err(fail(

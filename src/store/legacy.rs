@@ -78,3 +78,21 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_store_refuses_a_mysql_url_without_connecting() {
+        let e = Store::connect("mysql://jp:s3cret@127.0.0.1:1/jwtplus")
+            .await
+            .expect_err("MySQL is not a store engine");
+        let m = e.to_string();
+        assert!(matches!(e, StoreError::Unsupported(_)), "{m}");
+        assert!(
+            m.contains("migrate jwtplus") && !m.contains("s3cret"),
+            "{m}"
+        );
+    }
+}
