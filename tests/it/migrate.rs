@@ -772,3 +772,120 @@ async fn bad_jwtplus_input_is_refused_clearly_and_changes_nothing() {
     assert!(!out.status.success());
     assert!(err.contains("database_url must be sqlite"), "{err}");
 }
+
+/// The `jid` of a JWT (its payload read without checking).
+fn jid_of(jwt: &str) -> String {
+    let payload = URL_SAFE_NO_PAD
+        .decode(jwt.split('.').nth(1).unwrap())
+        .unwrap();
+    serde_json::from_slice::<Value>(&payload).unwrap()["jid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn sqlite(db: &str, sql: &str, binds: &[&str]) -> u64 {
+    let mut conn = sqlx::SqliteConnection::connect(db).await.expect("sqlite");
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for b in binds {
+        q = q.bind(*b);
+    }
+    q.execute(&mut conn).await.expect(sql).rows_affected()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_half_way_leaves_no_orphans_and_runs_again() {
+    let token = TestToken::new("migrate_jwtplus_half");
+    let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
+    init_store(&token, &db, &[]).await;
+    let mut f = Fixture::new().await;
+    f.root_key().await;
+    let mut first = f.app("First", "ES256").await;
+    let (kid_a, key_a) = f.key(&mut first, "active").await;
+    f.token(&mut first, &kid_a, &key_a, "ann").await;
+    let mut second = f.app("Second", "ES256").await;
+    let (kid_b, key_b) = f.key(&mut second, "active").await;
+    f.token(&mut second, &kid_b, &key_b, "ben").await;
+
+    // A run that died after importing the first app's key left its pending row (the
+    // reconciler's case); and the second app's transaction will fail: a ledger row with its
+    // session's id is in the way.
+    sqlite(
+        &db,
+        "INSERT INTO keys (kid, app_id, algorithm, rsa_bits, state, created_at, origin) \
+         VALUES ($1, NULL, 'ES256', 0, 'pending', 0, 'imported')",
+        &[&kid_a],
+    )
+    .await;
+    let jid_b = jid_of(&second.tokens[0].0);
+    sqlite(
+        &db,
+        "INSERT INTO tokens (jti, app_id, kid, iat, exp) VALUES ($1, 'elsewhere', 'x', 0, 0)",
+        &[&jid_b],
+    )
+    .await;
+    let out = cli(
+        &token,
+        &db,
+        &["--json", "migrate", "jwtplus", "--from", &f.url],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&second.id) && err.contains("UNIQUE"), "{err}");
+    let apps = app_list(&token, &db).await;
+    let ids: Vec<&str> = apps["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first.id.as_str()], "{apps}");
+    // No orphan: the second app's imported objects were destroyed, its row deleted.
+    assert!(
+        !token.labels().iter().any(|l| l.ends_with(kid_b.as_str())),
+        "{:?}",
+        token.labels()
+    );
+    assert_eq!(
+        sqlite(&db, "UPDATE keys SET cert = cert WHERE kid = $1", &[&kid_b]).await,
+        0,
+        "no key row of the second app's key"
+    );
+    // The first app's leftover pending row was undone and its key imported properly.
+    assert_eq!(
+        sqlite(
+            &db,
+            "UPDATE keys SET cert = cert WHERE kid = $1 AND state = 'current' AND app_id = $2",
+            &[&kid_a, &first.id]
+        )
+        .await,
+        1
+    );
+    let out = cli(&token, &db, &["--json", "keys", "list", &second.id]).await;
+    assert!(!out.status.success(), "the second app does not exist");
+
+    // Run again once the obstacle is gone: only the second app is migrated.
+    sqlite(&db, "DELETE FROM tokens WHERE jti = $1", &[&jid_b]).await;
+    let done = json_of(
+        &cli(
+            &token,
+            &db,
+            &["--json", "migrate", "jwtplus", "--from", &f.url],
+        )
+        .await,
+    );
+    let migrated: Vec<&str> = done["migrated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["app_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(migrated, [second.id.as_str()], "{done}");
+    assert!(token.labels().iter().any(|l| l.ends_with(kid_b.as_str())));
+    let keys = json_of(&cli(&token, &db, &["--json", "keys", "list", &second.id]).await);
+    assert!(
+        keys.to_string().contains(&kid_b),
+        "the JWTPlus key came over: {keys}"
+    );
+}
