@@ -572,6 +572,27 @@ async fn a_jwtplus_deployment_moves_in_and_nobody_logs_in_again() {
     // Renewal ended the old access token, as in JWTPlus.
     assert!(!app.active(&a.id, &a.app_key, at).await);
 
+    // Logging a subject out by its plain name reaches its migrated tokens (the ledger and
+    // the cut-off key subjects by the SHA-256 of the `sub` read back from each token).
+    if let Some(es) = apps.iter().find(|a| a.alg == "ES256") {
+        let (s, v) = app
+            .bearer(
+                &es.app_key,
+                "DELETE",
+                &format!("/apps/{}/sessions?sub=bob@example.com", es.id),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for (at, _, sub) in &es.tokens {
+            assert_eq!(
+                app.active(&es.id, &es.app_key, at).await,
+                sub != "bob@example.com",
+                "{sub}"
+            );
+        }
+    }
+
     // The imported private keys: sensitive, not extractable, born outside the token.
     let out = app
         .token
