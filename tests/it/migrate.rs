@@ -81,13 +81,7 @@ fn jwtplus_key() -> String {
 }
 
 fn now() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
+    hsm_rotator::clock::Clock::now(&hsm_rotator::clock::SystemClock)
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
