@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha512};
 use sqlx::Connection as _;
 
-use crate::common::app::{TestApp, command, init_store};
+use crate::common::app::{Engine, TestApp, command, fresh_postgres_db, init_store};
 use crate::common::token::TestToken;
 
 /// The MariaDB server the tests use: `TEST_MYSQL_URL`, else the local default.
@@ -347,10 +347,22 @@ async fn app_list(token: &TestToken, db: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jwtplus_deployment_moves_in_and_nobody_logs_in_again() {
+async fn a_jwtplus_deployment_moves_in_and_nobody_logs_in_again_sqlite() {
+    moves_in(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwtplus_deployment_moves_in_and_nobody_logs_in_again_postgres() {
+    moves_in(Engine::Postgres).await;
+}
+
+async fn moves_in(engine: Engine) {
     let test = "migrate_jwtplus";
-    let token = Arc::new(TestToken::new(test));
-    let db = format!("sqlite://{}/store.db?mode=rwc", token.path().display());
+    let token = Arc::new(TestToken::new(&format!("{test}_{engine:?}")));
+    let db = match engine {
+        Engine::Sqlite => format!("sqlite://{}/store.db?mode=rwc", token.path().display()),
+        Engine::Postgres => fresh_postgres_db().await,
+    };
     let root = init_store(&token, &db, &[]).await;
 
     let mut f = Fixture::new().await;
