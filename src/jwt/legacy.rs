@@ -11,19 +11,29 @@
 
 use serde_json::{Map, Value};
 
+use super::service::Rejection;
 use crate::store::{AppRow, KeyOrigin, KeyRow};
 
-/// Whether `claims` (signed by `key`) are a JWTPlus token of `app`; if so, `jti` = `jid`.
-pub(crate) fn jwtplus_token(app: &AppRow, key: &KeyRow, claims: &mut Map<String, Value>) -> bool {
+/// Whether `claims` (signed by `key`) are a JWTPlus access token of `app`; if so, `jti` =
+/// `jid`. A JWTPlus refresh token (`"type": "refresh"`, header `typ: JWT` like an access
+/// token) is refused: it never verified in JWTPlus either.
+pub(crate) fn jwtplus_token(
+    app: &AppRow,
+    key: &KeyRow,
+    claims: &mut Map<String, Value>,
+) -> Result<bool, Rejection> {
     let Some(name) = app.legacy_issuer.as_deref() else {
-        return false;
+        return Ok(false);
     };
     if key.origin != KeyOrigin::Imported || claims.get("iss").and_then(Value::as_str) != Some(name)
     {
-        return false;
+        return Ok(false);
+    }
+    if claims.get("type").and_then(Value::as_str) == Some("refresh") {
+        return Err(Rejection::WrongType);
     }
     if let Some(jid) = claims.get("jid").filter(|v| v.is_string()).cloned() {
         claims.insert("jti".into(), jid);
     }
-    true
+    Ok(true)
 }

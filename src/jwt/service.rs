@@ -721,7 +721,7 @@ impl TokenService {
             return Err(Rejection::Signature);
         }
         let mut claims = c.claims;
-        let jwtplus = super::legacy::jwtplus_token(app, &key.row, &mut claims);
+        let jwtplus = super::legacy::jwtplus_token(app, &key.row, &mut claims)?;
         let num = |k: &str| claims.get(k).and_then(Value::as_i64);
         match num("exp") {
             Some(exp) if exp > now => {}

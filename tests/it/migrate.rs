@@ -517,6 +517,9 @@ async fn moves_in(engine: Engine) {
                 .await;
             assert_eq!((s, &v), (200, &json!({"verified": true})), "{}", a.name);
         }
+        // A JWTPlus refresh token is not an access token, here as there.
+        let (_, rt, _) = &a.tokens[0];
+        assert!(!app.active(&a.id, &a.app_key, rt).await, "{}", a.name);
     }
 
     // Sessions: listed by the plain subject (JWTPlus kept only its SHA-512), and a refresh
