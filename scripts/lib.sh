@@ -226,6 +226,54 @@ ensure_postgres() {
     export TEST_DATABASE_URL="postgres://postgres@$_PG_HOST:$_PG_PORT/test"
 }
 
+# MariaDB on 127.0.0.1:3306 for the JWTPlus migration tests (tests/it/migrate.rs), as
+# root with no password, and export TEST_MYSQL_URL (the tests make one database each).
+#
+# A TEST_MYSQL_URL already set is honoured as is; a server already answering on port 3306
+# is reused; otherwise mariadb-server is installed through apt and started (no systemd
+# needed), with root allowed over TCP without a password: a throwaway test server.
+_MY_HOST=127.0.0.1
+_MY_PORT=3306
+
+_my_ready() {
+    mariadb-admin --protocol=tcp -h "$_MY_HOST" -P "$_MY_PORT" -u root ping >/dev/null 2>&1 ||
+        mysqladmin --protocol=tcp -h "$_MY_HOST" -P "$_MY_PORT" -u root ping >/dev/null 2>&1
+}
+
+ensure_mariadb() {
+    if [[ -n ${TEST_MYSQL_URL:-} ]]; then
+        export TEST_MYSQL_URL
+        log "using TEST_MYSQL_URL from the environment"
+        return 0
+    fi
+    if ! _my_ready; then
+        if ! command -v mariadbd >/dev/null 2>&1 && ! command -v mysqld >/dev/null 2>&1; then
+            _apt_install mariadb-server
+        fi
+        if ! _my_ready; then
+            log "starting MariaDB"
+            _can_be_root || die "MariaDB is not running on $_MY_HOST:$_MY_PORT and we lack root;
+    run:  sudo service mariadb start   (or export TEST_MYSQL_URL)"
+            _as_root service mariadb start >/dev/null 2>&1 ||
+                _as_root sh -c 'mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld &&
+                    (mysqld_safe --bind-address=127.0.0.1 --port=3306 >/dev/null 2>&1 &)' ||
+                die "could not start MariaDB"
+            local deadline=$((SECONDS + 30))
+            until _my_ready || mariadb -u root -e 'select 1' >/dev/null 2>&1; do
+                ((SECONDS >= deadline)) && die "MariaDB did not become ready within 30 s"
+                sleep 1
+            done
+            # A fresh Debian install lets root in through the unix socket only.
+            _my_ready || _as_root mariadb -u root -e \
+                "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;" ||
+                die "could not let root in over TCP"
+            _my_ready || die "MariaDB on $_MY_HOST:$_MY_PORT does not let root in without a password;
+    export TEST_MYSQL_URL=mysql://USER:PASS@HOST:PORT/test with a user that may create databases"
+        fi
+    fi
+    export TEST_MYSQL_URL="mysql://root@$_MY_HOST:$_MY_PORT/test"
+}
+
 # cargo-nextest runs each test in its own process, which the SoftHSM tests
 # rely on (see softhsm/README.md).
 ensure_nextest() {

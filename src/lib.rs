@@ -46,6 +46,7 @@ pub mod jwt;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod migrate;
 pub mod pubkey;
 pub mod statuslist;
 pub mod store;

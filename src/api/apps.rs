@@ -176,6 +176,7 @@ pub(crate) fn new_app_row(
         last_rotated_at: None,
         access_token_sha256: String::new(),
         status_list: req.status_list.unwrap_or(false),
+        legacy_issuer: None,
     })
 }
 

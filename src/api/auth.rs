@@ -53,6 +53,12 @@ pub(crate) fn is_root(state: &AppState, cred: &str) -> bool {
         .is_some_and(|d| digests_equal(&d, &digest(cred)))
 }
 
+/// Whether `cred` is the root key, or the JWTPlus root key a migration kept (see
+/// [`super::legacy`]).
+pub(crate) async fn is_root_or_legacy(state: &AppState, cred: &str) -> Result<bool, ApiError> {
+    Ok(is_root(state, cred) || super::legacy::is_root(state, cred).await?)
+}
+
 /// What kind of credential an invalid one looked like (for metrics and the audit trail;
 /// a bounded set, never the value).
 pub(crate) fn kind(cred: &str) -> &'static str {
@@ -152,7 +158,7 @@ pub(crate) async fn require_root(state: &AppState, cred: Option<&str>) -> Result
     let Some(c) = cred else {
         return Err(ApiError::Unauthorized);
     };
-    if is_root(state, c) {
+    if is_root_or_legacy(state, c).await? {
         crate::audit::set_actor("root");
         return Ok(());
     }
@@ -168,13 +174,13 @@ pub(crate) async fn require_root(state: &AppState, cred: Option<&str>) -> Result
     Err(invalid(state, c, None).await)
 }
 
-/// The app an access token belongs to, if any.
+/// The app an access token (or a JWTPlus app key a migration kept) belongs to, if any.
 pub(crate) async fn token_app(
     state: &AppState,
     cred: &str,
 ) -> Result<Option<Arc<AppRow>>, ApiError> {
     if !cred.starts_with(ACCESS_PREFIX) {
-        return Ok(None);
+        return super::legacy::app(state, cred).await;
     }
     Ok(state.registry.app_by_token(&digest(cred)).await?)
 }
@@ -201,7 +207,7 @@ pub(crate) async fn require_app(
             "this access token belongs to another app",
         )
         .await),
-        None if is_root(state, c) => Err(misplaced(
+        None if is_root_or_legacy(state, c).await? => Err(misplaced(
             state,
             "root_key_on_app_route",
             Some(app_id),
@@ -222,7 +228,7 @@ pub(crate) async fn require_root_or_app(
     let Some(c) = cred else {
         return Err(ApiError::Unauthorized);
     };
-    if is_root(state, c) {
+    if is_root_or_legacy(state, c).await? {
         crate::audit::set_actor("root");
         let app = existing_app(state, app_id).await?;
         return Ok((Actor::Root, app));

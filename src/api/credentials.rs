@@ -55,7 +55,7 @@ async fn rotate_root_key(
     require_root(&state, cred).await?;
     // The digest `require_root` matched: the swap fails if another rotation won meanwhile.
     let old = cred
-        .map(crate::auth::digest)
+        .map(|c| super::legacy::rotation_digest(&state, c))
         .ok_or(ApiError::Unauthorized)?;
     let new = state
         .keys

@@ -7,6 +7,7 @@ pub(crate) mod auth;
 mod compat;
 pub(crate) mod error;
 pub(crate) mod extract;
+pub(crate) mod legacy;
 
 mod audit;
 mod console;

@@ -143,14 +143,14 @@ impl Modify for Security {
             "root_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
-                "The root key (`rk_...`) as the raw Authorization header (JWTPlus style)",
+                "The root key (`rk_...`) as the raw Authorization header (JWTPlus style); after `migrate jwtplus`, also the JWTPlus root key until the root key is rotated",
             ))),
         );
         c.add_security_scheme(
             "app_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "Authorization",
-                "An app's access token (`pk_...`) as the raw Authorization header (JWTPlus style)",
+                "An app's access token (`pk_...`) as the raw Authorization header (JWTPlus style); after `migrate jwtplus`, also the app's JWTPlus app key until the app gets a new access token",
             ))),
         );
         c.add_security_scheme(

@@ -19,6 +19,7 @@
 mod apps;
 mod check;
 mod direct;
+mod migrate;
 mod offline;
 mod output;
 mod remote;
@@ -133,6 +134,35 @@ pub enum Command {
     /// Check that the HSM token can be opened and list our objects in it (see also
     /// `config check`).
     CheckHsm,
+    /// Move another system's deployment in: keys into the HSM, apps, live sessions and
+    /// credentials into the store (docs/migrating.md).
+    Migrate {
+        /// From what.
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+}
+
+/// `hsm-rotator migrate ...`.
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// A JWTPlus deployment, read from its MySQL/MariaDB database: every app with its keys
+    /// (imported into the HSM), live sessions, root key and app keys. A second run changes
+    /// nothing; a run that stopped half way can be run again.
+    Jwtplus {
+        /// The JWTPlus database, mysql://user:pass@host:3306/db (read only). Prefer the
+        /// environment variable: a password on the command line shows in `ps`.
+        #[arg(
+            long,
+            env = "HSM_ROTATOR_MIGRATE_FROM",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        from: String,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `hsm-rotator app ...`.
@@ -443,6 +473,7 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             d.close().await;
             r
         }
+        Command::Migrate { command } => migrate::run(cfg, command, out).await,
         Command::Reconcile {
             dry_run,
             force,

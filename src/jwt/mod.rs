@@ -2,6 +2,7 @@
 
 pub mod issuer;
 pub mod jwks;
+pub(crate) mod legacy;
 pub mod service;
 pub mod verify;
 

@@ -720,7 +720,8 @@ impl TokenService {
         {
             return Err(Rejection::Signature);
         }
-        let claims = c.claims;
+        let mut claims = c.claims;
+        let jwtplus = super::legacy::jwtplus_token(app, &key.row, &mut claims)?;
         let num = |k: &str| claims.get(k).and_then(Value::as_i64);
         match num("exp") {
             Some(exp) if exp > now => {}
@@ -729,10 +730,11 @@ impl TokenService {
         if num("nbf").is_some_and(|nbf| nbf > now) {
             return Err(Rejection::NotYetValid);
         }
-        if !claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .is_some_and(|iss| issuers.accepts(&app.id, iss))
+        if !jwtplus
+            && !claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .is_some_and(|iss| issuers.accepts(&app.id, iss))
         {
             return Err(Rejection::Issuer);
         }

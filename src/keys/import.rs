@@ -483,28 +483,14 @@ impl KeyService {
         }
         let spec = KeySpec::new(app.signing_alg, declared.rsa_bits());
         let _guard = self.lock_app(app_id).await;
-        let started = self.clock_now();
-        store.insert_pending_import(kid, spec, started).await?;
-        let held = match self.hsm().import(kid, material).await {
-            Ok(pk) => pk,
-            Err(e) => {
-                let _ = store.delete_pending_key(kid).await;
-                return Err(e.into());
-            }
-        };
+        let held = self.stage_import(kid, spec, material).await?;
         let placed = self
             .place_import(app_id, kid, state, &declared, &held)
             .await;
         let (row, displaced) = match placed {
             Ok(done) => done,
             Err(e) => {
-                // Nothing may outlive the failed import: the objects first, then the row (a
-                // crash in between leaves a pending imported row, which the reconciler undoes).
-                if let Err(d) = self.hsm().destroy(kid).await {
-                    warn!(%kid, error = %d, "could not destroy a failed import's objects; the reconciler will");
-                } else {
-                    let _ = store.delete_pending_key(kid).await;
-                }
+                self.unstage_import(kid).await;
                 return Err(e);
             }
         };
@@ -530,6 +516,68 @@ impl KeyService {
         Ok(self.store().key(kid).await?.unwrap_or(row))
     }
 
+    /// Make the objects of a key to import under `kid`: its `pending` imported row first,
+    /// then the objects. Returns the public half as the token holds it. On failure nothing
+    /// is left (the row is deleted).
+    ///
+    /// # Errors
+    /// HSM and store failures.
+    pub(crate) async fn stage_import(
+        &self,
+        kid: Kid,
+        spec: KeySpec,
+        material: KeyMaterial,
+    ) -> Result<PublicKey, KeyError> {
+        let store = self.store();
+        store
+            .insert_pending_import(kid, spec, self.clock_now())
+            .await?;
+        match self.hsm().import(kid, material).await {
+            Ok(pk) => Ok(pk),
+            Err(e) => {
+                let _ = store.delete_pending_key(kid).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The token's test signature of a staged import: its private half signs with `alg`,
+    /// the `declared` public half must verify it (and equal the `held` one). Returns the
+    /// public key's SPKI DER and fingerprint.
+    ///
+    /// # Errors
+    /// [`ImportError::Mismatch`]; HSM failures.
+    pub(crate) async fn check_staged(
+        &self,
+        kid: Kid,
+        alg: Algorithm,
+        declared: &PublicKey,
+        held: &PublicKey,
+    ) -> Result<(Vec<u8>, String), KeyError> {
+        let probe = format!("hsm-rotator import check {kid}").into_bytes();
+        let sig = self.hsm().sign(kid, alg, probe.clone()).await?;
+        let verifier = crate::jwt::verify::Verifier::new(declared, alg)
+            .map_err(|_| KeyError::from(ImportError::Mismatch))?;
+        if held != declared || !verifier.verify(&probe, &sig) {
+            return Err(ImportError::Mismatch.into());
+        }
+        let spki = declared
+            .to_spki_der()
+            .map_err(|e| KeyError::Inconsistent(format!("public key of {kid}: {e}")))?;
+        let fingerprint = crate::pubkey::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki));
+        Ok((spki, fingerprint))
+    }
+
+    /// Undo a staged import that was not given to an app: the objects first, then the row
+    /// (a crash in between leaves a pending imported row, which the reconciler undoes).
+    pub(crate) async fn unstage_import(&self, kid: Kid) {
+        if let Err(d) = self.hsm().destroy(kid).await {
+            warn!(%kid, error = %d, "could not destroy a failed import's objects; the reconciler will");
+        } else {
+            let _ = self.store().delete_pending_key(kid).await;
+        }
+    }
+
     /// The checks and the transaction of an import whose objects exist: the token's test
     /// signature, then the row given to the app. Returns the row and the `next` key it
     /// displaced.
@@ -543,19 +591,9 @@ impl KeyService {
     ) -> Result<(KeyRow, Vec<Kid>), KeyError> {
         let store = self.store();
         let app = store.app(app_id).await?.ok_or(KeyError::AppNotFound)?;
-        let alg = app.signing_alg;
-        // The private half signs in the token; the declared public half must verify it.
-        let probe = format!("hsm-rotator import check {kid}").into_bytes();
-        let sig = self.hsm().sign(kid, alg, probe.clone()).await?;
-        let verifier = crate::jwt::verify::Verifier::new(declared, alg)
-            .map_err(|_| KeyError::from(ImportError::Mismatch))?;
-        if held != declared || !verifier.verify(&probe, &sig) {
-            return Err(ImportError::Mismatch.into());
-        }
-        let spki = declared
-            .to_spki_der()
-            .map_err(|e| KeyError::Inconsistent(format!("public key of {kid}: {e}")))?;
-        let fingerprint = crate::pubkey::hex(&<sha2::Sha256 as sha2::Digest>::digest(&spki));
+        let (spki, fingerprint) = self
+            .check_staged(kid, app.signing_alg, declared, held)
+            .await?;
         let now = self.clock_now();
         let mut tx = store.begin().await?;
         if !store.lock_app(&mut tx, app_id).await? {

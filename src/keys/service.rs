@@ -1063,9 +1063,17 @@ impl KeyService {
                 "the root key changed meanwhile".into(),
             ));
         }
+        // The JWTPlus root key carried over by `migrate jwtplus` ends here too.
+        let legacy = self.inner.store.drop_legacy_root_key(&mut tx).await?;
         self.inner
             .audit
-            .record_in(&mut tx, "root.rotate", "root", "ok", serde_json::json!({}))
+            .record_in(
+                &mut tx,
+                "root.rotate",
+                "root",
+                "ok",
+                serde_json::json!({"legacy_key_dropped": legacy}),
+            )
             .await?;
         tx.commit().await?;
         self.inner.audit.committed();

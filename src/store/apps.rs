@@ -45,6 +45,9 @@ pub struct AppRow {
     pub access_token_sha256: String,
     /// New tokens carry a Token Status List `status` claim (issue 24).
     pub status_list: bool,
+    /// Migrated from JWTPlus: the app's name there, the `iss` of the tokens JWTPlus issued
+    /// (see [`crate::jwt::legacy`]).
+    pub legacy_issuer: Option<String>,
 }
 
 /// A policy change (every field replaced).
@@ -78,7 +81,7 @@ pub struct AppPolicy {
 
 macro_rules! app_cols {
     () => {
-        "id, name, description, signing_alg, rsa_bits, rotation_period, verification_ttl, token_ttl, token_nbf, refresh_ttl, refresh_nbf, subject_dn, created_at, updated_at, cutoff, last_rotated_at, access_token_sha256, status_list"
+        "id, name, description, signing_alg, rsa_bits, rotation_period, verification_ttl, token_ttl, token_nbf, refresh_ttl, refresh_nbf, subject_dn, created_at, updated_at, cutoff, last_rotated_at, access_token_sha256, status_list, legacy_issuer"
     };
 }
 
@@ -105,6 +108,7 @@ fn app_from_row(r: &AnyRow) -> Result<AppRow, StoreError> {
         last_rotated_at: opt_i64(r, "last_rotated_at")?,
         access_token_sha256: r.try_get("access_token_sha256")?,
         status_list: r.try_get::<i64, _>("status_list")? != 0,
+        legacy_issuer: r.try_get("legacy_issuer")?,
     })
 }
 
@@ -117,8 +121,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO apps (id, name, description, signing_alg, rsa_bits, rotation_period, \
              verification_ttl, token_ttl, token_nbf, refresh_ttl, refresh_nbf, subject_dn, \
-             access_token_sha256, created_at, updated_at, cutoff, last_rotated_at, status_list) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             access_token_sha256, created_at, updated_at, cutoff, last_rotated_at, status_list, \
+             legacy_issuer) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(&a.id)
         .bind(&a.name)
@@ -138,6 +143,7 @@ impl Store {
         .bind(&a.cutoff)
         .bind(a.last_rotated_at)
         .bind(i64::from(a.status_list))
+        .bind(&a.legacy_issuer)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -230,7 +236,8 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         let r =
-            sqlx::query("UPDATE apps SET access_token_sha256 = $1, updated_at = $2 WHERE id = $3")
+            // A new access token also ends the app key it had in JWTPlus (migration 0012).
+            sqlx::query("UPDATE apps SET access_token_sha256 = $1, updated_at = $2, legacy_key_sha512 = NULL WHERE id = $3")
                 .bind(sha256_hex)
                 .bind(now)
                 .bind(id)

@@ -15,6 +15,10 @@ pub enum StoreError {
     /// The store does not exist (yet).
     #[error("{0}")]
     Missing(String),
+    /// A `database_url` of an engine the store does not run on (MySQL/MariaDB: only
+    /// `migrate jwtplus --from` reads it).
+    #[error("{0}")]
+    Unsupported(String),
     /// A row held a value the service cannot interpret.
     #[error("corrupt row: {0}")]
     Corrupt(String),

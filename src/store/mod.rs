@@ -34,6 +34,7 @@ mod apps;
 pub mod audit;
 mod error;
 mod keys;
+mod legacy;
 pub mod lock;
 mod notify;
 mod statuslists;
@@ -48,6 +49,7 @@ use sqlx::{AnyPool, Executor as _, Transaction};
 pub use apps::{AppPolicy, AppRow};
 pub use error::StoreError;
 pub use keys::{KeyOrigin, KeyRow, Lease};
+pub use legacy::{LEGACY_ROOT_SETTING, MIGRATED_ROOT_SETTING};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use statuslists::{StatusChunk, StatusFacts, StatusListFigures, StatusListRow};
@@ -211,6 +213,17 @@ impl Store {
 
     /// The pools on `url`; `create`: make a SQLite store's directory.
     async fn connect_pool(url: &str, create: bool) -> Result<Self, StoreError> {
+        // sqlx's `mysql` feature (for `migrate jwtplus --from`) makes the `Any` driver take
+        // mysql:// too; the store's SQL is written for SQLite and PostgreSQL only.
+        if !["sqlite:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|s| url.starts_with(s))
+        {
+            return Err(StoreError::Unsupported(format!(
+                "database_url {} is not a SQLite (sqlite:) or PostgreSQL (postgres://) URL: the store runs on those two only (a MySQL/MariaDB database is only read, by `hsm-rotator migrate jwtplus --from`)",
+                crate::config::redact_url(url)
+            )));
+        }
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite

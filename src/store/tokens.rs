@@ -234,6 +234,72 @@ pub struct RefreshRow {
 /// Rows one purge statement deletes at most.
 pub(crate) const PURGE_BATCH: i64 = 5_000;
 
+/// Write `rows` (with their `slots`) and the `wanted` slot records inside `tx`.
+async fn write_ledger(
+    tx: &mut Tx,
+    rows: &[LedgerRow],
+    slots: &[i64],
+    wanted: &std::collections::BTreeMap<i64, i64>,
+) -> Result<(), StoreError> {
+    // In slot order: PostgreSQL replicas writing the same slots lock them in one order.
+    for (slot, until) in wanted {
+        sqlx::query(
+            "INSERT INTO ledger_slots (slot, until) VALUES ($1, $2) ON CONFLICT (slot) \
+             DO UPDATE SET until = excluded.until WHERE ledger_slots.until < excluded.until",
+        )
+        .bind(slot)
+        .bind(until)
+        .execute(&mut **tx)
+        .await?;
+    }
+    // Multi-row VALUES in chunks keeps round trips low under load.
+    for (chunk, chunk_slots) in rows.chunks(100).zip(slots.chunks(100)) {
+        let mut sql = String::from(
+            "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
+             sub_key, slot, status_list, status_idx, refresh_idx, app_key) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 14;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 1..=14 {
+                if c > 1 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", b + c));
+            }
+            // The app's key, looked up by its id (the row's second value).
+            // (`app_key_of!`, on a placeholder counted at run time.)
+            sql.push_str(&format!(
+                ", (SELECT a.ledger_key FROM apps a WHERE a.id = ${}))",
+                b + 2
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (r, slot) in chunk.iter().zip(chunk_slots) {
+            q = q
+                .bind(&r.jti)
+                .bind(&r.app_id)
+                .bind(&r.kid)
+                .bind(&r.sub_sha256)
+                .bind(r.iat)
+                .bind(r.exp)
+                .bind(&r.family)
+                .bind(r.refresh_exp)
+                .bind(&r.meta)
+                .bind(r.sub_sha256.as_deref().and_then(sub_key))
+                .bind(slot)
+                .bind(r.status.map(|s| s.list))
+                .bind(r.status.map(|s| s.idx))
+                .bind(r.status.and_then(|s| s.refresh_idx));
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Append rows to the ledger in one transaction.
     ///
@@ -268,62 +334,7 @@ impl Store {
             wanted.retain(|slot, until| known.get(slot).is_none_or(|k| k < until));
         }
         let mut tx = self.begin_on(&self.ledger).await?;
-        // In slot order: PostgreSQL replicas writing the same slots lock them in one order.
-        for (slot, until) in &wanted {
-            sqlx::query(
-                "INSERT INTO ledger_slots (slot, until) VALUES ($1, $2) ON CONFLICT (slot) \
-                 DO UPDATE SET until = excluded.until WHERE ledger_slots.until < excluded.until",
-            )
-            .bind(slot)
-            .bind(until)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Multi-row VALUES in chunks keeps round trips low under load.
-        for (chunk, chunk_slots) in rows.chunks(100).zip(slots.chunks(100)) {
-            let mut sql = String::from(
-                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
-                 sub_key, slot, status_list, status_idx, refresh_idx, app_key) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 14;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for c in 1..=14 {
-                    if c > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", b + c));
-                }
-                // The app's key, looked up by its id (the row's second value).
-                // (`app_key_of!`, on a placeholder counted at run time.)
-                sql.push_str(&format!(
-                    ", (SELECT a.ledger_key FROM apps a WHERE a.id = ${}))",
-                    b + 2
-                ));
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (r, slot) in chunk.iter().zip(chunk_slots) {
-                q = q
-                    .bind(&r.jti)
-                    .bind(&r.app_id)
-                    .bind(&r.kid)
-                    .bind(&r.sub_sha256)
-                    .bind(r.iat)
-                    .bind(r.exp)
-                    .bind(&r.family)
-                    .bind(r.refresh_exp)
-                    .bind(&r.meta)
-                    .bind(r.sub_sha256.as_deref().and_then(sub_key))
-                    .bind(slot)
-                    .bind(r.status.map(|s| s.list))
-                    .bind(r.status.map(|s| s.idx))
-                    .bind(r.status.and_then(|s| s.refresh_idx));
-            }
-            q.execute(&mut *tx).await?;
-        }
+        write_ledger(&mut tx, rows, &slots, &wanted).await?;
         tx.commit().await?;
         if !wanted.is_empty() {
             let mut known = self
@@ -342,6 +353,32 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::insert_ledger`] inside the caller's transaction (`migrate jwtplus` writes an
+    /// app's sessions with the app). The slots are written whatever this process recorded,
+    /// and not recorded: the transaction may still roll back.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_ledger_tx(
+        &self,
+        tx: &mut Tx,
+        rows: &[LedgerRow],
+    ) -> Result<(), StoreError> {
+        let slots: Vec<i64> = rows
+            .iter()
+            .map(|r| ledger_slot(r.iat, ledger_until(r)))
+            .collect();
+        let mut wanted = std::collections::BTreeMap::<i64, i64>::new();
+        for (r, slot) in rows.iter().zip(&slots) {
+            let rounded = (ledger_until(r) + SLOT_UNTIL_ROUNDING - 1)
+                .div_euclid(SLOT_UNTIL_ROUNDING)
+                * SLOT_UNTIL_ROUNDING;
+            let e = wanted.entry(*slot).or_insert(rounded);
+            *e = (*e).max(rounded);
+        }
+        write_ledger(tx, rows, &slots, &wanted).await
     }
 
     /// One ledger row.

@@ -34,6 +34,7 @@ pub(crate) fn app_row(name: &str) -> AppRow {
         last_rotated_at: None,
         access_token_sha256: String::new(),
         status_list: false,
+        legacy_issuer: None,
     }
 }
 

@@ -20,6 +20,7 @@ mod import;
 mod integrity;
 mod listener;
 mod metrics;
+mod migrate;
 mod openapi;
 mod ownership;
 mod replicas;

@@ -22,12 +22,12 @@ use utoipa_axum::routes;
 use crate::alg::{Algorithm, KeyFamily};
 use crate::api::ApiError;
 use crate::api::apps::{CreateApp, new_app_row};
-use crate::api::auth::{auth_failed, is_root, kind, token_app};
+use crate::api::auth::{auth_failed, kind, token_app};
 use crate::api::extract::Credential;
 use crate::api::openapi::{JpAppId, TAG_JWTPLUS};
 use crate::api::wire::Status;
 use crate::app::AppState;
-use crate::auth::{ROOT_PREFIX, digest};
+use crate::auth::ROOT_PREFIX;
 use crate::jwt::service::{IssueOptions, RefreshFormat};
 use crate::keys::{KeyState, Kid, parse_ulid, policy};
 use crate::store::{AppPolicy, AppRow, KeyRow};
@@ -199,15 +199,17 @@ fn ok_status() -> Response {
 /// JWTPlus answers every authentication failure 403 and has no 429, so failures are
 /// counted and audited (in aggregate, per source) but never throttled here.
 async fn root_guard(state: &AppState, cred: Option<&str>) -> Result<String, JpError> {
-    let Some(c) = cred.filter(|c| c.starts_with(ROOT_PREFIX)) else {
+    // Ours (`rk_`), or the JWTPlus root key a migration kept (`crate::api::legacy`).
+    let Some(c) = cred.filter(|c| c.starts_with(ROOT_PREFIX) || crate::api::legacy::shaped(c))
+    else {
         if let Some(c) = cred {
             let _ = auth_failed(state, kind(c), None).await;
         }
         return Err(JpError::Auth("invalid root token"));
     };
-    if is_root(state, c) {
+    if crate::api::auth::is_root_or_legacy(state, c).await? {
         crate::audit::set_actor("root");
-        Ok(digest(c))
+        Ok(crate::api::legacy::rotation_digest(state, c))
     } else {
         let _ = auth_failed(state, kind(c), None).await;
         Err(JpError::Auth("invalid root key"))
