@@ -3,7 +3,7 @@
 
 use tracing::{info, instrument, warn};
 
-use super::{ATTEMPTS, CreatedApp, KeyError, KeyService};
+use super::{CreatedApp, KeyError, KeyService};
 use crate::alg::KeySpec;
 use crate::auth::{ACCESS_PREFIX, Secret};
 use crate::hsm::HsmError;
@@ -22,12 +22,9 @@ impl KeyService {
         self.inner.hsm.check(spec).map_err(HsmError::from)?;
         let token = Secret::generate(ACCESS_PREFIX);
         app.access_token_sha256 = token.digest();
-        for attempt in 0..ATTEMPTS {
-            // The claim keeps this process's other requests off the spares counted here;
-            // another replica can still take them: each retry asks for one more.
-            let claim = self.inner.spares.claim(spec).await;
-            self.inner.spares.ensure(spec, 2 + attempt).await?;
-            let now = self.now();
+        let mut tries = self.spare_tries(spec, 2);
+        let (current, next) = loop {
+            let now = tries.next().await?;
             app.created_at = now;
             app.updated_at = now;
             app.last_rotated_at = Some(now);
@@ -61,22 +58,19 @@ impl KeyService {
                 .await?;
             tx.commit().await?;
             self.inner.audit.committed();
-            drop(claim);
-            self.finish(&app.id, Vec::new()).await;
-            info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
-            let keys = self.inner.store.app_keys(&app.id).await?;
-            return Ok(CreatedApp {
-                app,
-                access_token: token,
-                keys: keys
-                    .into_iter()
-                    .filter(|k| k.kid == current.kid || k.kid == next.kid)
-                    .collect(),
-            });
-        }
-        Err(KeyError::Inconsistent(
-            "spare keys kept running out; retry".into(),
-        ))
+            break tries.done((current, next));
+        };
+        self.finish(&app.id, Vec::new()).await;
+        info!(app_id = %app.id, current = %current.kid, next = %next.kid, "app created");
+        let keys = self.inner.store.app_keys(&app.id).await?;
+        Ok(CreatedApp {
+            app,
+            access_token: token,
+            keys: keys
+                .into_iter()
+                .filter(|k| k.kid == current.kid || k.kid == next.kid)
+                .collect(),
+        })
     }
 
     /// Replace an app's policy.

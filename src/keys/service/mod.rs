@@ -17,12 +17,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::warn;
 
 use super::registry::Registry;
 use super::spares::SparePool;
 use super::{KeyState, Kid};
+use crate::alg::KeySpec;
 use crate::auth::Secret;
 use crate::clock::Clock;
 use crate::hsm::{Hsm, HsmError};
@@ -179,6 +180,60 @@ impl std::fmt::Debug for KeyService {
 /// How many times a transaction is retried when a spare it counted on was taken meanwhile.
 const ATTEMPTS: usize = 4;
 
+/// The tries of one key change that takes spare keys (create, rotate, revoke, emergency
+/// rotation), so that each of them shows only its state moves:
+///
+/// ```text
+/// let mut tries = self.spare_tries(spec, 2);
+/// let outcome = loop {
+///     let now = tries.next().await?;
+///     // transaction; a spare missing: `continue` (the rollback gives back what it took)
+///     break tries.done(outcome); // after the commit
+/// };
+/// // post-commit work, the claim released
+/// ```
+struct SpareTries<'a> {
+    service: &'a KeyService,
+    spec: KeySpec,
+    /// Spares the change takes.
+    needed: usize,
+    /// Tries started.
+    started: usize,
+    /// The claim of the try under way.
+    claim: Option<OwnedMutexGuard<()>>,
+}
+
+impl SpareTries<'_> {
+    /// Start a try: release the previous try's claim, take a new one and make sure the pool
+    /// holds the spares needed. The claim keeps this process's other requests off the
+    /// spares counted here; another replica can still take them: each retry asks for one
+    /// more. Returns the try's `now`.
+    ///
+    /// # Errors
+    /// Store or HSM failures topping up the pool; [`KeyError::Inconsistent`] once
+    /// [`ATTEMPTS`] tries came up short.
+    async fn next(&mut self) -> Result<i64, KeyError> {
+        self.claim = None;
+        if self.started == ATTEMPTS {
+            return Err(KeyError::Inconsistent(
+                "spare keys kept running out; retry".into(),
+            ));
+        }
+        let spares = &self.service.inner.spares;
+        let claim = spares.claim(self.spec).await;
+        spares.ensure(self.spec, self.needed + self.started).await?;
+        self.claim = Some(claim);
+        self.started += 1;
+        Ok(self.service.now())
+    }
+
+    /// The try committed: release the claim (before the post-commit work) and pass on its
+    /// outcome.
+    fn done<T>(self, outcome: T) -> T {
+        outcome
+    }
+}
+
 fn find(keys: &[KeyRow], state: KeyState) -> Option<&KeyRow> {
     keys.iter().find(|k| k.state == state)
 }
@@ -250,6 +305,17 @@ impl KeyService {
     /// The HSM.
     pub fn hsm(&self) -> &Hsm {
         &self.inner.hsm
+    }
+
+    /// The tries of a change that takes `needed` spare keys of `spec` (see [`SpareTries`]).
+    fn spare_tries(&self, spec: KeySpec, needed: usize) -> SpareTries<'_> {
+        SpareTries {
+            service: self,
+            spec,
+            needed,
+            started: 0,
+            claim: None,
+        }
     }
 
     /// Serialise lifecycle changes of one app inside this process (the store's

@@ -3,7 +3,7 @@
 
 use tracing::{instrument, warn};
 
-use super::{ATTEMPTS, EmergencyRotation, KeyError, KeyService, Revocation, find};
+use super::{EmergencyRotation, KeyError, KeyService, Revocation, find};
 use crate::alg::KeySpec;
 use crate::keys::{KeyState, Kid, monotonic_ulid};
 use crate::store::KeyRow;
@@ -24,10 +24,9 @@ impl KeyService {
             .ok_or(KeyError::AppNotFound)?;
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
         let store = &self.inner.store;
-        for attempt in 0..ATTEMPTS {
-            let claim = self.inner.spares.claim(spec).await;
-            self.inner.spares.ensure(spec, 1 + attempt).await?;
-            let now = self.now();
+        let mut tries = self.spare_tries(spec, 1);
+        let (revoked_tokens, affected_subjects, now) = loop {
+            let now = tries.next().await?;
             let (revoked_tokens, affected_subjects) = store
                 .live_token_counts(app_id, &[kid.to_string()], now)
                 .await?;
@@ -107,24 +106,21 @@ impl KeyService {
                 .await?;
             tx.commit().await?;
             self.inner.audit.committed();
-            drop(claim);
-            self.inner.registry.withdraw(&[kid]);
-            crate::metrics::revocation("key");
-            self.finish(app_id, vec![kid]).await;
-            warn!(app_id, %kid, revoked_tokens, "key revoked");
-            let view = store.app_keys(app_id).await?;
-            return Ok(Revocation {
-                revoked: view.iter().filter(|k| k.kid == kid).cloned().collect(),
-                current: find(&view, KeyState::Current).cloned(),
-                next: find(&view, KeyState::Next).cloned(),
-                revoked_tokens,
-                affected_subjects,
-                revoked_at: now,
-            });
-        }
-        Err(KeyError::Inconsistent(
-            "spare keys kept running out; retry".into(),
-        ))
+            break tries.done((revoked_tokens, affected_subjects, now));
+        };
+        self.inner.registry.withdraw(&[kid]);
+        crate::metrics::revocation("key");
+        self.finish(app_id, vec![kid]).await;
+        warn!(app_id, %kid, revoked_tokens, "key revoked");
+        let view = store.app_keys(app_id).await?;
+        Ok(Revocation {
+            revoked: view.iter().filter(|k| k.kid == kid).cloned().collect(),
+            current: find(&view, KeyState::Current).cloned(),
+            next: find(&view, KeyState::Next).cloned(),
+            revoked_tokens,
+            affected_subjects,
+            revoked_at: now,
+        })
     }
 
     /// Emergency rotation: every key of the app revoked and destroyed, new current and
@@ -143,12 +139,9 @@ impl KeyService {
             .ok_or(KeyError::AppNotFound)?;
         let spec = KeySpec::new(app.signing_alg, app.rsa_bits);
         let store = &self.inner.store;
-        for attempt in 0..ATTEMPTS {
-            // The claim keeps this process's other requests off the spares counted here;
-            // another replica can still take them: each retry asks for one more.
-            let claim = self.inner.spares.claim(spec).await;
-            self.inner.spares.ensure(spec, 2 + attempt).await?;
-            let now = self.now();
+        let mut tries = self.spare_tries(spec, 2);
+        let (revoked, current, next, cutoff, revoked_tokens, affected_subjects, now) = loop {
+            let now = tries.next().await?;
             let live: Vec<KeyRow> = store
                 .app_keys(app_id)
                 .await?
@@ -198,35 +191,40 @@ impl KeyService {
                 .await?;
             tx.commit().await?;
             self.inner.audit.committed();
-            drop(claim);
-            self.inner.registry.withdraw(&revoked);
-            self.inner
-                .registry
-                .patch_app(app_id, |a| a.cutoff = Some(cutoff.clone()));
-            crate::metrics::rotation("emergency");
-            self.finish(app_id, revoked.clone()).await;
-            warn!(
-                app_id,
-                revoked = revoked.len(),
-                revoked_tokens,
-                "emergency rotation"
-            );
-            let view = store.app_keys(app_id).await?;
-            return Ok(EmergencyRotation {
-                revoked: view
-                    .iter()
-                    .filter(|k| revoked.contains(&k.kid))
-                    .cloned()
-                    .collect(),
+            break tries.done((
+                revoked,
                 current,
                 next,
+                cutoff,
                 revoked_tokens,
                 affected_subjects,
-                revoked_at: now,
-            });
-        }
-        Err(KeyError::Inconsistent(
-            "spare keys kept running out; retry".into(),
-        ))
+                now,
+            ));
+        };
+        self.inner.registry.withdraw(&revoked);
+        self.inner
+            .registry
+            .patch_app(app_id, |a| a.cutoff = Some(cutoff.clone()));
+        crate::metrics::rotation("emergency");
+        self.finish(app_id, revoked.clone()).await;
+        warn!(
+            app_id,
+            revoked = revoked.len(),
+            revoked_tokens,
+            "emergency rotation"
+        );
+        let view = store.app_keys(app_id).await?;
+        Ok(EmergencyRotation {
+            revoked: view
+                .iter()
+                .filter(|k| revoked.contains(&k.kid))
+                .cloned()
+                .collect(),
+            current,
+            next,
+            revoked_tokens,
+            affected_subjects,
+            revoked_at: now,
+        })
     }
 }

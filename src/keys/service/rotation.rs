@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{info, instrument, warn};
 
-use super::{ATTEMPTS, Early, KeyError, KeyService, Rotation, RotationKind, find};
+use super::{Early, KeyError, KeyService, Rotation, RotationKind, find};
 use crate::alg::KeySpec;
 use crate::keys::{KeyState, Kid};
 use crate::store::{AppPolicy, KeyRow, Tx};
@@ -177,10 +177,9 @@ impl KeyService {
             Some(p) => KeySpec::new(p.signing_alg, p.rsa_bits),
             None => KeySpec::new(app.signing_alg, app.rsa_bits),
         };
-        for attempt in 0..ATTEMPTS {
-            let claim = self.inner.spares.claim(spec).await;
-            self.inner.spares.ensure(spec, 1 + attempt).await?;
-            let now = self.now();
+        let mut tries = self.spare_tries(spec, 1);
+        let (outcome, metric) = loop {
+            let now = tries.next().await?;
             let mut tx = self.inner.store.begin().await?;
             if !self.inner.store.lock_app(&mut tx, app_id).await? {
                 return Err(KeyError::AppNotFound);
@@ -238,15 +237,12 @@ impl KeyService {
                 .await?;
             tx.commit().await?;
             self.inner.audit.committed();
-            drop(claim);
-            crate::metrics::rotation(metric);
-            self.finish(app_id, Vec::new()).await;
-            info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
-            return self.rotation_view(app_id).await;
-        }
-        Err(KeyError::Inconsistent(
-            "spare keys kept running out; retry".into(),
-        ))
+            break tries.done((outcome, metric));
+        };
+        crate::metrics::rotation(metric);
+        self.finish(app_id, Vec::new()).await;
+        info!(app_id, current = %outcome.0, next = %outcome.1, ?kind, "rotated");
+        self.rotation_view(app_id).await
     }
 
     /// The state moves of a rotation inside `tx`; `None` if no spare was left.
