@@ -4,7 +4,7 @@
 
 use super::ledger::{
     APP_UNEXPIRED, LIVE, LIVE_BY_KID, LIVE_OF_APP, SESSIONS, all_unexpired_sql, key_counts_sql,
-    ledger_slot,
+    ledger_slot, sub_key,
 };
 use super::refresh::{
     APP_REFRESH_REVOKE, FAMILY_TOKENS, KEY_REFRESH_REVOKE, SUBJECT_REFRESH_REVOKE,
@@ -182,6 +182,54 @@ fn slots_follow_the_life_of_the_row() {
     assert_eq!(ledger_slot(iat, iat + 172_800), 1_999_998_000 + 1);
     assert_eq!(ledger_slot(iat, iat + 172_801), 1_999_987_200 + 2);
     assert_eq!(ledger_slot(iat, iat + 31_536_000 * 2), 1_999_987_200 + 2);
+}
+
+/// A subject digest's key is its first 7 hex digits as a number; anything that is not a
+/// lowercase hex digest has none.
+#[test]
+fn a_subjects_key_is_its_digests_first_seven_hex_digits() {
+    let tail = "0".repeat(57);
+    assert_eq!(sub_key(&format!("0123abc{tail}")), Some(0x0012_3abc));
+    assert_eq!(sub_key(&format!("fffffff{tail}")), Some(268_435_455));
+    assert_eq!(sub_key(&format!("0000000{tail}")), Some(0));
+    assert_eq!(sub_key(&format!("0123ABC{tail}")), None);
+    assert_eq!(sub_key(&format!("-123abc{tail}")), None);
+    assert_eq!(sub_key("0123ab"), None);
+}
+
+/// What a stored row carries besides the token's own fields, in figures: its slot (here
+/// the minute of its `iat`), its subject's key, its app's `ledger_key`, and its slot's
+/// end in `ledger_slots` rounded up to the minute. Every user of the ledger (the service,
+/// the scale bench through `bench scale-ledger`) goes through `insert_ledger`, so these
+/// figures hold for every row; a change to the formulas must change them here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_row_carries_its_slot_subject_key_and_app_key() {
+    use sqlx::Row as _;
+    let (_dir, store) = scratch_store().await;
+    let iat = 1_999_999_999; // 2033-05-18 03:33:19 UTC
+    let mut r = row(1, iat + 3_600, None);
+    r.iat = iat;
+    r.sub_sha256 = Some(format!("0123abc{}", "9".repeat(57)));
+    store.insert_ledger(&[r.clone()]).await.unwrap();
+    let got = sqlx::query(
+        "SELECT t.slot, t.sub_key, t.app_key, a.ledger_key, s.until FROM tokens t \
+         JOIN apps a ON a.id = t.app_id JOIN ledger_slots s ON s.slot = t.slot WHERE t.jti = $1",
+    )
+    .bind(&r.jti)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let col = |c: &str| got.try_get::<i64, _>(c).unwrap();
+    assert_eq!(col("slot"), 1_999_999_980);
+    assert_eq!(col("sub_key"), 0x0012_3abc);
+    assert_eq!(col("app_key"), col("ledger_key"));
+    assert_eq!(col("app_key"), 1, "the first app made");
+    assert_eq!(
+        col("until"),
+        2_000_003_640,
+        "2,000,003,599 rounded up to the minute"
+    );
+    assert_eq!(store.ledger_row(&r.jti).await.unwrap(), Some(r));
 }
 
 /// Rows of every slot class are found by every lookup by app and subject, and deleted
