@@ -9,7 +9,7 @@
 //!   load generator, for what wrk cannot do).
 //! - `introspect`: HTTP introspection rate vs in-process jsonwebtoken verification.
 //! - `rotate`: latency of `POST /apps/{id}/keys/rotate` per algorithm (p50, p99).
-//! - `scale-populate`, `scale-measure`, `scale-report`, `scale-issue`, `scale-sign`: the growth curves of
+//! - `scale-populate`, `scale-ledger`, `scale-measure`, `scale-report`, `scale-issue`, `scale-sign`: the growth curves of
 //!   `scripts/bench scale` (apps created through the API, figures at each size written as
 //!   `key value` lines, then tables and the plot's data file).
 //! - `statuslist-http`, `statuslist-scale`: what Token Status Lists cost (see
@@ -614,6 +614,7 @@ mod statuslist;
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("scale-populate") => scale::populate(),
+        Some("scale-ledger") => scale::ledger::fill(),
         Some("scale-measure") => scale::measure(),
         Some("scale-report") => scale::report(),
         Some("scale-issue") => scale::issue_only(),

@@ -642,6 +642,7 @@ mod tests {
                     "HSM_ROTATOR_IDLE_TIMEOUT" => "5",
                     "HSM_ROTATOR_MAX_CONNECTIONS" => "6",
                     "HSM_ROTATOR_TRUSTED_PROXIES" => "10.0.0.0/8, 2001:db8::/32",
+                    "HSM_ROTATOR_AUDIT_SEAL_MAX_LAG" => "11",
                     other => other,
                 }
                 .to_owned(),
@@ -688,6 +689,7 @@ mod tests {
         assert_eq!(cfg.tls_key, Some(PathBuf::from("HSM_ROTATOR_TLS_KEY")));
         assert_eq!(cfg.pin().expect("pin").expose_secret(), "HSM_ROTATOR_PIN");
         assert_eq!(cfg.trusted_proxies, ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(cfg.audit_seal_max_lag, 11);
     }
 
     #[test]

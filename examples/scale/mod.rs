@@ -1,11 +1,13 @@
 //! `scripts/bench scale`: how each cost grows with the number of apps (keys on the token)
-//! and ledger rows. The script drives the stages (populate, fill the ledger through SQL,
-//! restart, measure); this module does the HTTP and PKCS#11 parts and the report.
+//! and ledger rows. The script drives the stages (populate, fill the ledger, restart,
+//! measure); this module does the HTTP, store and PKCS#11 parts and the report.
 //!
 //! - `scale-populate`: grow the app set to `BENCH_APPS` through the API (create, then one
 //!   rotation, so every app has `next`, `current` and `previous` keys). The first stage
 //!   makes `BENCH_RSA_APPS` RS256 (RSA-2048) apps; every other app is ES256. Apps are
 //!   appended to `BENCH_APPS_FILE` (`id alg access-token`).
+//! - `scale-ledger FROM TO`: grow the stopped stage's ledger through the store (see
+//!   `ledger.rs`).
 //! - `scale-measure`: one stage's figures as `key value` lines on stdout.
 //! - `scale-report DIR`: the stages' files (`DIR/stage-*.kv`) as Markdown tables, with
 //!   ratios against the first stage, and `DIR/scale.dat` for gnuplot.
@@ -29,6 +31,8 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::{Http, MODULE, bench_slot, env, load, secs};
+
+pub(crate) mod ledger;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

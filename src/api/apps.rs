@@ -7,7 +7,6 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use std::collections::HashMap;
 
-use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,7 +16,6 @@ use super::auth::{existing_app, key_change_allowed, require_root, require_root_o
 use super::extract::{Credential, Later};
 use super::openapi::{AlgorithmName, AppId, NativeErrors, TAG_APPS, TAG_KEYS};
 use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
-use crate::alg::Algorithm;
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::keys::policy::{self, Policy};
@@ -100,101 +98,36 @@ pub(crate) struct PatchApp {
     status_list: Option<bool>,
 }
 
-pub(crate) fn parse_alg(s: &str) -> Result<Algorithm, ApiError> {
-    s.parse().map_err(|e: crate::alg::UnknownAlgorithm| {
-        ApiError::unprocessable("unsupported_algorithm", e.to_string())
-    })
-}
-
-pub(crate) fn validate_subject_dn(dn: &str) -> Result<(), ApiError> {
-    if dn.is_empty() || dn.chars().count() > 132 || dn.chars().any(char::is_control) {
-        return Err(ApiError::unprocessable(
-            "invalid_policy",
-            "subject_dn: must be 1 to 132 characters",
-        ));
+impl From<CreateApp> for policy::NewApp {
+    fn from(r: CreateApp) -> Self {
+        Self {
+            name: r.name,
+            signing_alg: r.signing_alg,
+            rsa_bits: r.rsa_bits,
+            rotation_period: r.rotation_period,
+            verification_ttl: r.verification_ttl,
+            token_ttl: r.token_ttl,
+            refresh_ttl: r.refresh_ttl,
+            subject_dn: r.subject_dn,
+            status_list: r.status_list,
+        }
     }
-    crate::x509::parse_dn(dn)
-        .map_err(|e| ApiError::unprocessable("invalid_policy", format!("subject_dn: {e}")))?;
-    Ok(())
 }
 
-/// Build and validate a new app row from a request (shared with the compat families).
+/// Build and validate a new app row from a request (shared with the compat families and
+/// the CLI): [`policy::new_app_row`] with its refusal as the native error.
 pub(crate) fn new_app_row(
     req: CreateApp,
     description: String,
     token_nbf: i64,
     refresh_nbf: i64,
 ) -> Result<AppRow, ApiError> {
-    policy::validate_name(&req.name)?;
-    let signing_alg = req
-        .signing_alg
-        .as_deref()
-        .map(parse_alg)
-        .transpose()?
-        .unwrap_or(Algorithm::RS256);
-    let token_ttl = req.token_ttl.unwrap_or(policy::DEFAULT_TOKEN_TTL);
-    let refresh_ttl = req.refresh_ttl.unwrap_or(0);
-    let p = Policy {
-        signing_alg,
-        rsa_bits: if signing_alg.is_rsa() {
-            req.rsa_bits.unwrap_or(2048)
-        } else {
-            0
-        },
-        rotation_period: req
-            .rotation_period
-            .unwrap_or(policy::DEFAULT_ROTATION_PERIOD),
-        verification_ttl: req
-            .verification_ttl
-            .unwrap_or_else(|| policy::default_verification_ttl(token_ttl)),
-        token_ttl,
-        token_nbf,
-        refresh_ttl,
-        refresh_nbf,
-    };
-    policy::validate(&p)?;
-    let subject_dn = req
-        .subject_dn
-        .unwrap_or_else(|| format!("CN={}", dn_escape(&req.name)));
-    validate_subject_dn(&subject_dn)?;
-    Ok(AppRow {
-        id: Ulid::new().to_string(),
-        name: req.name,
+    Ok(policy::new_app_row(
+        req.into(),
         description,
-        signing_alg: p.signing_alg,
-        rsa_bits: p.rsa_bits,
-        rotation_period: p.rotation_period,
-        verification_ttl: p.verification_ttl,
-        token_ttl: p.token_ttl,
-        token_nbf: p.token_nbf,
-        refresh_ttl: p.refresh_ttl,
-        refresh_nbf: p.refresh_nbf,
-        subject_dn,
-        created_at: 0,
-        updated_at: 0,
-        cutoff: None,
-        last_rotated_at: None,
-        access_token_sha256: String::new(),
-        status_list: req.status_list.unwrap_or(false),
-        legacy_issuer: None,
-    })
-}
-
-/// Escape RFC 4514 special characters in an attribute value.
-fn dn_escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for (i, c) in v.chars().enumerate() {
-        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
-            || (i == 0 && matches!(c, '#' | ' '))
-        {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    if out.ends_with(' ') {
-        out.insert(out.len() - 1, '\\');
-    }
-    out
+        token_nbf,
+        refresh_nbf,
+    )?)
 }
 
 /// Key summary shown with an app.
@@ -349,7 +282,7 @@ async fn patch(
     let signing_alg = req
         .signing_alg
         .as_deref()
-        .map(parse_alg)
+        .map(policy::parse_alg)
         .transpose()?
         .unwrap_or(app.signing_alg);
     let token_ttl = req.token_ttl.unwrap_or(app.token_ttl);
@@ -373,7 +306,7 @@ async fn patch(
     };
     policy::validate(&p)?;
     let subject_dn = req.subject_dn.unwrap_or_else(|| app.subject_dn.clone());
-    validate_subject_dn(&subject_dn)?;
+    policy::validate_subject_dn(&subject_dn)?;
     let updated = state
         .keys
         .update_app(
@@ -696,16 +629,4 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate))
         .routes(routes!(revoke))
         .routes(routes!(emergency_rotate))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dn_escape;
-
-    #[test]
-    fn dn_values_are_escaped() {
-        assert_eq!(dn_escape("Acme, Inc"), "Acme\\, Inc");
-        assert_eq!(dn_escape("#1"), "\\#1");
-        assert_eq!(dn_escape("plain"), "plain");
-    }
 }

@@ -230,6 +230,22 @@ impl From<crate::keys::policy::PolicyError> for ApiError {
     }
 }
 
+impl From<crate::alg::UnknownAlgorithm> for ApiError {
+    fn from(e: crate::alg::UnknownAlgorithm) -> Self {
+        Self::unprocessable("unsupported_algorithm", e.to_string())
+    }
+}
+
+impl From<crate::keys::policy::NewAppError> for ApiError {
+    fn from(e: crate::keys::policy::NewAppError) -> Self {
+        use crate::keys::policy::NewAppError as N;
+        match e {
+            N::Algorithm(e) => e.into(),
+            N::Policy(e) => e.into(),
+        }
+    }
+}
+
 impl From<HsmError> for ApiError {
     fn from(e: HsmError) -> Self {
         match e {

@@ -1,6 +1,9 @@
 //! App policy: defaults and the rules every entry point (native, JWTPlus, CLI) applies.
 
-use crate::alg::{Algorithm, RSA_BITS};
+use ulid::Ulid;
+
+use crate::alg::{Algorithm, RSA_BITS, UnknownAlgorithm};
+use crate::store::AppRow;
 
 /// Longest period or lifetime accepted, seconds (one year).
 pub const MAX_SECONDS: i64 = 31_536_000;
@@ -117,6 +120,142 @@ pub fn validate_name(name: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// A new app as an entry point asks for it (the native `POST /apps` body, a JWTPlus
+/// create, the CLI): every field left `None` takes its default.
+#[derive(Debug, Clone, Default)]
+pub struct NewApp {
+    /// Display name.
+    pub name: String,
+    /// Algorithm name of the app's keys (default RS256).
+    pub signing_alg: Option<String>,
+    /// RSA modulus bits (default 2048; ignored for other algorithms).
+    pub rsa_bits: Option<u32>,
+    /// Seconds between scheduled rotations.
+    pub rotation_period: Option<i64>,
+    /// Seconds a key verifies after it stopped signing (default token_ttl + 300).
+    pub verification_ttl: Option<i64>,
+    /// Longest access-token lifetime.
+    pub token_ttl: Option<i64>,
+    /// Refresh-token lifetime (default 0: none).
+    pub refresh_ttl: Option<i64>,
+    /// Certificate subject, an RFC 4514 DN (default `CN=<name>`).
+    pub subject_dn: Option<String>,
+    /// Token Status List entries for new tokens (default false).
+    pub status_list: Option<bool>,
+}
+
+/// Why a new app is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NewAppError {
+    /// The algorithm name is not one we support.
+    #[error(transparent)]
+    Algorithm(#[from] UnknownAlgorithm),
+    /// A policy field is out of range.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// Parse an algorithm name.
+///
+/// # Errors
+/// [`UnknownAlgorithm`] for a name we do not sign with.
+pub fn parse_alg(s: &str) -> Result<Algorithm, UnknownAlgorithm> {
+    s.parse()
+}
+
+/// Check a certificate subject: 1 to 132 characters, no control characters, an RFC 4514 DN.
+///
+/// # Errors
+/// [`PolicyError`] on `subject_dn`.
+pub fn validate_subject_dn(dn: &str) -> Result<(), PolicyError> {
+    if dn.is_empty() || dn.chars().count() > 132 || dn.chars().any(char::is_control) {
+        return Err(err("subject_dn", "must be 1 to 132 characters"));
+    }
+    crate::x509::parse_dn(dn).map_err(|e| err("subject_dn", e))?;
+    Ok(())
+}
+
+/// Build and validate a new app row (its id, name and policy; the service fills in times and
+/// the access token).
+///
+/// # Errors
+/// [`NewAppError`]: the first field refused, in the order name, algorithm, policy, subject.
+pub fn new_app_row(
+    req: NewApp,
+    description: String,
+    token_nbf: i64,
+    refresh_nbf: i64,
+) -> Result<AppRow, NewAppError> {
+    validate_name(&req.name)?;
+    let signing_alg = req
+        .signing_alg
+        .as_deref()
+        .map(parse_alg)
+        .transpose()?
+        .unwrap_or(Algorithm::RS256);
+    let token_ttl = req.token_ttl.unwrap_or(DEFAULT_TOKEN_TTL);
+    let refresh_ttl = req.refresh_ttl.unwrap_or(0);
+    let p = Policy {
+        signing_alg,
+        rsa_bits: if signing_alg.is_rsa() {
+            req.rsa_bits.unwrap_or(2048)
+        } else {
+            0
+        },
+        rotation_period: req.rotation_period.unwrap_or(DEFAULT_ROTATION_PERIOD),
+        verification_ttl: req
+            .verification_ttl
+            .unwrap_or_else(|| default_verification_ttl(token_ttl)),
+        token_ttl,
+        token_nbf,
+        refresh_ttl,
+        refresh_nbf,
+    };
+    validate(&p)?;
+    let subject_dn = req
+        .subject_dn
+        .unwrap_or_else(|| format!("CN={}", dn_escape(&req.name)));
+    validate_subject_dn(&subject_dn)?;
+    Ok(AppRow {
+        id: Ulid::new().to_string(),
+        name: req.name,
+        description,
+        signing_alg: p.signing_alg,
+        rsa_bits: p.rsa_bits,
+        rotation_period: p.rotation_period,
+        verification_ttl: p.verification_ttl,
+        token_ttl: p.token_ttl,
+        token_nbf: p.token_nbf,
+        refresh_ttl: p.refresh_ttl,
+        refresh_nbf: p.refresh_nbf,
+        subject_dn,
+        created_at: 0,
+        updated_at: 0,
+        cutoff: None,
+        last_rotated_at: None,
+        access_token_sha256: String::new(),
+        status_list: req.status_list.unwrap_or(false),
+        legacy_issuer: None,
+    })
+}
+
+/// Escape RFC 4514 special characters in an attribute value.
+fn dn_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.chars().enumerate() {
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && matches!(c, '#' | ' '))
+        {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    if out.ends_with(' ') {
+        out.insert(out.len() - 1, '\\');
+    }
+    out
+}
+
 /// How often (seconds) a process records an app's JWKS serves in the store: a quarter of
 /// the JWKS max-age, between 1 and 15 s. Serves are public and cheap; anyone can fetch every
 /// app's JWKS in a loop, so each one must not cost a store write (10,000 apps once a second
@@ -231,5 +370,12 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a\u{0}b").is_err());
         assert!(validate_name("Billing API").is_ok());
+    }
+
+    #[test]
+    fn dn_values_are_escaped() {
+        assert_eq!(dn_escape("Acme, Inc"), "Acme\\, Inc");
+        assert_eq!(dn_escape("#1"), "\\#1");
+        assert_eq!(dn_escape("plain"), "plain");
     }
 }

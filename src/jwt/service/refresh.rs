@@ -1,0 +1,176 @@
+//! Refresh: exchanging a single-use refresh token for a new pair, and revoking its
+//! family when a spent one comes back.
+
+use serde_json::{Map, Value};
+use tracing::{instrument, warn};
+use ulid::Ulid;
+
+use super::{IssueOptions, Issued, TokenError, TokenService};
+use crate::auth::digest;
+use crate::store::{AppRow, RefreshRow, StoreError};
+
+impl TokenService {
+    /// Exchange a refresh token (single use) for a new pair. Presenting a spent one
+    /// revokes its whole family.
+    ///
+    /// # Errors
+    /// [`TokenError::InvalidRefresh`], [`TokenError::RefreshReused`], HSM and store failures.
+    #[instrument(skip_all, fields(app_id = %app.id))]
+    pub async fn refresh(
+        &self,
+        app: &AppRow,
+        refresh_token: &str,
+        opts: &IssueOptions,
+    ) -> Result<Issued, TokenError> {
+        let store = &self.inner.store;
+        let hash = digest(refresh_token.trim());
+        let now = self.now();
+        // Spend the token first, in a short transaction: two concurrent exchanges of one
+        // token cannot both pass the compare-and-swap.
+        let mut tx = store.begin().await?;
+        let row = store
+            .refresh(&mut tx, &hash)
+            .await?
+            .ok_or(TokenError::InvalidRefresh)?;
+        if row.app_id != app.id || row.revoked_at.is_some() || row.exp <= now {
+            return Err(TokenError::InvalidRefresh);
+        }
+        if row.used_at.is_some() || !store.use_refresh(&mut tx, &hash, now).await? {
+            // Wait for any exchange of this family in flight, so its new token is revoked too.
+            store
+                .lock_refresh_family(&mut tx, &row.family, &hash)
+                .await?;
+            let denied = store.revoke_family(&mut tx, &row.family, now).await?;
+            for (jti, exp) in &denied {
+                store.deny_jti(&mut tx, jti, &app.id, *exp).await?;
+            }
+            self.inner
+                .audit
+                .record_in(
+                    &mut tx,
+                    "token.refresh_reuse",
+                    &app.id,
+                    "family_revoked",
+                    serde_json::json!({"family": row.family}),
+                )
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            for (jti, exp) in denied {
+                self.inner.registry.denied(jti, exp).await;
+            }
+            warn!(family = %row.family, "refresh token reuse: family revoked");
+            return Err(TokenError::RefreshReused);
+        }
+        // Logged out or flushed since: the refresh token died with its access token.
+        let access_rejected = Ulid::from_string(&row.jti)
+            .map_or(true, |j| self.cut_off(app, row.sub_sha256.as_deref(), j));
+        if access_rejected {
+            return Err(TokenError::InvalidRefresh);
+        }
+        tx.commit().await?;
+        // The token is spent. Until the new pair is stored, a failure gives it back, so
+        // the client's retry is not taken for reuse (which would end its session). The
+        // exchange runs in a task of its own: a client that goes away mid-way cannot stop
+        // it between spending the token and storing (or giving back) the new one, which
+        // would turn its retry into a false reuse that revokes the whole family.
+        let this = self.clone();
+        let app = app.clone();
+        let opts = opts.clone();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::audit::carry(async move {
+            let result = this.exchange(&app, &row, &hash, &opts).await;
+            if let Err(e) = &result
+                && !matches!(e, TokenError::RefreshReused)
+            {
+                let _ = this.inner.store.unuse_refresh(&hash).await;
+            }
+            // The client went away before its answer: the new pair never reached it, so
+            // it is withdrawn and the old token given back for the client's retry.
+            if let Err(Ok(issued)) = answer.send(result) {
+                let undone = this
+                    .inner
+                    .store
+                    .undo_exchange(
+                        &hash,
+                        issued.refresh_token.as_ref().map(|t| t.digest()).as_deref(),
+                        &issued.jti,
+                        &app.id,
+                        issued.exp,
+                        this.now(),
+                    )
+                    .await;
+                match undone {
+                    Ok(()) => this.inner.registry.denied(issued.jti, issued.exp).await,
+                    Err(e) => {
+                        warn!(error = %e, "could not withdraw a refresh exchange its client never received")
+                    }
+                }
+            }
+        }));
+        answered.await.map_err(|_| {
+            TokenError::Store(StoreError::corrupt(
+                "the refresh exchange task failed".to_owned(),
+            ))
+        })?
+    }
+
+    /// The second half of [`Self::refresh`]: sign the new pair, then store its refresh
+    /// token and retire the old access token, unless the family was revoked meanwhile.
+    async fn exchange(
+        &self,
+        app: &AppRow,
+        row: &RefreshRow,
+        hash: &str,
+        opts: &IssueOptions,
+    ) -> Result<Issued, TokenError> {
+        let store = &self.inner.store;
+        let claims: Map<String, Value> =
+            serde_json::from_str(&row.claims).map_err(|e| StoreError::corrupt(e.to_string()))?;
+        let issued = self
+            .sign_pair(app, claims, app.token_ttl, Some(row.family.clone()), opts)
+            .await?;
+        let old = store.ledger_row(&row.jti).await?;
+        let mut tx = store.begin().await?;
+        if !store
+            .lock_refresh_family(&mut tx, &row.family, hash)
+            .await?
+        {
+            // Reuse was detected while we signed: the family is revoked, and the pair just
+            // signed must never work.
+            store
+                .deny_jti(&mut tx, &issued.jti, &app.id, issued.exp)
+                .await?;
+            tx.commit().await?;
+            self.inner.registry.denied(issued.jti, issued.exp).await;
+            return Err(TokenError::RefreshReused);
+        }
+        if let (Some(rt), Some(exp)) = (&issued.refresh_token, issued.refresh_exp) {
+            store
+                .insert_refresh(
+                    &mut tx,
+                    &RefreshRow {
+                        token_sha256: rt.digest(),
+                        app_id: app.id.clone(),
+                        family: row.family.clone(),
+                        jti: issued.jti.clone(),
+                        sub_sha256: row.sub_sha256.clone(),
+                        claims: row.claims.clone(),
+                        exp,
+                        used_at: None,
+                        revoked_at: None,
+                    },
+                )
+                .await?;
+        }
+        // Refreshing retires the access token it was issued with.
+        if let Some(old) = &old {
+            store.deny_jti(&mut tx, &old.jti, &app.id, old.exp).await?;
+        }
+        tx.commit().await?;
+        if let Some(old) = old {
+            self.inner.registry.denied(old.jti, old.exp).await;
+        }
+        Ok(issued)
+    }
+}
