@@ -894,6 +894,16 @@ async fn a_run_that_fails_half_way_leaves_no_orphans_and_runs_again() {
     );
     let out = cli(&token, &db, &["--json", "keys", "list", &second.id]).await;
     assert!(!out.status.success(), "the second app does not exist");
+    let mut conn = sqlx::SqliteConnection::connect(&db).await.expect("sqlite");
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'migrate.app' AND outcome = 'failed' AND target = $1",
+    )
+    .bind(&second.id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(failed, 1, "the failure is audited");
 
     // Run again once the obstacle is gone: only the second app is migrated.
     sqlite(&db, "DELETE FROM tokens WHERE jti = $1", &[&jid_b]).await;
