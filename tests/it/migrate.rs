@@ -859,6 +859,27 @@ async fn a_run_that_fails_half_way_leaves_no_orphans_and_runs_again() {
         &[&kid_a],
     )
     .await;
+    // Without --json: short lines for people.
+    let out = cli(
+        &token,
+        &db,
+        &["migrate", "jwtplus", "--from", &f.url, "--dry-run"],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("dry run, nothing changed."), "{text}");
+    assert!(
+        text.contains(&format!(
+            "app {} \"Second\" ES256: migrate; imported keys [{kid_b} current]",
+            second.id
+        )),
+        "{text}"
+    );
     let jid_b = jid_of(&second.tokens[0].0);
     sqlite(
         &db,
