@@ -61,9 +61,18 @@ pub async fn app(state: &AppState, mut p: AppPlan) -> anyhow::Result<Migrated> {
             Ok(m)
         }
         Err(e) => {
-            for kid in staged {
-                keys.unstage_import(kid).await;
+            for kid in &staged {
+                keys.unstage_import(*kid).await;
             }
+            keys.audit()
+                .record(
+                    "migrate.app",
+                    &p.row.id,
+                    "failed",
+                    json!({"from": "jwtplus", "name": p.row.name, "error": e.to_string(),
+                        "imported_then_destroyed": staged.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+                )
+                .await;
             Err(anyhow::anyhow!("app {} ({:?}): {e}", p.row.id, p.row.name))
         }
     }
