@@ -7,6 +7,8 @@ use crate::both_engines;
 use crate::common::app::TestApp;
 
 use crate::seed_jwtplus_app_pki::create_body;
+
+mod answers;
 async fn jwtplus_surface(app: &TestApp) {
     let root = app.root_key.clone();
     // Validation shapes.
