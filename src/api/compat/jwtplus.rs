@@ -23,6 +23,7 @@ use crate::alg::{Algorithm, KeyFamily};
 use crate::api::ApiError;
 use crate::api::apps::{CreateApp, new_app_row};
 use crate::api::auth::{auth_failed, is_root, kind, token_app};
+use crate::api::error::{Dialect, PeerHeaders};
 use crate::api::extract::Credential;
 use crate::api::openapi::{JpAppId, TAG_JWTPLUS};
 use crate::api::wire::Status;
@@ -164,27 +165,36 @@ impl IntoResponse for JpError {
                 },
             ),
             Self::NotFound(b) => (StatusCode::NOT_FOUND, b),
-            Self::Api(e) => {
-                // JWTPlus has no 429: nothing on these routes answers it (a source over
-                // its budget of invalid credentials still gets JWTPlus's 403).
-                let status = e.status_code();
-                let body = match status {
-                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                        JpErrorBody::text(e.public_message())
-                    }
-                    s if s.is_server_error() => JpErrorBody::message("error"),
-                    StatusCode::NOT_FOUND => JpErrorBody::text(e.to_string()),
-                    _ => JpErrorBody::Errors {
-                        errors: JpErrors::Fields(vec![JpErrorBody::field("", e.public_message())]),
-                    },
-                };
-                let native = e.into_response();
-                let mut res = (status, Json(body)).into_response();
-                super::carry(&native, &mut res);
-                return res;
-            }
+            Self::Api(e) => return e.render::<JwtPlus>(),
         };
         (status, Json(body)).into_response()
+    }
+}
+
+/// JWTPlus's error dialect, for the errors of the shared code.
+struct JwtPlus;
+
+impl Dialect for JwtPlus {
+    type Body = JpErrorBody;
+    /// JWTPlus answers every authentication failure 403 without a challenge, so no
+    /// `WWW-Authenticate`. It has no 429 (a source over its budget of invalid credentials
+    /// still gets the 403), but a `Retry-After` on a refusal that has one is kept: the body
+    /// cannot say when to retry.
+    const HEADERS: PeerHeaders = PeerHeaders {
+        retry_after: true,
+        www_authenticate: false,
+    };
+    fn body(e: &ApiError) -> JpErrorBody {
+        match e.status_code() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                JpErrorBody::text(e.public_message())
+            }
+            s if s.is_server_error() => JpErrorBody::message("error"),
+            StatusCode::NOT_FOUND => JpErrorBody::text(e.to_string()),
+            _ => JpErrorBody::Errors {
+                errors: JpErrors::Fields(vec![JpErrorBody::field("", e.public_message())]),
+            },
+        }
     }
 }
 
