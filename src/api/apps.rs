@@ -11,11 +11,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::ApiError;
 use super::auth::{existing_app, key_change_allowed, require_root, require_root_or_app};
 use super::extract::{Credential, Later};
 use super::openapi::{AlgorithmName, AppId, NativeErrors, TAG_APPS, TAG_KEYS};
 use super::wire::{self, AppList, AppView, CreatedApp, Deleted, KeyList, Rotation};
+use super::{ApiError, Resource};
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::keys::policy::{self, Policy};
@@ -532,7 +532,7 @@ async fn revoke(
     Path((id, kid)): Path<(String, String)>,
 ) -> Result<Json<wire::Revocation>, ApiError> {
     let (actor, _) = require_root_or_app(&state, cred.as_deref(), &id).await?;
-    let kid: Kid = kid.parse().map_err(|_| ApiError::NotFound("key"))?;
+    let kid: Kid = kid.parse().map_err(|_| ApiError::NotFound(Resource::Key))?;
     key_change_allowed(&state, &actor)?;
     let r = state.keys.revoke_key(&id, kid).await?;
     Ok(Json(wire::Revocation {

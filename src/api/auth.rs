@@ -272,11 +272,14 @@ pub(crate) fn key_change_allowed(state: &AppState, actor: &Actor) -> Result<(), 
 /// The app, or 404 (also for ids that are not ULIDs).
 pub(crate) async fn existing_app(state: &AppState, app_id: &str) -> Result<Arc<AppRow>, ApiError> {
     if crate::keys::parse_ulid(app_id).is_err() {
-        return Err(ApiError::NotFound("app"));
+        return Err(ApiError::NotFound(super::Resource::App));
     }
     if let Some(a) = state.registry.app(app_id) {
         return Ok(a);
     }
     state.registry.reload_app(app_id).await?;
-    state.registry.app(app_id).ok_or(ApiError::NotFound("app"))
+    state
+        .registry
+        .app(app_id)
+        .ok_or(ApiError::NotFound(super::Resource::App))
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use sha2::{Digest as _, Sha256};
 
-use super::ApiError;
+use super::{ApiError, Resource};
 use crate::app::AppState;
 
 /// No inline script or style, nothing from elsewhere, no framing, no plugins.
@@ -96,7 +96,7 @@ fn serve(asset: &Asset, req: &HeaderMap) -> Response {
 async fn index(req: HeaderMap) -> Response {
     match ASSETS.first() {
         Some(a) => serve(a, &req),
-        None => ApiError::NotFound("route").into_response(),
+        None => ApiError::NotFound(Resource::Route).into_response(),
     }
 }
 
@@ -104,7 +104,7 @@ async fn index(req: HeaderMap) -> Response {
 async fn asset(Path(name): Path<String>, req: HeaderMap) -> Response {
     match ASSETS.iter().find(|a| a.name == name) {
         Some(a) => serve(a, &req),
-        None => ApiError::NotFound("route").into_response(),
+        None => ApiError::NotFound(Resource::Route).into_response(),
     }
 }
 

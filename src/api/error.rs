@@ -3,6 +3,10 @@
 //! Native routes answer `{"error": "<code>", "message": "<sentence>"}`. On a 5xx the body
 //! carries only the code and a generic sentence; the cause goes into the response
 //! extensions, where the logging middleware writes it once (see [`log_errors`]).
+//!
+//! Every response made from an [`ApiError`] goes through [`ApiError::render`]: a
+//! [`Dialect`] says which body a family's peer answers and which of our headers it also
+//! sends, and the status and the logged cause are the same whatever the dialect.
 
 use std::sync::Arc;
 
@@ -11,6 +15,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::hsm::HsmError;
@@ -35,7 +40,7 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: no such resource.
     #[error("{0} not found")]
-    NotFound(&'static str),
+    NotFound(Resource),
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -97,6 +102,43 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// What a 404 did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resource {
+    /// An app (also an id that is not a ULID).
+    App,
+    /// A key of an app.
+    Key,
+    /// A status list of an app.
+    StatusList,
+    /// No route has this path.
+    Route,
+}
+
+impl Resource {
+    /// The stable code of its 404.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::App => "app_not_found",
+            Self::Key => "key_not_found",
+            Self::StatusList => "status_list_not_found",
+            Self::Route => "not_found",
+        }
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::App => "app",
+            Self::Key => "key",
+            Self::StatusList => "status list",
+            Self::Route => "route",
+        })
+    }
+}
+
 impl ApiError {
     /// 400 with a code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -150,12 +192,7 @@ impl ApiError {
             | Self::Unprocessable { code, .. } => code,
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
-            Self::NotFound(what) => match *what {
-                "app" => "app_not_found",
-                "key" => "key_not_found",
-                "status list" => "status_list_not_found",
-                _ => "not_found",
-            },
+            Self::NotFound(what) => what.code(),
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -186,8 +223,8 @@ impl From<crate::keys::KeyError> for ApiError {
     fn from(e: crate::keys::KeyError) -> Self {
         use crate::keys::KeyError as K;
         match e {
-            K::AppNotFound => Self::NotFound("app"),
-            K::KeyNotFound => Self::NotFound("key"),
+            K::AppNotFound => Self::NotFound(Resource::App),
+            K::KeyNotFound => Self::NotFound(Resource::Key),
             K::InvalidState(m) => Self::conflict("key_not_revocable", m),
             K::Import(e @ crate::keys::import::ImportError::KidInUse(_)) => {
                 Self::conflict(e.code(), e.to_string())
@@ -266,19 +303,55 @@ impl From<crate::store::StoreError> for ApiError {
 #[derive(Clone)]
 pub(crate) struct ErrorCause(pub(crate) Arc<String>);
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// Which of the headers we send with an error a family's peer sends too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerHeaders {
+    /// `Retry-After` on a 429 (and on our 409 for a rotation asked for too soon).
+    pub(crate) retry_after: bool,
+    /// `WWW-Authenticate: Bearer` on a 401.
+    pub(crate) www_authenticate: bool,
+}
+
+/// A family's error body: how its peer answers an error the shared code raised.
+pub(crate) trait Dialect {
+    /// The peer's error body.
+    type Body: Serialize;
+    /// Which of our error headers the peer sends too: one choice per family, with the reason
+    /// next to it.
+    const HEADERS: PeerHeaders;
+    /// The peer's body for `e` (answered with `e`'s status).
+    fn body(e: &ApiError) -> Self::Body;
+}
+
+/// Our own routes: `{"error": "<code>", "message": "<sentence>"}`.
+pub(crate) struct Native;
+
+impl Dialect for Native {
+    type Body = serde_json::Value;
+    /// RFC 9110 wants `WWW-Authenticate` on a 401; `Retry-After` tells a client when a
+    /// retry may succeed.
+    const HEADERS: PeerHeaders = PeerHeaders {
+        retry_after: true,
+        www_authenticate: true,
+    };
+    fn body(e: &ApiError) -> Self::Body {
+        json!({"error": e.code(), "message": e.public_message()})
+    }
+}
+
+impl ApiError {
+    /// This error as a response in dialect `D`: our status, `D`'s body, the headers `D`
+    /// keeps, and for a 5xx the cause for the logging middleware (never in the body).
+    pub(crate) fn render<D: Dialect>(self) -> Response {
         let status = self.status_code();
-        let mut res = (
-            status,
-            Json(json!({"error": self.code(), "message": self.public_message()})),
-        )
-            .into_response();
-        if status == StatusCode::UNAUTHORIZED {
+        let mut res = (status, Json(D::body(&self))).into_response();
+        if D::HEADERS.www_authenticate && status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let Self::TooManyRequests { retry_after, .. } | Self::TooSoon { retry_after, .. } = &self
+        if D::HEADERS.retry_after
+            && let Self::TooManyRequests { retry_after, .. } | Self::TooSoon { retry_after, .. } =
+                &self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);
@@ -288,6 +361,12 @@ impl IntoResponse for ApiError {
                 .insert(ErrorCause(Arc::new(error_chain(&self))));
         }
         res
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render::<Native>()
     }
 }
 

@@ -28,7 +28,7 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::Actor;
-pub use error::{ApiError, error_chain};
+pub use error::{ApiError, Resource, error_chain};
 pub use health::Readiness;
 pub use layers::{AuthLimiter, KeyChangeLimiter};
 
@@ -46,7 +46,7 @@ pub(crate) fn no_store() -> [(HeaderName, HeaderValue); 2] {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::NotFound("route")
+    ApiError::NotFound(Resource::Route)
 }
 
 /// Every documented route with its OpenAPI operations: the route table and the document

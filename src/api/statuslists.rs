@@ -10,9 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::ApiError;
 use super::auth::existing_app;
 use super::openapi::{AppId, PublicErrors, TAG_PUBLICATION};
+use super::{ApiError, Resource};
 use crate::app::AppState;
 use crate::statuslist::{ListError, MEDIA_JSON, MEDIA_JWT};
 
@@ -37,7 +37,7 @@ impl From<ListError> for ApiError {
         match e {
             ListError::Store(e) => ApiError::Store(e),
             ListError::Sign(e) => ApiError::from(e),
-            ListError::AppGone => ApiError::NotFound("app"),
+            ListError::AppGone => ApiError::NotFound(Resource::App),
         }
     }
 }
@@ -87,12 +87,12 @@ async fn list(
         .parse()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or(ApiError::NotFound("status list"))?;
+        .ok_or(ApiError::NotFound(Resource::StatusList))?;
     let signed = state
         .statuslists
         .get(state.issuers(), &id, n)
         .await?
-        .ok_or(ApiError::NotFound("status list"))?;
+        .ok_or(ApiError::NotFound(Resource::StatusList))?;
     let json = wants_json(&headers);
     let etag = if json {
         &signed.json_etag

@@ -11,13 +11,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::ApiError;
 use super::auth::{require_app, require_root_or_app};
 use super::extract::{Credential, Later};
 use super::openapi::{AppId, NativeErrors, TAG_TOKENS};
 use super::wire::{
     self, Flushed, Introspection, IssuedToken, Session, Sessions, Status, TokenRevoked,
 };
+use super::{ApiError, Resource};
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::jwt::Issued;
@@ -209,7 +209,10 @@ async fn flush(
 ) -> Result<Json<Flushed>, ApiError> {
     let (_, app) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     state.tokens.flush(&app).await?;
-    let app = state.registry.app(&id).ok_or(ApiError::NotFound("app"))?;
+    let app = state
+        .registry
+        .app(&id)
+        .ok_or(ApiError::NotFound(Resource::App))?;
     Ok(Json(Flushed {
         status: "ok".into(),
         cutoff_at: rfc3339(wire::ulid_time(app.cutoff.as_deref()).unwrap_or(0)),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::Row as _;
 
-use super::security::{audit_verify, sql, verify_store};
+use super::audit_log::{audit_verify, sql, verify_store};
 use crate::common::app::{Engine, TestApp};
 
 async fn conn(url: &str) -> sqlx::AnyConnection {

@@ -5,7 +5,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod access_control;
 mod apps;
+mod audit_log;
 mod certs;
 mod cli;
 mod clients;
@@ -26,10 +28,5 @@ mod ownership;
 mod replicas;
 mod revocation;
 mod rotation;
-mod security;
-mod seed_auth0_rotate;
-mod seed_jwtplus_app_pki;
-mod seed_jwtplus_root_key;
-mod seed_pocketpaw_regenerate;
 mod statuslist;
 mod tokens;

@@ -219,7 +219,7 @@ async fn jwtplus_app(app: &TestApp) -> (String, String) {
             "POST",
             "/root/create",
             Some(&app.root_key.clone()),
-            Some(crate::seed_jwtplus_app_pki::create_body("ES256", "ECDSA")),
+            Some(crate::compat::jwtplus::create_body("ES256", "ECDSA")),
         )
         .await;
     assert_eq!(s, 200, "{c}");

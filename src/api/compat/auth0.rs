@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 use crate::alg::Algorithm;
 use crate::api::ApiError;
 use crate::api::auth::{Actor, key_change_allowed, require_root_or_app};
+use crate::api::error::{Dialect, PeerHeaders};
 use crate::api::extract::Credential;
 use crate::api::openapi::{AppId, TAG_AUTH0};
 use crate::api::wire::cert_fingerprints;
@@ -86,27 +87,40 @@ impl From<ApiError> for A0Error {
     }
 }
 
-impl IntoResponse for A0Error {
-    fn into_response(self) -> Response {
-        let status = self.0.status_code();
+/// Auth0's error dialect.
+struct Auth0;
+
+impl Dialect for Auth0 {
+    type Body = A0ErrorBody;
+    /// The Management API's 401 carries its JSON body only, so no `WWW-Authenticate`;
+    /// `Retry-After` is kept on a 429 because it is the only place the wait is said (the
+    /// body has no field for it).
+    const HEADERS: PeerHeaders = PeerHeaders {
+        retry_after: true,
+        www_authenticate: false,
+    };
+    fn body(e: &ApiError) -> A0ErrorBody {
+        let status = e.status_code();
         let error_code = match status {
             StatusCode::UNAUTHORIZED => "invalid_token",
             StatusCode::FORBIDDEN => "insufficient_scope",
             StatusCode::NOT_FOUND => "inexistent_connection",
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
             StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
-            _ => self.0.code(),
+            _ => e.code(),
         };
-        let body = A0ErrorBody {
+        A0ErrorBody {
             status_code: status.as_u16(),
             error: status.canonical_reason().unwrap_or("Error").to_owned(),
-            message: self.0.public_message(),
+            message: e.public_message(),
             error_code: error_code.to_owned(),
-        };
-        let native = self.0.into_response();
-        let mut res = (status, Json(body)).into_response();
-        super::carry(&native, &mut res);
-        res
+        }
+    }
+}
+
+impl IntoResponse for A0Error {
+    fn into_response(self) -> Response {
+        self.0.render::<Auth0>()
     }
 }
 

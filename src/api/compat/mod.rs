@@ -4,31 +4,18 @@
 //! error bodies) and delegates to the same services as the native API; none holds logic
 //! of its own beyond translation. docs/compat.md summarises what each peer does that this
 //! code relies on, and which of the peers' bugs are deliberately not copied.
+//!
+//! Errors raised by the shared code ([`ApiError`](crate::api::ApiError)) reach a peer's
+//! client through [`ApiError::render`](crate::api::ApiError::render) with the family's
+//! [`Dialect`](crate::api::error::Dialect): its body, and the headers its peer also sends.
 
 pub(crate) mod auth0;
 pub(crate) mod jwtplus;
 pub(crate) mod pocketpaw;
 
-use axum::http::header::RETRY_AFTER;
-use axum::response::Response;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
-
-/// Carry what the peer's error body does not hold from our error's native response to the
-/// peer-shaped one: the cause of a 5xx (for the logging middleware) and `Retry-After`.
-pub(crate) fn carry(native: &Response, peer: &mut Response) {
-    if let Some(c) = native
-        .extensions()
-        .get::<crate::api::error::ErrorCause>()
-        .cloned()
-    {
-        peer.extensions_mut().insert(c);
-    }
-    if let Some(v) = native.headers().get(RETRY_AFTER) {
-        peer.headers_mut().insert(RETRY_AFTER, v.clone());
-    }
-}
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

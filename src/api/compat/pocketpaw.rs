@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use crate::api::ApiError;
 use crate::api::auth::token_app;
+use crate::api::error::{Dialect, PeerHeaders};
 use crate::api::extract::Credential;
 use crate::api::openapi::TAG_POCKETPAW;
 use crate::app::AppState;
@@ -60,18 +61,31 @@ impl From<ApiError> for PpError {
     }
 }
 
-impl IntoResponse for PpError {
-    fn into_response(self) -> Response {
-        let status = self.0.status_code();
+/// PocketPaw's error dialect.
+struct PocketPaw;
+
+impl Dialect for PocketPaw {
+    type Body = PpErrorBody;
+    /// PocketPaw's rate limiter sends `Retry-After` with its 429; its 401 is a bare JSON
+    /// response, without `WWW-Authenticate`.
+    const HEADERS: PeerHeaders = PeerHeaders {
+        retry_after: true,
+        www_authenticate: false,
+    };
+    fn body(e: &ApiError) -> PpErrorBody {
         // PocketPaw's own sentences for what it answers itself.
-        let detail = match status {
+        let detail = match e.status_code() {
             StatusCode::UNAUTHORIZED => "Unauthorized".to_owned(),
             StatusCode::TOO_MANY_REQUESTS => "Too many requests".to_owned(),
-            _ => self.0.public_message(),
+            _ => e.public_message(),
         };
-        let mut res = (status, Json(PpErrorBody { detail })).into_response();
-        super::carry(&self.0.into_response(), &mut res);
-        res
+        PpErrorBody { detail }
+    }
+}
+
+impl IntoResponse for PpError {
+    fn into_response(self) -> Response {
+        self.0.render::<PocketPaw>()
     }
 }
 

@@ -216,7 +216,11 @@ impl Store {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn insert_ledger_tx(&self, tx: &mut Tx, rows: &[LedgerRow]) -> Result<(), StoreError> {
+    pub async fn insert_ledger_tx(
+        &self,
+        tx: &mut Tx,
+        rows: &[LedgerRow],
+    ) -> Result<(), StoreError> {
         let (slots, wanted) = ledger_slots_of(rows);
         self.write_ledger(tx, rows, &slots, &wanted).await
     }
@@ -485,9 +489,8 @@ fn ledger_slots_of(rows: &[LedgerRow]) -> (Vec<i64>, std::collections::BTreeMap<
         .collect();
     let mut wanted = std::collections::BTreeMap::<i64, i64>::new();
     for (r, slot) in rows.iter().zip(&slots) {
-        let rounded = (ledger_until(r) + SLOT_UNTIL_ROUNDING - 1)
-        .div_euclid(SLOT_UNTIL_ROUNDING)
-        * SLOT_UNTIL_ROUNDING;
+        let rounded = (ledger_until(r) + SLOT_UNTIL_ROUNDING - 1).div_euclid(SLOT_UNTIL_ROUNDING)
+            * SLOT_UNTIL_ROUNDING;
         let e = wanted.entry(*slot).or_insert(rounded);
         *e = (*e).max(rounded);
     }

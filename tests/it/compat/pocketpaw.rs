@@ -1,5 +1,5 @@
-//! Seed `pocketpaw-token-regenerate.txt`, replayed as written: `POST /api/token/regenerate`
-//! with a Bearer token and a JSON content type.
+//! PocketPaw: the seed `pocketpaw-token-regenerate.txt` replayed as written
+//! (`POST /api/token/regenerate` with a Bearer token and a JSON content type).
 
 use serde_json::{Value, json};
 
@@ -62,4 +62,4 @@ async fn seed_pocketpaw(app: &TestApp) {
         .await;
     assert_eq!(s, 200, "{v}");
 }
-both_engines!(seed_pocketpaw_regenerate_token, seed_pocketpaw);
+both_engines!(the_token_regenerate_seed_replays_as_written, seed_pocketpaw);

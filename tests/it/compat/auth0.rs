@@ -1,5 +1,6 @@
-//! Seed `auth0-connection-keys-rotate.txt`, replayed as written:
-//! `POST /connections/{id}/keys/rotate` with a Bearer token.
+//! Auth0 connection keys: the seed `auth0-connection-keys-rotate.txt` replayed as written
+//! (`POST /connections/{id}/keys/rotate` with a Bearer token), early rotations with a new
+//! algorithm, and what an app's own token may not change.
 
 use serde_json::json;
 
@@ -121,7 +122,10 @@ async fn seed_auth0(app: &TestApp) {
         && k["current_since"].is_string()
         && k["current_until"].is_string()));
 }
-both_engines!(seed_auth0_rotate_connection_keys, seed_auth0);
+both_engines!(
+    the_connection_keys_rotate_seed_replays_as_written,
+    seed_auth0
+);
 
 /// An early rotation (a verifier fetched the JWKS, then two rotations in a row with a
 /// one-hour max-age) that changes the algorithm is carried out as Auth0 would (201), and the

@@ -1,4 +1,6 @@
-//! The rest of the JWTPlus surface (every route of peer-apis.md Part A).
+//! JWTPlus (`/root/*`, `/app/{app_id}/*`): the seeds `jwtplus-rotate-app-pki.txt` and
+//! `jwtplus-rotate-root-key.txt` replayed as written (raw root key in `Authorization`), and
+//! every route of the peer's surface with its validation and error shapes.
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -6,7 +8,194 @@ use serde_json::{Value, json};
 use crate::both_engines;
 use crate::common::app::TestApp;
 
-use crate::seed_jwtplus_app_pki::create_body;
+pub(crate) fn create_body(algo: &str, key_type: &str) -> Value {
+    json!({
+        "name": "Shop API", "description": "the shop", "token_expire": 600, "token_notbefore": 0,
+        "refresh_expire": 3600, "refresh_notbefore": 0, "key_type": key_type, "algo": algo, "rotation_period": 86400
+    })
+}
+
+/// `GET /root/{app-id}/rotate/pki` (jwtplus-rotate-app-pki.txt).
+async fn seed_rotate_pki(app: &TestApp) {
+    let root = app.root_key.clone();
+    let (s, created) = app
+        .call(
+            "POST",
+            "/root/create",
+            Some(&root),
+            Some(create_body("ES256", "ECDSA")),
+        )
+        .await;
+    assert_eq!(s, 200, "{created}");
+    let id = created["app_id"].as_str().unwrap().to_owned();
+    let key = created["app_key"].as_str().unwrap().to_owned();
+    let signed = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "u1", "aud": "shop", "ip": "10.0.0.1", "useragent": "curl"})),
+        )
+        .await
+        .1;
+    let token = signed["auth_token"].as_str().unwrap().to_owned();
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": true}));
+    let old_kids: Vec<String> = app
+        .keys(&id)
+        .await
+        .iter()
+        .filter(|k| k["state"] != "revoked")
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+
+    let (s, v) = app
+        .call("GET", &format!("/root/{id}/rotate/pki"), Some(&root), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["app_id"], id.as_str());
+    assert_eq!(v["algo"], "ES256");
+    let pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(v["new_public_key"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(v["kid"].is_string());
+    let revoked: Vec<String> = v["revoked_kids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    let mut a = revoked.clone();
+    let mut b = old_kids.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "every key of the app revoked");
+    assert!(v["revoked_at"].is_string());
+    assert_eq!(v["revoked_tokens"], 1);
+    assert_eq!(v["affected_subjects"], 1);
+
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": false}), "every earlier JWT rejected");
+    assert!(!app.active(&id, &key, &token).await);
+    let jwks = app.jwks(&id).await;
+    let labels = app.token_labels();
+    for k in &old_kids {
+        assert!(
+            jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["kid"] != k.as_str()),
+            "{k} still in JWKS"
+        );
+        assert!(
+            !labels.contains(&format!("hsm-rotator/{k}")),
+            "{k} still in the HSM"
+        );
+    }
+    let fresh = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "u1", "aud": "shop", "ip": "::1", "useragent": "curl"})),
+        )
+        .await
+        .1;
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": fresh["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": true}), "new tokens work");
+    // Wrong root key, unknown app, bad id.
+    let (s, v) = app
+        .call(
+            "GET",
+            &format!("/root/{id}/rotate/pki"),
+            Some("rk_nope"),
+            None,
+        )
+        .await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid root key"})));
+    let (s, _) = app
+        .call(
+            "GET",
+            "/root/01ARZ3NDEKTSV4RRFFQ69G5FAV/rotate/pki",
+            Some(&root),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, v) = app
+        .call("GET", "/root/not-an-id/rotate/pki", Some(&root), None)
+        .await;
+    assert_eq!((s, v), (400, json!({"errors": "invalid app id"})));
+}
+both_engines!(the_rotate_pki_seed_replays_as_written, seed_rotate_pki);
+
+/// `GET /root/rotate` with the raw root key (jwtplus-rotate-root-key.txt).
+async fn seed_root_rotate(app: &TestApp) {
+    let old = app.root_key.clone();
+    let (s, v) = app.call("GET", "/root/rotate", Some(&old), None).await;
+    assert_eq!(s, 200, "{v}");
+    let new = v["new-key"]
+        .as_str()
+        .expect("new-key is a string")
+        .to_owned();
+    assert!(new.starts_with("rk_") && new.len() == 46);
+    assert_eq!(v.as_object().unwrap().len(), 1, "only new-key");
+    // JWTPlus answers 403 to a wrong root key; the native API 401 (RFC 9110).
+    for (m, p, refused) in [
+        ("GET", "/root/list", 403),
+        ("GET", "/root/rotate", 403),
+        ("GET", "/apps", 401),
+    ] {
+        let (s, _) = app.call(m, p, Some(&old), None).await;
+        assert_eq!(s, refused, "old root key still works on {m} {p}");
+    }
+    let (s, v) = app.call("GET", "/root/list", Some(&old), None).await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid root key"})));
+    let (s, v) = app.call("GET", "/root/list", None, None).await;
+    assert_eq!((s, v), (403, json!({"errors": "invalid root token"})));
+    let (s, v) = app.call("GET", "/root/list", Some(&new), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v, json!({"apps": []}));
+    let (s, _) = app
+        .call("GET", "/apps", Some(&format!("Bearer {new}")), None)
+        .await;
+    assert_eq!(s, 200, "new key works on native routes too");
+    let (s, v) = app
+        .call("POST", "/root/rotate", Some(&format!("Bearer {new}")), None)
+        .await;
+    assert_eq!(s, 200, "POST and Bearer accepted: {v}");
+}
+both_engines!(
+    the_rotate_root_key_seed_replays_as_written,
+    seed_root_rotate
+);
+
 async fn jwtplus_surface(app: &TestApp) {
     let root = app.root_key.clone();
     // Validation shapes.
@@ -352,4 +541,7 @@ async fn jwtplus_surface(app: &TestApp) {
     let (s, v) = app.call("GET", "/health", None, None).await;
     assert_eq!((s, v), (200, json!({"message": "ok"})));
 }
-both_engines!(jwtplus_full_surface, jwtplus_surface);
+both_engines!(
+    every_jwtplus_route_answers_in_its_peers_shapes,
+    jwtplus_surface
+);
