@@ -97,6 +97,8 @@ pub(crate) struct Core {
     forced_interval: Mutex<Duration>,
     /// The token's mechanisms, asked once at connect.
     mechanisms: Mechanisms,
+    /// Handles of the audit MAC key and high-water mark (see [`super::mac`]).
+    audit: super::mac::AuditObjects,
 }
 
 /// A checked-out session and the generation it belongs to.
@@ -149,6 +151,7 @@ impl Core {
             last_forced: Mutex::new(None),
             forced_interval: Mutex::new(FORCED_REINIT_INTERVAL),
             mechanisms: Mechanisms::default(),
+            audit: super::mac::AuditObjects::default(),
         };
         let ctx = core.open_ctx(pkcs11, 1)?;
         core.mechanisms = Mechanisms::query(&ctx.pkcs11, ctx.slot).map_err(map)?;
@@ -202,7 +205,7 @@ impl Core {
     }
 
     /// Current module generation (bumped on every re-initialisation or anchor reopen).
-    fn current_generation(&self) -> u64 {
+    pub(crate) fn current_generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
@@ -547,6 +550,11 @@ impl Core {
                 e.public = Some(o.handle);
             }
         }
+        if self.cfg.store_id.is_some()
+            && let Err(e) = self.run(None, super::mac::prime_in)
+        {
+            warn!(error = %e, "could not find the audit objects in the token; the sealer will");
+        }
         let n = map.len();
         *self.cache_write() = map;
         *lock(&self.legacy) = legacy;
@@ -576,6 +584,11 @@ impl Core {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
+    }
+
+    /// Where the audit MAC key's and mark's handles are kept.
+    pub(crate) fn audit_objects(&self) -> &super::mac::AuditObjects {
+        &self.audit
     }
 
     /// The token's mechanisms, as asked at connect.

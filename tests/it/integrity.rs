@@ -233,6 +233,46 @@ async fn anchored_once(app: TestApp) {
     assert_eq!(anchors[0]["actor"], "system", "{v}");
 }
 
+/// The mark moves on every seal pass without piling up objects in the token (on SoftHSM2,
+/// which will not change a data object's value in place, by a new object and the old one's
+/// destruction), and a restarted process finds it again.
+async fn one_mark_however_many_passes(app: TestApp) {
+    let audit_objects = |app: &TestApp| {
+        let mut l: Vec<String> = app
+            .token_labels()
+            .into_iter()
+            // pkcs11-tool quotes a data object's label.
+            .map(|l| l.trim_matches('\'').to_owned())
+            .filter(|l| l.ends_with("/audit-mark") || l.ends_with("/audit-mac"))
+            .collect();
+        l.sort();
+        l
+    };
+    let mut marks = Vec::new();
+    for _ in 0..3 {
+        activity(&app).await;
+        marks.push(sealed(&app).await["hsm_mark"].as_i64().unwrap());
+    }
+    assert!(marks.windows(2).all(|w| w[0] < w[1]), "{marks:?}");
+    let objects = audit_objects(&app);
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert_eq!(
+        objects
+            .iter()
+            .filter(|l| l.ends_with("/audit-mark"))
+            .count(),
+        1,
+        "{objects:?}"
+    );
+    let app = restart(app).await;
+    activity(&app).await;
+    let v = sealed(&app).await;
+    assert!(v["hsm_mark"].as_i64().unwrap() > marks[2], "{v}");
+    assert_eq!(audit_objects(&app), objects);
+    let (ok, out) = audit_verify(&app).await;
+    assert!(ok && out.contains("intact"), "{out}");
+}
+
 macro_rules! engines {
     ($name:ident, $body:path) => {
         mod $name {
@@ -264,6 +304,10 @@ engines!(
     forged_tail_record
 );
 engines!(the_existing_log_is_anchored_in_the_hsm_once, anchored_once);
+engines!(
+    the_audit_mark_stays_one_object_in_the_token,
+    one_mark_however_many_passes
+);
 
 /// A change and its audit record commit together: when the record cannot be written, the
 /// change does not happen either (before, the rotation stayed and its record was lost).
