@@ -388,6 +388,13 @@ pub async fn verify(
         Ok(v)
     };
     let has_key = hsm.audit_macs(Vec::new(), false).await?.is_some();
+    // The mark is read before the seals: the sealer stores seals before it moves the mark,
+    // so every seal the mark read here vouches for is in the store by the time the pages
+    // are read. Read after them, a pass running meanwhile would look like deleted seals.
+    let hsm_mark = match has_key {
+        true => read_mark(hsm).await?,
+        false => None,
+    };
     let mut prev = GENESIS.to_owned();
     let mut after = 0;
     // The first record without a seal: `(seq, at)`.
@@ -503,7 +510,7 @@ pub async fn verify(
             ),
         );
     }
-    if has_key && let Some((mark, _)) = read_mark(hsm).await? {
+    if let Some((mark, _)) = hsm_mark {
         v.hsm_mark = Some(mark);
         if let Some((u, _)) = first_unsealed
             && u <= mark

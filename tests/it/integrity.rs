@@ -239,7 +239,8 @@ async fn anchored_once(app: TestApp) {
 async fn one_mark_however_many_passes(app: TestApp) {
     let audit_objects = |app: &TestApp| {
         let mut l: Vec<String> = app
-            .token_labels()
+            .token
+            .labels()
             .into_iter()
             // pkcs11-tool quotes a data object's label.
             .map(|l| l.trim_matches('\'').to_owned())
