@@ -177,7 +177,12 @@ pub(crate) fn macs_in(
         };
         match result {
             Ok(macs) => return Ok(Some((macs, created))),
-            Err(e) if !searched && stale(&e) => put(&objects.key, generation, None),
+            // A kept handle that fails (gone, or the module's view of it went stale): search
+            // afresh once.
+            Err(e) if !searched => {
+                tracing::debug!(error = %e, "audit MAC key handle failed; searching again");
+                put(&objects.key, generation, None);
+            }
             Err(e) => return Err(e.into()),
         }
     }
