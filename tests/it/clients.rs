@@ -423,10 +423,12 @@ async fn pkcs11_tool_sees_every_private_key_sensitive_and_never_extractable() {
             String::from_utf8_lossy(&out.stderr)
         );
         privs = p11_objects(&text);
-        if privs
-            .iter()
-            .all(|o| o.header.starts_with("Private Key Object"))
-        {
+        // Half made, an object may also list with its class but without its label yet.
+        if privs.iter().all(|o| {
+            o.header.starts_with("Private Key Object")
+                && o.field("label")
+                    .is_some_and(|l| l.starts_with("hsm-rotator/"))
+        }) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
