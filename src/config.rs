@@ -636,8 +636,7 @@ mod tests {
                     "HSM_ROTATOR_JWKS_MAX_AGE"
                     | "HSM_ROTATOR_SCHEDULER_INTERVAL"
                     | "HSM_ROTATOR_STATUS_LIST_REFRESH"
-                    | "HSM_ROTATOR_ORPHAN_GRACE"
-                    | "HSM_ROTATOR_AUDIT_SEAL_MAX_LAG" => "9",
+                    | "HSM_ROTATOR_ORPHAN_GRACE" => "9",
                     "HSM_ROTATOR_IMPORTED_KEY_MAX_LIFE" => "3600",
                     "HSM_ROTATOR_HEADER_READ_TIMEOUT" => "4",
                     "HSM_ROTATOR_IDLE_TIMEOUT" => "5",
