@@ -182,6 +182,7 @@ pub(crate) fn import_in(
             ]);
         }
     }
+    let making = core.making();
     let created = session.create_object(&private);
     wipe(&mut private);
     let priv_h = created?;
@@ -192,6 +193,7 @@ pub(crate) fn import_in(
             return Err(e.into());
         }
     };
+    drop(making);
     super::keygen::keep_pair(core, session, kid, pub_h, priv_h, material.read_alg())
 }
 

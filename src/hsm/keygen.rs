@@ -4,10 +4,12 @@
 //! usable only to sign; both halves carry `CKA_ID = kid` and
 //! `CKA_LABEL = hsm-rotator/<store id>/<kid>`.
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 
+use super::error::rv;
 use super::object::read_public;
 use super::pool::{Core, Handles, OpError};
 use crate::alg::{Algorithm, KeyFamily, KeySpec};
@@ -37,8 +39,32 @@ pub(crate) fn generate_in(
             Mechanism::EccEdwardsKeyPairGen
         }
     };
-    let (pub_h, priv_h) = session.generate_key_pair(&mechanism, &public, &private)?;
+    let generate = || {
+        let _making = core.making();
+        session.generate_key_pair(&mechanism, &public, &private)
+    };
+    let (pub_h, priv_h) = match generate() {
+        // Another process searched the token while this pair was being written (SoftHSM2
+        // before 2.7.0, see `Core::searching`): remove what was left of it and try once more.
+        Err(e) if rv(&e) == Some(RvError::GeneralError) => {
+            tracing::warn!(error = %e, "key generation failed; removing what it left and retrying once");
+            remove_halves(core, session, kid)?;
+            generate()?
+        }
+        other => other?,
+    };
     keep_pair(core, session, kid, pub_h, priv_h, spec.alg)
+}
+
+/// Destroy every object under `kid`'s `CKA_ID` (what a failed generation may leave).
+fn remove_halves(core: &Core, session: &Session, kid: &Kid) -> Result<(), OpError> {
+    let leftovers = super::object::find(core, session, &[Attribute::Id(kid.cka_id().to_vec())])?;
+    for h in leftovers {
+        if let Err(e) = session.destroy_object(h) {
+            tracing::debug!(error = %e, "a left-over object could not be destroyed");
+        }
+    }
+    Ok(())
 }
 
 /// The templates every key pair of ours starts from, generated or imported: both halves

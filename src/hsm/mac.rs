@@ -101,20 +101,24 @@ fn label(core: &Core, name: &str) -> Result<Vec<u8>, OpError> {
 }
 
 fn find(
+    core: &Core,
     session: &Session,
     class: ObjectClass,
     label: &[u8],
 ) -> Result<Option<ObjectHandle>, OpError> {
-    Ok(session
-        .find_objects(&[Attribute::Class(class), Attribute::Label(label.to_vec())])?
-        .first()
-        .copied())
+    Ok(super::object::find(
+        core,
+        session,
+        &[Attribute::Class(class), Attribute::Label(label.to_vec())],
+    )?
+    .first()
+    .copied())
 }
 
 /// MACs of a batch of messages, and whether the key was made for them.
 pub(crate) type Macs = (Vec<Vec<u8>>, bool);
 
-fn generate_key(session: &Session, label: Vec<u8>) -> Result<ObjectHandle, OpError> {
+fn generate_key(core: &Core, session: &Session, label: Vec<u8>) -> Result<ObjectHandle, OpError> {
     let template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -132,7 +136,10 @@ fn generate_key(session: &Session, label: Vec<u8>) -> Result<ObjectHandle, OpErr
         Attribute::Derive(false),
         Attribute::Label(label),
     ];
-    let k = session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?;
+    let k = {
+        let _making = core.making();
+        session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?
+    };
     tracing::info!("audit MAC key created in the HSM");
     Ok(k)
 }
@@ -155,9 +162,9 @@ pub(crate) fn macs_in(
             None => {
                 searched = true;
                 let label = label(core, KEY_NAME)?;
-                let (k, created) = match find(session, ObjectClass::SECRET_KEY, &label)? {
+                let (k, created) = match find(core, session, ObjectClass::SECRET_KEY, &label)? {
                     Some(k) => (k, false),
-                    None if create => (generate_key(session, label)?, true),
+                    None if create => (generate_key(core, session, label)?, true),
                     None => return Ok(None),
                 };
                 put(&objects.key, generation, Some(k));
@@ -195,9 +202,14 @@ pub(crate) fn macs_in(
 pub(crate) fn prime_in(core: &Core, session: &Session) -> Result<(), OpError> {
     let objects = core.audit_objects();
     let generation = core.current_generation();
-    let key = find(session, ObjectClass::SECRET_KEY, &label(core, KEY_NAME)?)?;
+    let key = find(
+        core,
+        session,
+        ObjectClass::SECRET_KEY,
+        &label(core, KEY_NAME)?,
+    )?;
     put(&objects.key, generation, key);
-    if let [(h, _)] = values(session, &label(core, MARK_NAME)?)?.as_slice() {
+    if let [(h, _)] = values(core, session, &label(core, MARK_NAME)?)?.as_slice() {
         put(&objects.mark, generation, Some(*h));
     }
     Ok(())
@@ -213,12 +225,20 @@ fn value_of(session: &Session, h: ObjectHandle) -> Result<Option<Vec<u8>>, CkErr
         }))
 }
 
-fn values(session: &Session, label: &[u8]) -> Result<Vec<(ObjectHandle, Vec<u8>)>, OpError> {
+fn values(
+    core: &Core,
+    session: &Session,
+    label: &[u8],
+) -> Result<Vec<(ObjectHandle, Vec<u8>)>, OpError> {
     let mut out = Vec::new();
-    for h in session.find_objects(&[
-        Attribute::Class(ObjectClass::DATA),
-        Attribute::Label(label.to_vec()),
-    ])? {
+    for h in super::object::find(
+        core,
+        session,
+        &[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(label.to_vec()),
+        ],
+    )? {
         // A mark being replaced by another process may be gone already: skip it.
         if let Ok(Some(v)) = value_of(session, h) {
             out.push((h, v));
@@ -241,7 +261,7 @@ pub(crate) fn mark_in(core: &Core, session: &Session) -> Result<Vec<Vec<u8>>, Op
         }
         put(&objects.mark, generation, None);
     }
-    let found = values(session, &label(core, MARK_NAME)?)?;
+    let found = values(core, session, &label(core, MARK_NAME)?)?;
     if let [(h, _)] = found.as_slice() {
         put(&objects.mark, generation, Some(*h));
     }
@@ -265,7 +285,7 @@ pub(crate) fn set_mark_in(core: &Core, session: &Session, value: &[u8]) -> Resul
     let search = |found: &mut Option<Vec<ObjectHandle>>| -> Result<Vec<ObjectHandle>, OpError> {
         if found.is_none() {
             *found = Some(
-                values(session, label)?
+                values(core, session, label)?
                     .into_iter()
                     .map(|(h, _)| h)
                     .collect(),
@@ -303,6 +323,7 @@ pub(crate) fn set_mark_in(core: &Core, session: &Session, value: &[u8]) -> Resul
         Some(h) => vec![h],
         None => search(&mut found)?,
     };
+    let _making = core.making();
     let h = session.create_object(&[
         Attribute::Class(ObjectClass::DATA),
         Attribute::Token(true),

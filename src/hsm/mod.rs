@@ -444,7 +444,7 @@ impl Hsm {
     /// # Errors
     /// Token failures.
     pub async fn list(&self) -> Result<Vec<TokenObject>, HsmError> {
-        self.blocking(|core| core.run(None, |_, s| Ok(object::list_in(s)?)))
+        self.blocking(|core| core.run(None, |core, s| Ok(object::list_in(core, s)?)))
             .await
     }
 
@@ -475,7 +475,7 @@ impl Hsm {
     /// # Errors
     /// Token failures.
     pub async fn halves(&self, kid: Kid) -> Result<(bool, bool), HsmError> {
-        self.blocking(move |core| core.run(None, |_, s| Ok(object::halves_in(s, &kid)?)))
+        self.blocking(move |core| core.run(None, |core, s| Ok(object::halves_in(core, s, &kid)?)))
             .await
     }
 

@@ -44,14 +44,25 @@ pub struct PrivateKeyFlags {
     pub secret_readable: bool,
 }
 
+/// Search the token, never while this process is making an object (see
+/// [`Core::searching`]).
+pub(crate) fn find(
+    core: &Core,
+    session: &Session,
+    template: &[Attribute],
+) -> Result<Vec<ObjectHandle>, CkError> {
+    let _searching = core.searching();
+    session.find_objects(template)
+}
+
 /// Every object of ours in the token, private and public halves.
-pub(crate) fn list_in(session: &Session) -> Result<Vec<TokenObject>, CkError> {
+pub(crate) fn list_in(core: &Core, session: &Session) -> Result<Vec<TokenObject>, CkError> {
     let mut out = Vec::new();
     for (class, private) in [
         (ObjectClass::PRIVATE_KEY, true),
         (ObjectClass::PUBLIC_KEY, false),
     ] {
-        for handle in session.find_objects(&[Attribute::Class(class)])? {
+        for handle in find(core, session, &[Attribute::Class(class)])? {
             let attrs = match session
                 .get_attributes(handle, &[AttributeType::Label, AttributeType::Id])
             {
@@ -87,18 +98,25 @@ pub(crate) fn list_in(session: &Session) -> Result<Vec<TokenObject>, CkError> {
 }
 
 /// Which halves of `kid` exist, searched fresh (never from the cache).
-pub(crate) fn halves_in(session: &Session, kid: &Kid) -> Result<(bool, bool), CkError> {
-    let find = |class| -> Result<bool, CkError> {
-        Ok(!session
-            .find_objects(&[
+pub(crate) fn halves_in(
+    core: &Core,
+    session: &Session,
+    kid: &Kid,
+) -> Result<(bool, bool), CkError> {
+    let exists = |class| -> Result<bool, CkError> {
+        Ok(!find(
+            core,
+            session,
+            &[
                 Attribute::Class(class),
                 Attribute::Id(kid.cka_id().to_vec()),
-            ])?
-            .is_empty())
+            ],
+        )?
+        .is_empty())
     };
     Ok((
-        find(ObjectClass::PRIVATE_KEY)?,
-        find(ObjectClass::PUBLIC_KEY)?,
+        exists(ObjectClass::PRIVATE_KEY)?,
+        exists(ObjectClass::PUBLIC_KEY)?,
     ))
 }
 

@@ -99,6 +99,8 @@ pub(crate) struct Core {
     mechanisms: Mechanisms,
     /// Handles of the audit MAC key and high-water mark (see [`super::mac`]).
     audit: super::mac::AuditObjects,
+    /// Searches (exclusive) against objects being made (shared): see [`Core::searching`].
+    objects: RwLock<()>,
 }
 
 /// A checked-out session and the generation it belongs to.
@@ -152,6 +154,7 @@ impl Core {
             forced_interval: Mutex::new(FORCED_REINIT_INTERVAL),
             mechanisms: Mechanisms::default(),
             audit: super::mac::AuditObjects::default(),
+            objects: RwLock::new(()),
         };
         let ctx = core.open_ctx(pkcs11, 1)?;
         core.mechanisms = Mechanisms::query(&ctx.pkcs11, ctx.slot).map_err(map)?;
@@ -466,10 +469,14 @@ impl Core {
             return Ok(*h);
         }
         let find = |class| -> Result<Option<ObjectHandle>, CkError> {
-            let found = session.find_objects(&[
-                Attribute::Class(class),
-                Attribute::Id(kid.cka_id().to_vec()),
-            ])?;
+            let found = super::object::find(
+                self,
+                session,
+                &[
+                    Attribute::Class(class),
+                    Attribute::Id(kid.cka_id().to_vec()),
+                ],
+            )?;
             Ok(found.first().copied())
         };
         let handles = Handles {
@@ -523,7 +530,7 @@ impl Core {
     /// legacy ones; other stores' objects are counted, never cached).
     pub(crate) fn reload_cache(&self) -> Result<(), HsmError> {
         let started = Instant::now();
-        let objects = self.run(None, |_, s| Ok(super::object::list_in(s)?))?;
+        let objects = self.run(None, |core, s| Ok(super::object::list_in(core, s)?))?;
         let mut map: HashMap<Kid, Handles> = HashMap::with_capacity(objects.len() / 2 + 1);
         let mut legacy = std::collections::HashSet::new();
         let mut foreign = 0;
@@ -584,6 +591,28 @@ impl Core {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
+    }
+
+    /// Held while this process searches the token: no object of ours is being made then.
+    ///
+    /// SoftHSM2 before 2.7.0 (Debian 12 ships 2.6.1; its issue 573) reads every object
+    /// while a search runs, and one whose file another session has created but not yet
+    /// written is marked invalid for good, so that session's `C_GenerateKeyPair` or
+    /// `C_CreateObject` fails with `CKR_GENERAL_ERROR`. Searches are rare (a handle-cache
+    /// miss, a listing, the audit objects' first use), so they wait for objects being made
+    /// and the other way round; object making never waits for another object being made.
+    /// Another process's search is not covered: [`super::keygen`] retries once for it.
+    pub(crate) fn searching(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Held while this process makes a token object (see [`Core::searching`]).
+    pub(crate) fn making(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.objects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the audit MAC key's and mark's handles are kept.

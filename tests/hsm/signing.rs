@@ -117,3 +117,51 @@ fn sixty_four_tasks_sign_concurrently_over_four_sessions() {
         assert!(f.hsm.pool_in_use() == 0);
     });
 }
+
+/// Key pairs generated while the same process lists and searches the token all succeed.
+/// SoftHSM2 before 2.7.0 (Debian 12's 2.6.1, its issue 573) marks an object being written
+/// invalid when a search reads it, and the generation fails with `CKR_GENERAL_ERROR`: the
+/// service keeps its own searches apart from objects being made.
+#[test]
+fn keys_generated_while_the_token_is_searched_all_succeed() {
+    let f = fixture("generate_while_searching", 4);
+    f.rt.block_on(async {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let searcher = {
+            let (hsm, done) = (f.hsm.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut searches = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    hsm.list().await.unwrap();
+                    hsm.halves(Kid::generate()).await.unwrap();
+                    searches += 1;
+                }
+                searches
+            })
+        };
+        let mut makers = Vec::new();
+        for _ in 0..3 {
+            let hsm = f.hsm.clone();
+            makers.push(tokio::spawn(async move {
+                let mut kids = Vec::new();
+                for _ in 0..15 {
+                    let kid = Kid::generate();
+                    hsm.generate(kid, KeySpec::new(Algorithm::ES256, 0))
+                        .await
+                        .map_err(|e| format!("generation failed while searching: {e}"))?;
+                    kids.push(kid);
+                }
+                Ok::<_, String>(kids)
+            }));
+        }
+        let mut made = Vec::new();
+        for m in makers {
+            made.extend(m.await.unwrap().unwrap());
+        }
+        done.store(true, Ordering::Relaxed);
+        assert!(searcher.await.unwrap() > 0, "the searcher never ran");
+        for kid in made {
+            assert_eq!(f.hsm.halves(kid).await.unwrap(), (true, true), "{kid}");
+        }
+    });
+}
