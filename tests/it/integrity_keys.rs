@@ -57,10 +57,7 @@ impl Outsider {
     /// A token for `app` signed with this key under `kid`, with every claim the service
     /// checks set as it would set them.
     fn token(&self, issuer: &str, kid: &str) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = hsm_rotator::clock::Clock::now(&hsm_rotator::clock::SystemClock);
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
         let claims = json!({
             "iss": issuer, "sub": "mallory", "iat": now, "nbf": now, "exp": now + 600,
