@@ -161,6 +161,15 @@ fn public_half_in(
             Ok(h) => h.public,
             // `handles` searched on the miss and found neither half.
             Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(PublicHalf::Absent),
+            // A search that failed on an object another process is making (SoftHSM2 2.6.1
+            // answers CKR_GENERAL_ERROR): not known yet, never a verdict.
+            Err(OpError::Ck(e)) if recovery(&e) == Recovery::Handle => {
+                if searched {
+                    return Ok(PublicHalf::Absent);
+                }
+                searched = true;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let Some(handle) = handle else {

@@ -111,6 +111,9 @@ const RELOAD_ATTEMPTS: usize = 5;
 /// up to 30 s: about an hour in all).
 const RELOAD_RETRIES: usize = 130;
 
+/// Wait before keys the HSM did not show are looked for once more in the same reload.
+const UNKNOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// Setting key of the root-key digest.
 pub const ROOT_SETTING: &str = "root_key_sha256";
 
@@ -447,13 +450,34 @@ impl Registry {
             .map(|(l, _)| (l.row.kid, l.row.algorithm))
             .collect();
         let n = asked.len();
-        let halves = match self.hsm.public_keys(asked).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(keys = n, error = %e, "cannot check keys against the HSM; they are held back until the next reload");
-                Vec::new()
+        let mut halves = self.public_halves(asked.clone()).await;
+        // Keys not found may be another replica's, made moments ago, whose objects this
+        // process could not see yet (or a search that ran into an object being made): look
+        // once more shortly, so a change reaches this replica without waiting for a reload.
+        let unknown: Vec<usize> = (0..n)
+            .filter(|&i| {
+                !matches!(
+                    halves.get(i),
+                    Some(PublicHalf::Found(_) | PublicHalf::Unreadable(_))
+                )
+            })
+            .collect();
+        if let Some(&first) = unknown.first() {
+            tokio::time::sleep(UNKNOWN_RETRY).await;
+            halves.resize_with(n, || PublicHalf::Absent);
+            self.ask_again(&asked, &unknown, &mut halves).await;
+            // Still not found: SoftHSM2 2.6.1 hides for good, from a process that searched
+            // while another process was making it, an object until the module is initialised
+            // again. Re-initialise (rate-limited, backing off while it does not help; the
+            // signing path does the same for a key that must exist) and look once more.
+            if !matches!(
+                halves[first],
+                PublicHalf::Found(_) | PublicHalf::Unreadable(_)
+            ) && self.hsm.recover(asked[first].0).await.unwrap_or(false)
+            {
+                self.ask_again(&asked, &unknown, &mut halves).await;
             }
-        };
+        }
         tracing::debug!(
             keys = n,
             ms = started.elapsed().as_millis(),
@@ -489,6 +513,30 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Read the halves at `which` of `asked` again into `halves`.
+    async fn ask_again(
+        &self,
+        asked: &[(Kid, crate::alg::Algorithm)],
+        which: &[usize],
+        halves: &mut [PublicHalf],
+    ) {
+        let again = self
+            .public_halves(which.iter().map(|&i| asked[i]).collect())
+            .await;
+        for (&i, h) in which.iter().zip(again) {
+            halves[i] = h;
+        }
+    }
+
+    /// [`Hsm::public_keys`], with a token that cannot be asked reported as nothing found.
+    async fn public_halves(&self, asked: Vec<(Kid, crate::alg::Algorithm)>) -> Vec<PublicHalf> {
+        let n = asked.len();
+        self.hsm.public_keys(asked).await.unwrap_or_else(|e| {
+            tracing::warn!(keys = n, error = %e, "cannot check keys against the HSM; they are held back until it answers");
+            Vec::new()
+        })
     }
 
     /// Count, log and audit mismatches this process has not reported yet (once per key per
