@@ -113,8 +113,9 @@ impl AppState {
         let hsm = Hsm::connect(hsm_cfg)
             .await
             .context("Failed to open the HSM token")?;
+        let audit = crate::audit::Audit::new(store.clone(), clock.clone());
         let registry = Arc::new(
-            Registry::load(store.clone(), clock.now())
+            Registry::load(store.clone(), hsm.clone(), audit, clock.now())
                 .await
                 .context("Failed to load keys from the store")?,
         );

@@ -66,6 +66,7 @@ pub struct Metrics {
     rotations: IntCounterVec,
     revocations: IntCounterVec,
     reconciler_actions: IntCounterVec,
+    key_hsm_mismatch: IntCounter,
     audit_records: IntCounter,
     store_errors: IntCounterVec,
     ledger_commit_seconds: Histogram,
@@ -159,6 +160,10 @@ impl Metrics {
                 "Repairs made by the reconciler, by action.",
                 &["action"],
             )?,
+            key_hsm_mismatch: IntCounter::new(
+                "hsm_rotator_key_hsm_mismatch_total",
+                "Live keys whose stored public key differs from the HSM's object for their kid (each refused, counted once per process).",
+            )?,
             audit_records: IntCounter::new(
                 "hsm_rotator_audit_records_appended_total",
                 "Records appended to the hash-chained audit log.",
@@ -215,6 +220,7 @@ impl Metrics {
             Box::new(self.rotations.clone()),
             Box::new(self.revocations.clone()),
             Box::new(self.reconciler_actions.clone()),
+            Box::new(self.key_hsm_mismatch.clone()),
             Box::new(self.audit_records.clone()),
             Box::new(self.store_errors.clone()),
             Box::new(self.ledger_commit_seconds.clone()),
@@ -355,6 +361,13 @@ pub fn reconciler_actions(action: &str, n: usize) {
             .ok()
     }) {
         c.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+}
+
+/// A live key's stored public key differed from its HSM object (the key is refused).
+pub fn key_hsm_mismatch() {
+    if let Some(m) = m() {
+        m.key_hsm_mismatch.inc();
     }
 }
 

@@ -252,6 +252,10 @@ impl From<crate::jwt::service::TokenError> for ApiError {
                 code: "no_current_key",
                 message: e.to_string(),
             },
+            T::CurrentKeyRefused => Self::Unavailable {
+                code: "key_hsm_mismatch",
+                message: e.to_string(),
+            },
             T::InvalidRefresh => Self::bad_request("invalid_grant", e.to_string()),
             T::RefreshReused => Self::bad_request("refresh_token_reused", e.to_string()),
             T::Ledger(m) => Self::Store(crate::store::StoreError::corrupt(format!("ledger: {m}"))),

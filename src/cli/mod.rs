@@ -705,6 +705,15 @@ fn print_reconcile(r: &crate::keys::reconcile::ReconcileReport) {
     );
     let missing: Vec<String> = r.missing.iter().map(|(k, s)| format!("{k}({s})")).collect();
     show("rows whose HSM objects are missing", &missing);
+    let mismatch: Vec<String> = r
+        .hsm_mismatch
+        .iter()
+        .map(|(k, s)| format!("{k}({s})"))
+        .collect();
+    show(
+        "keys whose stored public key differs from the HSM's (refused)",
+        &mismatch,
+    );
     show("current/next keys replaced", &r.replaced);
     show(
         &format!("destroys retried ({verb} destroy)"),

@@ -38,6 +38,19 @@ use crate::keys::Kid;
 use crate::pubkey::PublicKey;
 use pool::Core;
 
+/// What the token holds as the public half of one key (see [`Hsm::public_keys`]).
+#[derive(Debug)]
+pub enum PublicHalf {
+    /// Read and decoded for the algorithm asked.
+    Found(PublicKey),
+    /// No public object with this kid, after a fresh search: not known yet (another
+    /// replica's key whose objects this process has not seen) or missing (the reconciler's
+    /// business). Never a verdict on the key.
+    Absent,
+    /// An object with this kid exists but does not read as a key of the algorithm asked.
+    Unreadable(HsmError),
+}
+
 /// Default PKCS#11 module: Debian's SoftHSM2.
 pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -391,6 +404,20 @@ impl Hsm {
             })
         })
         .await
+    }
+
+    /// The public halves of `keys` as the token holds them, in order, read in one blocking
+    /// call from cached handles (a kid the cache lacks is searched once; see
+    /// [`PublicHalf::Absent`]). The key registry compares them with the store's copies.
+    ///
+    /// # Errors
+    /// Token failures that concern the token as a whole (unreachable, logged out).
+    pub async fn public_keys(
+        &self,
+        keys: Vec<(Kid, Algorithm)>,
+    ) -> Result<Vec<PublicHalf>, HsmError> {
+        self.blocking(move |core| core.run(None, |core, s| object::public_keys_in(core, s, &keys)))
+            .await
     }
 
     /// HMAC-SHA256 of each of `messages` with this store's audit MAC key, a secret that

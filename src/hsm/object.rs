@@ -5,7 +5,8 @@ use cryptoki::error::Error as CkError;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::error::HsmError;
+use super::PublicHalf;
+use super::error::{HsmError, Recovery, map, recovery};
 use super::pool::{Core, OpError};
 use crate::alg::{Algorithm, KeyFamily};
 use crate::keys::{Kid, LABEL_PREFIX, LabelOwner};
@@ -132,6 +133,70 @@ pub(crate) fn public_key_in(
         .public
         .ok_or(HsmError::KeyNotFound(*kid))?;
     read_public(session, handle, alg)
+}
+
+/// What the token holds as the public half of each of `keys`, in order (see
+/// [`super::Hsm::public_keys`]): cached handles first; a kid without a cached public handle,
+/// or whose cached handle has gone stale, is searched afresh once (through [`find`]), and
+/// "not found" is reported as [`PublicHalf::Absent`], never remembered.
+pub(crate) fn public_keys_in(
+    core: &Core,
+    session: &Session,
+    keys: &[(Kid, Algorithm)],
+) -> Result<Vec<PublicHalf>, OpError> {
+    keys.iter()
+        .map(|(kid, alg)| public_half_in(core, session, kid, *alg))
+        .collect()
+}
+
+fn public_half_in(
+    core: &Core,
+    session: &Session,
+    kid: &Kid,
+    alg: Algorithm,
+) -> Result<PublicHalf, OpError> {
+    let mut searched = false;
+    loop {
+        let handle = match core.handles(session, kid) {
+            Ok(h) => h.public,
+            // `handles` searched on the miss and found neither half.
+            Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(PublicHalf::Absent),
+            // A search that failed on an object another process is making (SoftHSM2 2.6.1
+            // answers CKR_GENERAL_ERROR): not known yet, never a verdict.
+            Err(OpError::Ck(e)) if recovery(&e) == Recovery::Handle => {
+                if searched {
+                    return Ok(PublicHalf::Absent);
+                }
+                searched = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(handle) = handle else {
+            if searched {
+                return Ok(PublicHalf::Absent);
+            }
+            // Cached without its public half (a listing that raced its making): look again.
+            core.forget(kid);
+            searched = true;
+            continue;
+        };
+        match read_public(session, handle, alg) {
+            Ok(p) => return Ok(PublicHalf::Found(p)),
+            Err(OpError::Final(e)) => return Ok(PublicHalf::Unreadable(e)),
+            Err(OpError::Ck(e)) => match recovery(&e) {
+                Recovery::Handle if !searched => {
+                    core.forget(kid);
+                    searched = true;
+                }
+                // Still stale after a fresh search: gone meanwhile, not a different key.
+                Recovery::Handle => return Ok(PublicHalf::Absent),
+                // The object answers, but not as a key of this algorithm.
+                Recovery::None => return Ok(PublicHalf::Unreadable(map(e))),
+                Recovery::Session | Recovery::Reinitialise => return Err(OpError::Ck(e)),
+            },
+        }
+    }
 }
 
 pub(crate) fn read_public(

@@ -1,7 +1,8 @@
 //! The reconciler: makes the store and the HSM agree after a crash or a fault.
 //!
 //! It finishes or undoes `pending` keys (row written, object maybe made), replaces a
-//! `current` or `next` key whose object is missing, retries destroys that failed, and gives
+//! `current` or `next` key whose object is missing or whose stored public key differs from
+//! the object's (found by the key registry), retries destroys that failed, and gives
 //! certificates to keys that lack one. It runs at start-up and on the scheduler's timer;
 //! `hsm-rotator reconcile --dry-run` shows what it would do.
 //!
@@ -87,7 +88,13 @@ pub struct ReconcileReport {
     pub foreign_objects: usize,
     /// Rows whose objects are missing, with their state.
     pub missing: Vec<(String, String)>,
-    /// Current or next keys replaced because their object was missing.
+    /// Live keys (next, current, previous) whose stored public key differs from the HSM's
+    /// object for their kid, with their state: refused by the key registry (not
+    /// published, not trusted, not used to sign). A current one is rotated away and a next
+    /// one revoked and replaced (see `replaced`); a previous one stays refused until it
+    /// retires.
+    pub hsm_mismatch: Vec<(String, String)>,
+    /// Current or next keys replaced because their object was missing or did not match.
     pub replaced: Vec<String>,
     /// Retired or revoked keys whose objects were destroyed on retry.
     pub destroys_retried: Vec<String>,
@@ -104,6 +111,7 @@ impl ReconcileReport {
         n("orphan_destroyed", self.orphans_destroyed.len());
         n("adopted", self.adopted.len());
         n("missing", self.missing.len());
+        n("hsm_mismatch", self.hsm_mismatch.len());
         n("replaced", self.replaced.len());
         n("destroy_retried", self.destroys_retried.len());
         n("certified", self.certified_apps.len());
@@ -122,6 +130,7 @@ impl ReconcileReport {
             + self.orphans_destroyed.len()
             + self.adopted.len()
             + self.missing.len()
+            + self.hsm_mismatch.len()
             + self.replaced.len()
             + self.destroys_retried.len()
             + self.certified_apps.len()
@@ -381,6 +390,35 @@ async fn pass(
                 report.replaced.push(row.kid.to_string());
             }
             // A previous key only verifies, from its public half; nothing to do.
+            _ => {}
+        }
+    }
+
+    // 3b. Rows whose public key differs from the HSM's (found by the key registry when it
+    // loaded them). The HSM's object is the truth: the row cannot be trusted.
+    for (kid, why) in keys.registry().mismatched() {
+        report
+            .hsm_mismatch
+            .push((kid.to_string(), why.state.to_string()));
+        if dry_run {
+            continue;
+        }
+        // Act on the row as it is now (it may have moved on since the registry loaded it).
+        let Some(row) = store.key(kid).await?.filter(|r| r.state == why.state) else {
+            continue;
+        };
+        match (row.state, row.app_id.as_deref()) {
+            // It must not sign: the next key, published in advance, takes over now; the
+            // refused key, now previous, stays out of the JWKS.
+            (KeyState::Current, Some(app)) => {
+                keys.rotate(app, RotationKind::Repair).await?;
+                report.replaced.push(kid.to_string());
+            }
+            // Never signed: revoke it (its object is destroyed) and publish a new next key.
+            (KeyState::Next, Some(app)) => {
+                keys.revoke_key(app, kid).await?;
+                report.replaced.push(kid.to_string());
+            }
             _ => {}
         }
     }

@@ -4,13 +4,24 @@
 //! Introspection and issuance read only this (and the HSM for signing); the store is
 //! consulted on a miss. Every write path updates it after its transaction commits, by
 //! re-reading the rows it changed, so it never holds state the store does not.
+//!
+//! Keys are trusted only as the HSM holds them (issue 26): a key row enters the registry,
+//! and so the JWKS, verification and signing, only once the public half read from the
+//! token under its kid equals the row's SPKI. Someone who can write the database but not
+//! use the HSM cannot get a key of theirs published: a differing key is refused, counted
+//! (`hsm_rotator_key_hsm_mismatch_total`), audited once per process (`key.hsm_mismatch`)
+//! and reported by the reconciler. A key whose object is not found (yet) is held back and
+//! checked again at the next reload; only confirmations are remembered, never a miss.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use sha2::Digest as _;
 use ulid::Ulid;
 
 use super::{KeyState, Kid};
+use crate::audit::Audit;
+use crate::hsm::{Hsm, PublicHalf};
 use crate::jwt::verify::Verifier;
 use crate::pubkey::PublicKey;
 use crate::store::{AppRow, Change, ChangeListener, Heard, KeyRow, Store, StoreError};
@@ -24,6 +35,19 @@ pub struct LiveKey {
     pub public: PublicKey,
     /// Its verifier.
     pub verifier: Verifier,
+}
+
+/// Why a live key row is kept out of service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its app.
+    pub app_id: String,
+    /// Its state in the store.
+    pub state: KeyState,
+    /// `true`: the HSM holds a different public key under this kid (or none that reads as
+    /// the row's algorithm). `false`: no object found, or the token could not be asked;
+    /// checked again at the next reload.
+    pub mismatch: bool,
 }
 
 /// Deny-listed jtis remembered for the status list publisher before it gives up naming
@@ -76,6 +100,8 @@ struct Inner {
     app_keys: HashMap<String, Vec<Kid>>,
     denied: HashMap<String, i64>,
     subjects: HashMap<(String, String), Ulid>,
+    /// Live key rows held back because the HSM did not confirm them (see [`Refused`]).
+    refused: HashMap<Kid, Refused>,
 }
 
 /// Reads a reload retries when changes land while it reads.
@@ -85,12 +111,22 @@ const RELOAD_ATTEMPTS: usize = 5;
 /// up to 30 s: about an hour in all).
 const RELOAD_RETRIES: usize = 130;
 
+/// Wait before keys the HSM did not show are looked for once more in the same reload.
+const UNKNOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// Setting key of the root-key digest.
 pub const ROOT_SETTING: &str = "root_key_sha256";
 
 /// In-memory state shared by every request.
 pub struct Registry {
     store: Store,
+    hsm: Hsm,
+    audit: Audit,
+    /// SHA-256 of the SPKI the HSM confirmed, per kid: a reload trusts a row whose SPKI is
+    /// unchanged without asking the token again. Only confirmations are kept.
+    confirmed: Mutex<HashMap<Kid, [u8; 32]>>,
+    /// Mismatches this process has already counted and audited.
+    reported: Mutex<HashSet<Kid>>,
     inner: RwLock<Inner>,
     /// Bumped by every change to `inner`. A reload that read the store while a change was
     /// applied would install older state over newer, so it retries instead.
@@ -104,6 +140,20 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Registry")
     }
+}
+
+/// Key rows read from the store, checked against the HSM.
+struct Checked {
+    live: Vec<LiveKey>,
+    refused: Vec<(KeyRow, Refused)>,
+}
+
+fn spki_digest(spki: Option<&[u8]>) -> [u8; 32] {
+    sha2::Sha256::digest(spki.unwrap_or_default()).into()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn live_key(row: KeyRow) -> Result<LiveKey, StoreError> {
@@ -122,13 +172,18 @@ fn live_key(row: KeyRow) -> Result<LiveKey, StoreError> {
 }
 
 impl Registry {
-    /// Load everything from the store.
+    /// Load everything from the store, each live key checked against `hsm` (mismatches are
+    /// audited through `audit`).
     ///
     /// # Errors
     /// Store failures.
-    pub async fn load(store: Store, now: i64) -> Result<Self, StoreError> {
+    pub async fn load(store: Store, hsm: Hsm, audit: Audit, now: i64) -> Result<Self, StoreError> {
         let r = Self {
             store,
+            hsm,
+            audit,
+            confirmed: Mutex::default(),
+            reported: Mutex::default(),
             inner: RwLock::new(Inner::default()),
             epoch: std::sync::atomic::AtomicU64::new(0),
             revocations: Mutex::default(),
@@ -218,18 +273,26 @@ impl Registry {
     pub async fn reload_all(&self, now: i64) -> Result<(), StoreError> {
         for attempt in 1.. {
             let epoch = self.epoch();
-            let inner = self.read_all(now).await?;
-            if let Some(mut guard) = self.write_if_unchanged(epoch, attempt) {
-                *guard = inner;
-                drop(guard);
+            let (inner, mismatched) = self.read_all(now).await?;
+            let installed = match self.write_if_unchanged(epoch, attempt) {
+                Some(mut guard) => {
+                    // Confirmations of keys no longer live are dropped with them.
+                    lock(&self.confirmed).retain(|kid, _| inner.keys.contains_key(kid));
+                    *guard = inner;
+                    true
+                }
+                None => false,
+            };
+            if installed {
                 self.revoked(Grain::All, false);
+                self.report(mismatched).await;
                 return Ok(());
             }
         }
         Ok(())
     }
 
-    async fn read_all(&self, now: i64) -> Result<Inner, StoreError> {
+    async fn read_all(&self, now: i64) -> Result<(Inner, Vec<(KeyRow, Refused)>), StoreError> {
         let root = self.store.setting(ROOT_SETTING).await?;
         let apps = self.store.apps().await?;
         let keys = self.store.live_keys().await?;
@@ -245,17 +308,31 @@ impl Registry {
                 .insert(a.access_token_sha256.clone(), a.id.clone());
             inner.apps.insert(a.id.clone(), Arc::new(a));
         }
+        let mut parsed = Vec::with_capacity(keys.len());
         for k in keys {
-            let Some(app) = k.app_id.clone() else {
+            if k.app_id.is_none() {
                 continue;
-            };
+            }
             let kid = k.kid;
             match live_key(k) {
-                Ok(l) => {
-                    inner.keys.insert(kid, Arc::new(l));
-                    inner.app_keys.entry(app).or_default().push(kid);
-                }
+                Ok(l) => parsed.push(l),
                 Err(e) => tracing::error!(%kid, error = %e, "skipping unreadable key row"),
+            }
+        }
+        let checked = self.check(parsed).await;
+        for l in checked.live {
+            let Some(app) = l.row.app_id.clone() else {
+                continue;
+            };
+            let kid = l.row.kid;
+            inner.keys.insert(kid, Arc::new(l));
+            inner.app_keys.entry(app).or_default().push(kid);
+        }
+        let mut mismatched = Vec::new();
+        for (row, why) in checked.refused {
+            inner.refused.insert(row.kid, why.clone());
+            if why.mismatch {
+                mismatched.push((row, why));
             }
         }
         for v in inner.app_keys.values_mut() {
@@ -269,7 +346,7 @@ impl Registry {
                 inner.subjects.insert((app, sub), c);
             }
         }
-        Ok(inner)
+        Ok((inner, mismatched))
     }
 
     /// Re-read one app and its keys (after a change to either).
@@ -284,36 +361,244 @@ impl Registry {
                 Some(_) => self.store.app_keys(app_id).await?,
                 None => Vec::new(),
             };
-            let mut live = Vec::new();
+            let mut parsed = Vec::new();
             for k in keys.into_iter().filter(|k| k.state.verifies()) {
-                live.push(live_key(k)?);
+                parsed.push(live_key(k)?);
             }
-            let Some(mut inner) = self.write_if_unchanged(epoch, attempt) else {
+            let Checked { live, refused } = self.check(parsed).await;
+            let Some(mismatched) = self.install_app(epoch, attempt, app_id, app, live, refused)
+            else {
                 continue;
             };
-            if let Some(old) = inner.apps.remove(app_id) {
-                inner.by_token.remove(&old.access_token_sha256);
-            }
-            for kid in inner.app_keys.remove(app_id).unwrap_or_default() {
-                inner.keys.remove(&kid);
-            }
-            if let Some(a) = app {
-                inner
-                    .by_token
-                    .insert(a.access_token_sha256.clone(), a.id.clone());
-                let mut kids: Vec<Kid> = live.iter().map(|l| l.row.kid).collect();
-                kids.sort_unstable_by(|a, b| b.cmp(a));
-                for l in live {
-                    inner.keys.insert(l.row.kid, Arc::new(l));
-                }
-                inner.app_keys.insert(a.id.clone(), kids);
-                inner.apps.insert(a.id.clone(), Arc::new(a));
-            }
-            drop(inner);
             self.revoked(Grain::App(app_id), false);
+            self.report(mismatched).await;
             return Ok(());
         }
         Ok(())
+    }
+
+    /// Replace one app and its keys in memory, unless the registry changed since `epoch`
+    /// (then `None`: read again). Returns the mismatches to report.
+    fn install_app(
+        &self,
+        epoch: u64,
+        attempt: usize,
+        app_id: &str,
+        app: Option<AppRow>,
+        live: Vec<LiveKey>,
+        refused: Vec<(KeyRow, Refused)>,
+    ) -> Option<Vec<(KeyRow, Refused)>> {
+        let mut inner = self.write_if_unchanged(epoch, attempt)?;
+        if let Some(old) = inner.apps.remove(app_id) {
+            inner.by_token.remove(&old.access_token_sha256);
+        }
+        for kid in inner.app_keys.remove(app_id).unwrap_or_default() {
+            inner.keys.remove(&kid);
+        }
+        inner.refused.retain(|_, r| r.app_id != app_id);
+        let mut mismatched = Vec::new();
+        if app.is_some() {
+            for (row, why) in refused {
+                inner.refused.insert(row.kid, why.clone());
+                if why.mismatch {
+                    mismatched.push((row, why));
+                }
+            }
+        }
+        if let Some(a) = app {
+            inner
+                .by_token
+                .insert(a.access_token_sha256.clone(), a.id.clone());
+            let mut kids: Vec<Kid> = live.iter().map(|l| l.row.kid).collect();
+            kids.sort_unstable_by(|a, b| b.cmp(a));
+            for l in live {
+                inner.keys.insert(l.row.kid, Arc::new(l));
+            }
+            inner.app_keys.insert(a.id.clone(), kids);
+            inner.apps.insert(a.id.clone(), Arc::new(a));
+        }
+        Some(mismatched)
+    }
+
+    /// Split parsed key rows into those whose public half the HSM confirms and those it
+    /// does not. Rows confirmed before with the same SPKI are not read again; the others
+    /// are read in one call. A token that cannot be asked holds them back until the next
+    /// reload (keys confirmed earlier keep serving through an HSM outage).
+    async fn check(&self, parsed: Vec<LiveKey>) -> Checked {
+        let mut out = Checked {
+            live: Vec::with_capacity(parsed.len()),
+            refused: Vec::new(),
+        };
+        let mut ask = Vec::new();
+        {
+            let confirmed = lock(&self.confirmed);
+            for l in parsed {
+                let digest = spki_digest(l.row.spki.as_deref());
+                if confirmed.get(&l.row.kid) == Some(&digest) {
+                    out.live.push(l);
+                } else {
+                    ask.push((l, digest));
+                }
+            }
+        }
+        if ask.is_empty() {
+            return out;
+        }
+        let started = std::time::Instant::now();
+        let asked: Vec<(Kid, crate::alg::Algorithm)> = ask
+            .iter()
+            .map(|(l, _)| (l.row.kid, l.row.algorithm))
+            .collect();
+        let n = asked.len();
+        let mut halves = self.public_halves(asked.clone()).await;
+        // Keys not found may be another replica's, made moments ago, whose objects this
+        // process could not see yet (or a search that ran into an object being made): look
+        // once more shortly, so a change reaches this replica without waiting for a reload.
+        let unknown: Vec<usize> = (0..n)
+            .filter(|&i| {
+                !matches!(
+                    halves.get(i),
+                    Some(PublicHalf::Found(_) | PublicHalf::Unreadable(_))
+                )
+            })
+            .collect();
+        if let Some(&first) = unknown.first() {
+            tokio::time::sleep(UNKNOWN_RETRY).await;
+            halves.resize_with(n, || PublicHalf::Absent);
+            self.ask_again(&asked, &unknown, &mut halves).await;
+            // Still not found: SoftHSM2 2.6.1 hides for good, from a process that searched
+            // while another process was making it, an object until the module is initialised
+            // again. Re-initialise (rate-limited, backing off while it does not help; the
+            // signing path does the same for a key that must exist) and look once more.
+            if !matches!(
+                halves[first],
+                PublicHalf::Found(_) | PublicHalf::Unreadable(_)
+            ) && self.hsm.recover(asked[first].0).await.unwrap_or(false)
+            {
+                self.ask_again(&asked, &unknown, &mut halves).await;
+            }
+        }
+        tracing::debug!(
+            keys = n,
+            ms = started.elapsed().as_millis(),
+            "keys checked against the HSM"
+        );
+        let mut halves = halves.into_iter();
+        let mut confirmed = lock(&self.confirmed);
+        for (l, digest) in ask {
+            let refused = |mismatch| Refused {
+                app_id: l.row.app_id.clone().unwrap_or_default(),
+                state: l.row.state,
+                mismatch,
+            };
+            match halves.next() {
+                Some(PublicHalf::Found(p)) if p == l.public => {
+                    confirmed.insert(l.row.kid, digest);
+                    out.live.push(l);
+                }
+                Some(PublicHalf::Found(_)) => {
+                    let why = refused(true);
+                    out.refused.push((l.row, why));
+                }
+                Some(PublicHalf::Unreadable(e)) => {
+                    tracing::warn!(kid = %l.row.kid, error = %e, "the HSM object does not read as the key's algorithm");
+                    let why = refused(true);
+                    out.refused.push((l.row, why));
+                }
+                Some(PublicHalf::Absent) | None => {
+                    tracing::debug!(kid = %l.row.kid, "key not found in the HSM (yet); held back until the next reload");
+                    let why = refused(false);
+                    out.refused.push((l.row, why));
+                }
+            }
+        }
+        out
+    }
+
+    /// Read the halves at `which` of `asked` again into `halves`.
+    async fn ask_again(
+        &self,
+        asked: &[(Kid, crate::alg::Algorithm)],
+        which: &[usize],
+        halves: &mut [PublicHalf],
+    ) {
+        let again = self
+            .public_halves(which.iter().map(|&i| asked[i]).collect())
+            .await;
+        for (&i, h) in which.iter().zip(again) {
+            halves[i] = h;
+        }
+    }
+
+    /// [`Hsm::public_keys`], with a token that cannot be asked reported as nothing found.
+    async fn public_halves(&self, asked: Vec<(Kid, crate::alg::Algorithm)>) -> Vec<PublicHalf> {
+        let n = asked.len();
+        self.hsm.public_keys(asked).await.unwrap_or_else(|e| {
+            tracing::warn!(keys = n, error = %e, "cannot check keys against the HSM; they are held back until it answers");
+            Vec::new()
+        })
+    }
+
+    /// Count, log and audit mismatches this process has not reported yet (once per key per
+    /// process, however often reloads find it again).
+    async fn report(&self, mismatched: Vec<(KeyRow, Refused)>) {
+        for (row, why) in mismatched {
+            if !lock(&self.reported).insert(row.kid) {
+                continue;
+            }
+            crate::metrics::key_hsm_mismatch();
+            tracing::error!(
+                kid = %row.kid,
+                app_id = %why.app_id,
+                state = %why.state,
+                "the store's public key differs from the HSM's object for this kid: key refused (not published, not trusted, not used to sign)"
+            );
+            self.audit
+                .record(
+                    "key.hsm_mismatch",
+                    &row.kid.to_string(),
+                    "refused",
+                    serde_json::json!({
+                        "kid": row.kid.to_string(),
+                        "app_id": why.app_id,
+                        "state": why.state.as_str(),
+                        "stored_fingerprint": row.fingerprint,
+                    }),
+                )
+                .await;
+        }
+    }
+
+    /// The audit log writer (shared with the key service).
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Whether a live key row of the store is held back (see [`Refused`]).
+    pub fn refused(&self, kid: &Kid) -> Option<Refused> {
+        self.read().refused.get(kid).cloned()
+    }
+
+    /// Live key rows whose HSM object holds a different public key, with why, by kid.
+    pub fn mismatched(&self) -> Vec<(Kid, Refused)> {
+        let mut v: Vec<(Kid, Refused)> = self
+            .read()
+            .refused
+            .iter()
+            .filter(|(_, r)| r.mismatch)
+            .map(|(k, r)| (*k, r.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// The app's `current` key when the HSM refused it (signing then fails clearly).
+    pub fn refused_current(&self, app_id: &str) -> Option<Kid> {
+        self.read()
+            .refused
+            .iter()
+            .find(|(_, r)| r.app_id == app_id && r.state == KeyState::Current && r.mismatch)
+            .map(|(k, _)| *k)
     }
 
     /// An app.
@@ -373,6 +658,11 @@ impl Registry {
     pub async fn key_or_load(&self, kid: &Kid) -> Result<Option<Arc<LiveKey>>, StoreError> {
         if let Some(k) = self.key(kid) {
             return Ok(Some(k));
+        }
+        // Held back at the last reload: asked again at the next one, not per request (a
+        // token naming such a kid must not make each request read the store and the HSM).
+        if self.read().refused.contains_key(kid) {
+            return Ok(None);
         }
         match self.store.key(*kid).await? {
             Some(row) if row.state.verifies() => {

@@ -21,7 +21,12 @@ fn an_interrupted_import_is_undone_by_the_reconciler_not_made_a_spare() {
         assert!(store.swap_setting("store_id", &id, STORE_ID).await.unwrap());
         let clock: Arc<dyn hsm_rotator::clock::Clock> = Arc::new(hsm_rotator::clock::SystemClock);
         let now = clock.now();
-        let registry = Arc::new(Registry::load(store.clone(), now).await.unwrap());
+        let audit = hsm_rotator::audit::Audit::new(store.clone(), clock.clone());
+        let registry = Arc::new(
+            Registry::load(store.clone(), f.hsm.clone(), audit, now)
+                .await
+                .unwrap(),
+        );
         let keys = KeyService::new(store.clone(), f.hsm.clone(), registry, clock, 0, 0, 3600);
 
         // A generated key whose generation was interrupted the same way, for contrast.

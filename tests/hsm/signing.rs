@@ -165,3 +165,43 @@ fn keys_generated_while_the_token_is_searched_all_succeed() {
         }
     });
 }
+
+#[test]
+fn public_halves_are_read_in_one_batch_from_cached_handles_and_an_unknown_kid_is_absent() {
+    use hsm_rotator::hsm::PublicHalf;
+    let f = fixture("public_halves_batch", 2);
+    f.rt.block_on(async {
+        let mut keys = Vec::new();
+        for alg in [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256] {
+            let n = if alg == Algorithm::RS256 { 2 } else { 40 };
+            for _ in 0..n {
+                let (kid, pk) = f.key(KeySpec::new(alg, 2048)).await;
+                keys.push((kid, alg, pk));
+            }
+        }
+        // As at start-up: the cache filled by one listing, then one batch read.
+        f.hsm.reload_cache().await.unwrap();
+        let unknown = Kid::generate();
+        let mut ask: Vec<(Kid, Algorithm)> = keys.iter().map(|(k, a, _)| (*k, *a)).collect();
+        ask.push((unknown, Algorithm::ES256));
+        // An EC object read as RSA does not read: not a key of that algorithm.
+        ask.push((keys[0].0, Algorithm::RS256));
+        let started = std::time::Instant::now();
+        let halves = f.hsm.public_keys(ask).await.unwrap();
+        let took = started.elapsed();
+        eprintln!(
+            "read {} public halves in {took:?} ({:?} per key)",
+            keys.len(),
+            took / u32::try_from(keys.len()).unwrap()
+        );
+        assert_eq!(halves.len(), keys.len() + 2);
+        for ((kid, _, pk), half) in keys.iter().zip(&halves) {
+            match half {
+                PublicHalf::Found(p) => assert_eq!(p, pk, "{kid}"),
+                other => panic!("{kid}: {other:?}"),
+            }
+        }
+        assert!(matches!(halves[keys.len()], PublicHalf::Absent));
+        assert!(matches!(halves[keys.len() + 1], PublicHalf::Unreadable(_)));
+    });
+}

@@ -20,6 +20,7 @@ mod hostile;
 mod hygiene;
 mod import;
 mod integrity;
+mod integrity_keys;
 mod listener;
 mod metrics;
 mod migrate;

@@ -47,6 +47,22 @@ fn cka_id(kid: &str) -> String {
     hex(&ulid::Ulid::from_string(kid).unwrap().to_bytes())
 }
 
+/// Store `spki` (and its fingerprint) as `kid`'s public key.
+async fn set_public_key(db: &str, kid: &str, spki: &[u8]) {
+    use sha2::Digest as _;
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(db).await.unwrap();
+    let done = sqlx::query("UPDATE keys SET spki = $1, fingerprint = $2 WHERE kid = $3")
+        .bind(spki.to_vec())
+        .bind(hex(&sha2::Sha256::digest(spki)))
+        .bind(kid)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+}
+
 /// A P-256 pair on the token under `kid` with `label`, made by another program.
 fn make_pair(token: &TestToken, kid: &str, label: &str) {
     let out = token.pkcs11_tool_login(&[
@@ -224,6 +240,24 @@ async fn orphans_wait_out_passes_and_grace_and_legacy_objects_are_adopted_or_kep
         );
     }
     make_pair(&token, &current, &format!("hsm-rotator/{current}"));
+    // A key made before store ids has a row that holds its public key: the store keeps the
+    // new pair's, so the key registry confirms it against the token (issue 26).
+    let pubkey = token.path().join("current.pub.der");
+    let out = token.pkcs11_tool_login(&[
+        "--read-object",
+        "--type",
+        "pubkey",
+        "--id",
+        &cka_id(&current),
+        "--output-file",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    set_public_key(&db, &current, &std::fs::read(&pubkey).unwrap()).await;
 
     // Default grace (a day): three passes see the orphans and destroy none.
     for pass in 1..=3 {

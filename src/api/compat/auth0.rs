@@ -302,9 +302,10 @@ async fn list(
         state.keys.certify(&id).await;
         keys = state.store.app_keys(&id).await.map_err(ApiError::from)?;
     }
+    // A key the HSM did not confirm is not the app's to show (see `keys::Registry`).
     let shapes: Result<Vec<A0Key>, ApiError> = keys
         .iter()
-        .filter(|k| k.state.published())
+        .filter(|k| k.state.published() && state.registry.refused(&k.kid).is_none())
         .map(|k| key_shape(k, &app.subject_dn))
         .collect();
     Ok(Json(shapes?))

@@ -1,6 +1,8 @@
 //! Issuance: building the claims, signing in the HSM with the app's `current` key, the
 //! refresh token and the ledger row; and the readiness probe that signs.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use tracing::instrument;
@@ -56,6 +58,18 @@ impl TokenService {
         Ok(input)
     }
 
+    /// The app's current key; [`TokenError::CurrentKeyRefused`] when the HSM did not
+    /// confirm it (see [`crate::keys::Registry`]).
+    fn current_key(&self, app_id: &str) -> Result<Arc<LiveKey>, TokenError> {
+        match self.inner.registry.current(app_id) {
+            Some(k) => Ok(k),
+            None if self.inner.registry.refused_current(app_id).is_some() => {
+                Err(TokenError::CurrentKeyRefused)
+            }
+            None => Err(TokenError::NoCurrentKey),
+        }
+    }
+
     /// Sign `claims` as a `typ` JWT with `app_id`'s current key (status list tokens).
     ///
     /// # Errors
@@ -66,11 +80,7 @@ impl TokenService {
         typ: &str,
         claims: &Map<String, Value>,
     ) -> Result<String, TokenError> {
-        let key = self
-            .inner
-            .registry
-            .current(app_id)
-            .ok_or(TokenError::NoCurrentKey)?;
+        let key = self.current_key(app_id)?;
         self.sign(&key, typ, claims).await
     }
 
@@ -132,11 +142,7 @@ impl TokenService {
         family: Option<String>,
         opts: &IssueOptions,
     ) -> Result<Issued, TokenError> {
-        let mut key = self
-            .inner
-            .registry
-            .current(&app.id)
-            .ok_or(TokenError::NoCurrentKey)?;
+        let mut key = self.current_key(&app.id)?;
         let now = self.now();
         let jti = monotonic_ulid().to_string();
         let nbf = now + app.token_nbf;
@@ -182,11 +188,7 @@ impl TokenService {
             if self.inner.registry.key(&key.row.kid).is_some() {
                 break;
             }
-            key = self
-                .inner
-                .registry
-                .current(&app.id)
-                .ok_or(TokenError::NoCurrentKey)?;
+            key = self.current_key(&app.id)?;
             token = self.sign(&key, "JWT", &claims).await?;
         }
         if self.inner.registry.key(&key.row.kid).is_none() {

@@ -44,6 +44,12 @@ pub enum TokenError {
     /// The app has no current key (being repaired).
     #[error("the app has no current signing key")]
     NoCurrentKey,
+    /// The app's current key differs from its HSM object (a tampered store): it is not
+    /// used; the reconciler promotes the `next` key.
+    #[error(
+        "the app's current signing key does not match its HSM object and is not used; the reconciler replaces it (see the audit log, key.hsm_mismatch)"
+    )]
+    CurrentKeyRefused,
     /// Unknown, expired, revoked or foreign refresh token.
     #[error("the refresh token is invalid, expired or revoked")]
     InvalidRefresh,

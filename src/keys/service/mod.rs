@@ -249,7 +249,7 @@ impl KeyService {
         min_next_age: i64,
         imported_max_life: i64,
     ) -> Self {
-        let audit = crate::audit::Audit::new(store.clone(), clock.clone());
+        let audit = registry.audit().clone();
         let spares = SparePool::new(
             store.clone(),
             hsm.clone(),

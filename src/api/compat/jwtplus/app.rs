@@ -56,8 +56,10 @@ async fn app_pub_keys(
         .app_keys(&app.id)
         .await
         .map_err(ApiError::from)?;
+    // A live key the HSM did not confirm is not the app's to show (see `keys::Registry`).
     let out: Vec<JpPubKey> = keys
         .iter()
+        .filter(|k| state.registry.refused(&k.kid).is_none())
         .map(|k| {
             let exp_time = match k.state {
                 KeyState::Current => k.activated_at.unwrap_or(k.created_at) + app.rotation_period,
