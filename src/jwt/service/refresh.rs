@@ -9,9 +9,21 @@ use super::{IssueOptions, Issued, TokenError, TokenService};
 use crate::auth::digest;
 use crate::store::{AppRow, RefreshRow, StoreError};
 
+/// Whether a refresh JWT's `nbf` is still ahead: JWTPlus issues refresh tokens that only
+/// become usable `refresh_nbf` seconds after issuance, and its renew finds no row for one
+/// before that (`refresh_token_nbf < now`), so it is invalid here too, spent or not.
+/// The payload is read without checking its signature: the token's digest matched a
+/// stored refresh token, so it is one this service issued (or imported from JWTPlus)
+/// byte for byte. Opaque refresh tokens carry no `nbf`.
+fn not_yet_valid(refresh_token: &str, now: i64) -> bool {
+    crate::jwt::parse(refresh_token)
+        .and_then(|c| c.claims.get("nbf").and_then(Value::as_i64))
+        .is_some_and(|nbf| nbf > now)
+}
+
 impl TokenService {
     /// Exchange a refresh token (single use) for a new pair. Presenting a spent one
-    /// revokes its whole family.
+    /// revokes its whole family; one whose `nbf` is ahead is invalid and changes nothing.
     ///
     /// # Errors
     /// [`TokenError::InvalidRefresh`], [`TokenError::RefreshReused`], HSM and store failures.
@@ -32,7 +44,11 @@ impl TokenService {
             .refresh(&mut tx, &hash)
             .await?
             .ok_or(TokenError::InvalidRefresh)?;
-        if row.app_id != app.id || row.revoked_at.is_some() || row.exp <= now {
+        if row.app_id != app.id
+            || row.revoked_at.is_some()
+            || row.exp <= now
+            || not_yet_valid(refresh_token.trim(), now)
+        {
             return Err(TokenError::InvalidRefresh);
         }
         if row.used_at.is_some() || !store.use_refresh(&mut tx, &hash, now).await? {

@@ -545,3 +545,84 @@ both_engines!(
     every_jwtplus_route_answers_in_its_peers_shapes,
     jwtplus_surface
 );
+
+/// JWTPlus finds no row for a refresh token before its `refresh_token_nbf`
+/// (`refresh_token_nbf < now`): renew answers 404 `invalid refresh token` and changes
+/// nothing. Presented twice, it is still not taken for a spent token: no family revocation
+/// kills the access token issued with it, and the session stays listed.
+async fn refresh_before_its_not_before(app: &TestApp) {
+    let root = app.root_key.clone();
+    let mut body = create_body("ES256", "ECDSA");
+    body["refresh_notbefore"] = json!(300);
+    let (s, created) = app
+        .call("POST", "/root/create", Some(&root), Some(body))
+        .await;
+    assert_eq!(s, 200, "{created}");
+    let id = created["app_id"].as_str().unwrap().to_owned();
+    let key = created["app_key"].as_str().unwrap().to_owned();
+    let (s, pair) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "carol", "aud": "shop", "ip": "10.0.0.1", "useragent": "curl"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{pair}");
+    let rt = pair["refresh_token"].as_str().unwrap().to_owned();
+    let payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(rt.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload["nbf"].as_i64().unwrap() - payload["iat"].as_i64().unwrap(),
+        300,
+        "{payload}"
+    );
+    let renew = json!({"refresh_token": rt, "ip": "10.0.0.1", "useragent": "curl"});
+    for attempt in ["first", "second"] {
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("/app/{id}/renew"),
+                Some(&key),
+                Some(renew.clone()),
+            )
+            .await;
+        assert_eq!(
+            (s, v),
+            (404, json!({"message": "invalid refresh token"})),
+            "{attempt} renew inside the refresh not-before window"
+        );
+    }
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": pair["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": true}), "the access token lives on");
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/get-session"),
+            Some(&key),
+            Some(json!({"sub": "carol"})),
+        )
+        .await;
+    assert_eq!(v["sessions"].as_array().map(Vec::len), Some(1), "{v}");
+    let (s, audit) = app.root("GET", "/audit?limit=100", None).await;
+    assert_eq!(s, 200, "{audit}");
+    assert!(
+        !audit.to_string().contains("refresh_reuse"),
+        "no reuse was recorded: {audit}"
+    );
+}
+both_engines!(
+    a_refresh_token_inside_its_not_before_window_is_refused_and_changes_nothing,
+    refresh_before_its_not_before
+);
