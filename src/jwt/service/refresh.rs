@@ -1,6 +1,8 @@
 //! Refresh: exchanging a single-use refresh token for a new pair, and revoking its
 //! family when a spent one comes back.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 use tracing::{instrument, warn};
 use ulid::Ulid;
@@ -34,27 +36,123 @@ impl TokenService {
         refresh_token: &str,
         opts: &IssueOptions,
     ) -> Result<Issued, TokenError> {
-        let store = &self.inner.store;
+        // The whole exchange runs in a task of its own: a client that goes away mid-way
+        // cannot stop it between spending the token (whose commit may land after the
+        // request is dropped) and storing (or giving back) the new one, which would turn
+        // its retry into a false reuse that revokes the whole family.
         let hash = digest(refresh_token.trim());
+        let this = self.clone();
+        let app = app.clone();
+        let opts = opts.clone();
+        let token = refresh_token.trim().to_owned();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::audit::carry(async move {
+            // A client that hung up on an exchange retries at once, often before this
+            // replica has given its token back: the retry waits for that exchange here.
+            let lock = this.exchange_lock(&hash);
+            let held = lock.lock().await;
+            this.spend_and_exchange_once(&app, &token, &hash, &opts, answer)
+                .await;
+            drop(held);
+            this.exchange_done(&hash, lock);
+        }));
+        answered.await.map_err(|_| {
+            TokenError::Store(StoreError::corrupt(
+                "the refresh exchange task failed".to_owned(),
+            ))
+        })?
+    }
+
+    /// The lock of the exchanges of one refresh token (by digest) in this process.
+    fn exchange_lock(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self
+            .inner
+            .exchanges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(hash.to_owned()).or_default().clone()
+    }
+
+    /// Forget the lock of `hash` when no other exchange holds or waits for it.
+    fn exchange_done(&self, hash: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut m = self
+            .inner
+            .exchanges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(lock);
+        if m.get(hash).is_some_and(|l| Arc::strong_count(l) == 1) {
+            m.remove(hash);
+        }
+    }
+
+    /// One exchange, answered on `answer`; withdrawn if nobody is there to take it.
+    async fn spend_and_exchange_once(
+        &self,
+        app: &AppRow,
+        token: &str,
+        hash: &str,
+        opts: &IssueOptions,
+        answer: tokio::sync::oneshot::Sender<Result<Issued, TokenError>>,
+    ) {
+        let this = self;
+        let hash = hash.to_owned();
+        {
+            let result = this.spend_and_exchange(app, token, &hash, opts).await;
+            // The client went away before its answer: the new pair never reached it, so
+            // it is withdrawn and the old token given back for the client's retry.
+            if let Err(Ok(issued)) = answer.send(result) {
+                let undone = this
+                    .inner
+                    .store
+                    .undo_exchange(
+                        &hash,
+                        issued.refresh_token.as_ref().map(|t| t.digest()).as_deref(),
+                        &issued.jti,
+                        &app.id,
+                        issued.exp,
+                        this.now(),
+                    )
+                    .await;
+                match undone {
+                    Ok(()) => this.inner.registry.denied(issued.jti, issued.exp).await,
+                    Err(e) => {
+                        warn!(error = %e, "could not withdraw a refresh exchange its client never received")
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::refresh`] in its task: spend the token (or detect its reuse), then
+    /// [`Self::exchange`] it; a failed exchange gives the token back.
+    async fn spend_and_exchange(
+        &self,
+        app: &AppRow,
+        refresh_token: &str,
+        hash: &str,
+        opts: &IssueOptions,
+    ) -> Result<Issued, TokenError> {
+        let store = &self.inner.store;
         let now = self.now();
         // Spend the token first, in a short transaction: two concurrent exchanges of one
         // token cannot both pass the compare-and-swap.
         let mut tx = store.begin().await?;
         let row = store
-            .refresh(&mut tx, &hash)
+            .refresh(&mut tx, hash)
             .await?
             .ok_or(TokenError::InvalidRefresh)?;
         if row.app_id != app.id
             || row.revoked_at.is_some()
             || row.exp <= now
-            || not_yet_valid(refresh_token.trim(), now)
+            || not_yet_valid(refresh_token, now)
         {
             return Err(TokenError::InvalidRefresh);
         }
-        if row.used_at.is_some() || !store.use_refresh(&mut tx, &hash, now).await? {
+        if row.used_at.is_some() || !store.use_refresh(&mut tx, hash, now).await? {
             // Wait for any exchange of this family in flight, so its new token is revoked too.
             store
-                .lock_refresh_family(&mut tx, &row.family, &hash)
+                .lock_refresh_family(&mut tx, &row.family, hash)
                 .await?;
             let denied = store.revoke_family(&mut tx, &row.family, now).await?;
             for (jti, exp) in &denied {
@@ -86,49 +184,14 @@ impl TokenService {
         }
         tx.commit().await?;
         // The token is spent. Until the new pair is stored, a failure gives it back, so
-        // the client's retry is not taken for reuse (which would end its session). The
-        // exchange runs in a task of its own: a client that goes away mid-way cannot stop
-        // it between spending the token and storing (or giving back) the new one, which
-        // would turn its retry into a false reuse that revokes the whole family.
-        let this = self.clone();
-        let app = app.clone();
-        let opts = opts.clone();
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        tokio::spawn(crate::audit::carry(async move {
-            let result = this.exchange(&app, &row, &hash, &opts).await;
-            if let Err(e) = &result
-                && !matches!(e, TokenError::RefreshReused)
-            {
-                let _ = this.inner.store.unuse_refresh(&hash).await;
-            }
-            // The client went away before its answer: the new pair never reached it, so
-            // it is withdrawn and the old token given back for the client's retry.
-            if let Err(Ok(issued)) = answer.send(result) {
-                let undone = this
-                    .inner
-                    .store
-                    .undo_exchange(
-                        &hash,
-                        issued.refresh_token.as_ref().map(|t| t.digest()).as_deref(),
-                        &issued.jti,
-                        &app.id,
-                        issued.exp,
-                        this.now(),
-                    )
-                    .await;
-                match undone {
-                    Ok(()) => this.inner.registry.denied(issued.jti, issued.exp).await,
-                    Err(e) => {
-                        warn!(error = %e, "could not withdraw a refresh exchange its client never received")
-                    }
-                }
-            }
-        }));
-        answered.await.map_err(|_| {
-            TokenError::Store(StoreError::corrupt(
-                "the refresh exchange task failed".to_owned(),
-            ))
-        })?
+        // the client's retry is not taken for reuse (which would end its session).
+        let result = self.exchange(app, &row, hash, opts).await;
+        if let Err(e) = &result
+            && !matches!(e, TokenError::RefreshReused)
+        {
+            let _ = store.unuse_refresh(hash).await;
+        }
+        result
     }
 
     /// The second half of [`Self::refresh`]: sign the new pair, then store its refresh
