@@ -346,9 +346,11 @@ async fn delete(
     // In a task of its own: a client that hangs up cannot stop it between its commit and
     // the in-memory registry catching up (the app would live on in this replica's memory).
     let (keys, app_id) = (state.keys.clone(), id.clone());
-    let revoked = tokio::spawn(async move { keys.delete_app(&app_id).await })
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))??;
+    let revoked = tokio::spawn(crate::audit::carry(async move {
+        keys.delete_app(&app_id).await
+    }))
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))??;
     Ok(Json(Deleted {
         id,
         deleted: true,
@@ -569,9 +571,11 @@ async fn emergency_rotate(
     key_change_allowed(&state, &actor)?;
     // In a task of its own, like `delete`: the post-commit registry work always runs.
     let (keys, app_id) = (state.keys.clone(), id.clone());
-    let r = tokio::spawn(async move { keys.emergency_rotate(&app_id).await })
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))??;
+    let r = tokio::spawn(crate::audit::carry(async move {
+        keys.emergency_rotate(&app_id).await
+    }))
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))??;
     super::layers::record_kid(&r.current.kid);
     Ok(Json(wire::EmergencyRotation::new(&id, &r)))
 }

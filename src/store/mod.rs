@@ -384,17 +384,20 @@ impl Store {
     }
 
     /// The database's clock minus `host`'s, in milliseconds, measured over one round trip
-    /// (the database's reading is taken as made half way through it).
+    /// (the database's reading is taken as made half way through it), and that round trip.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn clock_offset_ms(&self, host: &dyn crate::clock::Clock) -> Result<i64, StoreError> {
+    pub async fn clock_offset_ms(
+        &self,
+        host: &dyn crate::clock::Clock,
+    ) -> Result<(i64, i64), StoreError> {
         use sqlx::Row as _;
         let before = host.now_ms();
         let row = sqlx::query(self.clock_sql()).fetch_one(&self.pool).await?;
         let after = host.now_ms();
         let db: i64 = row.try_get("ms")?;
-        Ok(db - before - (after - before) / 2)
+        Ok((db - before - (after - before) / 2, after - before))
     }
 
     /// SQLite: copy the write-ahead log into the database without waiting for readers or
