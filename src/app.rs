@@ -42,6 +42,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<crate::auth::proxies::Cidr>,
     /// Seconds an audit record may stay unsealed before `GET /audit/verify` fails on it.
     pub audit_seal_max_lag: i64,
+    /// Seconds during which a spent refresh token presented again is a retry, not reuse.
+    pub refresh_reuse_grace: i64,
 }
 
 /// Shared state handed to every handler.
@@ -159,6 +161,7 @@ impl AppState {
                 jwks_max_age: cfg.jwks_max_age,
                 trusted_proxies: cfg.trusted_proxies().context("Invalid trusted_proxies")?,
                 audit_seal_max_lag: cfg.audit_max_lag(),
+                refresh_reuse_grace: cfg.refresh_grace(),
             }),
         })
     }

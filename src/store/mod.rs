@@ -53,7 +53,7 @@ pub use legacy::{LEGACY_ROOT_SETTING, MIGRATED_ROOT_SETTING};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use statuslists::{StatusChunk, StatusFacts, StatusListFigures, StatusListRow};
-pub use tokens::{LedgerRow, RefreshRow, SessionRow, StatusEntry};
+pub use tokens::{LedgerRow, RefreshChild, RefreshRow, SessionRow, StatusEntry};
 
 /// Setting that holds the store's id (see [`Store::store_id`]).
 pub const STORE_ID_SETTING: &str = "store_id";

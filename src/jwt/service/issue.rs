@@ -115,6 +115,8 @@ impl TokenService {
                         exp,
                         used_at: None,
                         revoked_at: None,
+                        parent_sha256: None,
+                        superseded_at: None,
                     },
                 )
                 .await?;

@@ -14,6 +14,8 @@ mod refresh;
 mod revocation;
 mod verification;
 
+pub use refresh::OnReuse;
+
 use std::sync::Arc;
 
 use serde_json::Value;

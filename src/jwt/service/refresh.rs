@@ -4,12 +4,39 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tracing::{instrument, warn};
+use tracing::{info, instrument, warn};
 use ulid::Ulid;
 
 use super::{IssueOptions, Issued, TokenError, TokenService};
 use crate::auth::digest;
-use crate::store::{AppRow, RefreshRow, StoreError};
+use crate::store::{AppRow, RefreshRow, StoreError, Tx};
+
+/// What a spent refresh token presented again does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReuse {
+    /// The native API: reuse revokes the whole family, except for a retry: the token was
+    /// spent at most `grace` seconds ago and no successor of it was used yet (its client
+    /// most likely never got the answer). A retry gets a fresh pair, and the unused
+    /// successor (with its access token) is superseded: presented later, it is reuse.
+    /// `grace` 0 turns retries off (`refresh_reuse_grace`).
+    RevokeFamily {
+        /// Seconds after the spend during which a retry is let through.
+        grace: i64,
+    },
+    /// JWTPlus renew: JWTPlus has no reuse detection (a renewed token is simply not
+    /// found), so reuse is only audited (`token.refresh_reuse`, `not_revoked_compat`) and
+    /// answered as an invalid token; nothing is revoked.
+    AuditOnly,
+}
+
+/// How an exchange of a token stores its new pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// The token's first exchange: it loses to a retry that stored a successor first.
+    First,
+    /// A retry within the grace: it supersedes the successors stored before it.
+    Retry,
+}
 
 /// Whether a refresh JWT's `nbf` is still ahead: JWTPlus issues refresh tokens that only
 /// become usable `refresh_nbf` seconds after issuance, and its renew finds no row for one
@@ -24,8 +51,9 @@ fn not_yet_valid(refresh_token: &str, now: i64) -> bool {
 }
 
 impl TokenService {
-    /// Exchange a refresh token (single use) for a new pair. Presenting a spent one
-    /// revokes its whole family; one whose `nbf` is ahead is invalid and changes nothing.
+    /// Exchange a refresh token (single use) for a new pair. Presenting a spent one does
+    /// what `on_reuse` says (see [`OnReuse`]); one whose `nbf` is ahead is invalid and
+    /// changes nothing.
     ///
     /// # Errors
     /// [`TokenError::InvalidRefresh`], [`TokenError::RefreshReused`], HSM and store failures.
@@ -35,6 +63,7 @@ impl TokenService {
         app: &AppRow,
         refresh_token: &str,
         opts: &IssueOptions,
+        on_reuse: OnReuse,
     ) -> Result<Issued, TokenError> {
         // The whole exchange runs in a task of its own: a client that goes away mid-way
         // cannot stop it between spending the token (whose commit may land after the
@@ -51,7 +80,7 @@ impl TokenService {
             // replica has given its token back: the retry waits for that exchange here.
             let lock = this.exchange_lock(&hash);
             let held = lock.lock().await;
-            this.spend_and_exchange_once(&app, &token, &hash, &opts, answer)
+            this.spend_and_exchange_once(&app, &token, &hash, &opts, on_reuse, answer)
                 .await;
             drop(held);
             this.exchange_done(&hash, lock);
@@ -93,12 +122,15 @@ impl TokenService {
         token: &str,
         hash: &str,
         opts: &IssueOptions,
+        on_reuse: OnReuse,
         answer: tokio::sync::oneshot::Sender<Result<Issued, TokenError>>,
     ) {
         let this = self;
         let hash = hash.to_owned();
         {
-            let result = this.spend_and_exchange(app, token, &hash, opts).await;
+            let result = this
+                .spend_and_exchange(app, token, &hash, opts, on_reuse)
+                .await;
             // The client went away before its answer: the new pair never reached it, so
             // it is withdrawn and the old token given back for the client's retry.
             if let Err(Ok(issued)) = answer.send(result) {
@@ -124,57 +156,56 @@ impl TokenService {
         }
     }
 
-    /// [`Self::refresh`] in its task: spend the token (or detect its reuse), then
-    /// [`Self::exchange`] it; a failed exchange gives the token back.
+    /// [`Self::refresh`] in its task: spend the token (or detect its reuse, or a retry
+    /// within the grace), then [`Self::exchange`] it; a failed exchange gives the token back.
     async fn spend_and_exchange(
         &self,
         app: &AppRow,
         refresh_token: &str,
         hash: &str,
         opts: &IssueOptions,
+        on_reuse: OnReuse,
     ) -> Result<Issued, TokenError> {
         let store = &self.inner.store;
         let now = self.now();
         // Spend the token first, in a short transaction: two concurrent exchanges of one
         // token cannot both pass the compare-and-swap.
         let mut tx = store.begin().await?;
-        let row = store
+        let mut row = store
             .refresh(&mut tx, hash)
             .await?
             .ok_or(TokenError::InvalidRefresh)?;
-        if row.app_id != app.id
-            || row.revoked_at.is_some()
-            || row.exp <= now
-            || not_yet_valid(refresh_token, now)
-        {
+        if row.app_id != app.id || row.exp <= now || not_yet_valid(refresh_token, now) {
             return Err(TokenError::InvalidRefresh);
         }
-        if row.used_at.is_some() || !store.use_refresh(&mut tx, hash, now).await? {
-            // Wait for any exchange of this family in flight, so its new token is revoked too.
+        let mut mode = Exchange::First;
+        if row.superseded_at.is_some()
+            || row.used_at.is_some()
+            || (row.revoked_at.is_none() && !store.use_refresh(&mut tx, hash, now).await?)
+        {
+            // Spent: wait for any exchange of this family in flight (so its new token is
+            // revoked too, or its successor is seen), then decide on what the store holds.
             store
                 .lock_refresh_family(&mut tx, &row.family, hash)
                 .await?;
-            let denied = store.revoke_family(&mut tx, &row.family, now).await?;
-            for (jti, exp) in &denied {
-                store.deny_jti(&mut tx, jti, &app.id, *exp).await?;
+            row = store
+                .refresh(&mut tx, hash)
+                .await?
+                .ok_or(TokenError::InvalidRefresh)?;
+            if row.superseded_at.is_none() && row.revoked_at.is_none() && row.used_at.is_none() {
+                // Given back meanwhile (its exchange failed or was never delivered).
+                if !store.use_refresh(&mut tx, hash, now).await? {
+                    return Err(TokenError::InvalidRefresh);
+                }
+            } else if row.revoked_at.is_some() && row.superseded_at.is_none() {
+                return Err(TokenError::InvalidRefresh);
+            } else if self.retry_allowed(&mut tx, &row, on_reuse, now).await? {
+                mode = Exchange::Retry;
+            } else {
+                return Err(self.reused(tx, app, &row.family, on_reuse, now).await?);
             }
-            self.inner
-                .audit
-                .record_in(
-                    &mut tx,
-                    "token.refresh_reuse",
-                    &app.id,
-                    "family_revoked",
-                    serde_json::json!({"family": row.family}),
-                )
-                .await?;
-            tx.commit().await?;
-            self.inner.audit.committed();
-            for (jti, exp) in denied {
-                self.inner.registry.denied(jti, exp).await;
-            }
-            warn!(family = %row.family, "refresh token reuse: family revoked");
-            return Err(TokenError::RefreshReused);
+        } else if row.revoked_at.is_some() {
+            return Err(TokenError::InvalidRefresh);
         }
         // Logged out or flushed since: the refresh token died with its access token.
         let access_rejected = Ulid::from_string(&row.jti)
@@ -184,14 +215,93 @@ impl TokenService {
         }
         tx.commit().await?;
         // The token is spent. Until the new pair is stored, a failure gives it back, so
-        // the client's retry is not taken for reuse (which would end its session).
-        let result = self.exchange(app, &row, hash, opts).await;
+        // the client's retry is not taken for reuse (which would end its session); the
+        // store keeps it spent if a successor of it lives.
+        let result = self.exchange(app, &row, hash, opts, mode).await;
         if let Err(e) = &result
             && !matches!(e, TokenError::RefreshReused)
         {
             let _ = store.unuse_refresh(hash).await;
         }
         result
+    }
+
+    /// Whether a spent token presented again is a retry the grace lets through: spent at
+    /// most `grace` seconds ago, not itself superseded, and no successor of it used yet.
+    async fn retry_allowed(
+        &self,
+        tx: &mut Tx,
+        row: &RefreshRow,
+        on_reuse: OnReuse,
+        now: i64,
+    ) -> Result<bool, TokenError> {
+        let OnReuse::RevokeFamily { grace } = on_reuse else {
+            return Ok(false);
+        };
+        let Some(used_at) = row.used_at else {
+            return Ok(false);
+        };
+        if grace <= 0 || row.superseded_at.is_some() || now.saturating_sub(used_at) > grace {
+            return Ok(false);
+        }
+        let children = self
+            .inner
+            .store
+            .refresh_children(tx, &row.token_sha256)
+            .await?;
+        Ok(!children.iter().any(|c| c.used))
+    }
+
+    /// A spent refresh token came back outside the grace (or its successor was used, or it
+    /// was superseded): revoke its family (native), or only audit it (JWTPlus, which has
+    /// no reuse detection: the token is simply not found). Commits `tx`; returns the error
+    /// to answer.
+    async fn reused(
+        &self,
+        mut tx: Tx,
+        app: &AppRow,
+        family: &str,
+        on_reuse: OnReuse,
+        now: i64,
+    ) -> Result<TokenError, TokenError> {
+        let store = &self.inner.store;
+        if on_reuse == OnReuse::AuditOnly {
+            self.inner
+                .audit
+                .record_in(
+                    &mut tx,
+                    "token.refresh_reuse",
+                    &app.id,
+                    "not_revoked_compat",
+                    serde_json::json!({"family": family, "compat": "jwtplus"}),
+                )
+                .await?;
+            tx.commit().await?;
+            self.inner.audit.committed();
+            warn!(%family, "refresh token reuse on a compat route: audited, family not revoked");
+            return Ok(TokenError::InvalidRefresh);
+        }
+        let denied = store.revoke_family(&mut tx, family, now).await?;
+        for (jti, exp) in &denied {
+            store.deny_jti(&mut tx, jti, &app.id, *exp).await?;
+        }
+        self.inner
+            .audit
+            .record_in(
+                &mut tx,
+                "token.refresh_reuse",
+                &app.id,
+                "family_revoked",
+                serde_json::json!({"family": family}),
+            )
+            .await?;
+        tx.commit().await?;
+        self.inner.audit.committed();
+        for (jti, exp) in denied {
+            self.inner.registry.denied(jti, exp).await;
+        }
+        warn!(%family, "refresh token reuse: family revoked");
+        Ok(TokenError::RefreshReused)
     }
 
     /// The second half of [`Self::refresh`]: sign the new pair, then store its refresh
@@ -202,6 +312,7 @@ impl TokenService {
         row: &RefreshRow,
         hash: &str,
         opts: &IssueOptions,
+        mode: Exchange,
     ) -> Result<Issued, TokenError> {
         let store = &self.inner.store;
         let claims: Map<String, Value> =
@@ -224,6 +335,61 @@ impl TokenService {
             self.inner.registry.denied(issued.jti, issued.exp).await;
             return Err(TokenError::RefreshReused);
         }
+        // The successors of the old token stored so far: a first exchange that finds one
+        // lost to a retry (which supersedes it); a retry supersedes the ones never used,
+        // and one that was used makes it reuse after all.
+        let children = store.refresh_children(&mut tx, hash).await?;
+        let lost = match mode {
+            Exchange::First => !children.is_empty(),
+            Exchange::Retry => children.iter().any(|c| c.used),
+        };
+        if lost {
+            store
+                .deny_jti(&mut tx, &issued.jti, &app.id, issued.exp)
+                .await?;
+            let error = if mode == Exchange::Retry {
+                let now = self.now();
+                self.reused(
+                    tx,
+                    app,
+                    &row.family,
+                    OnReuse::RevokeFamily { grace: 0 },
+                    now,
+                )
+                .await?
+            } else {
+                tx.commit().await?;
+                TokenError::InvalidRefresh
+            };
+            self.inner.registry.denied(issued.jti, issued.exp).await;
+            return Err(error);
+        }
+        let mut superseded = Vec::new();
+        if mode == Exchange::Retry {
+            let now = self.now();
+            for c in &children {
+                if store
+                    .supersede_refresh(&mut tx, &c.token_sha256, now)
+                    .await?
+                {
+                    store.deny_jti(&mut tx, &c.jti, &app.id, c.exp).await?;
+                    superseded.push((c.jti.clone(), c.exp));
+                }
+            }
+            self.inner
+                .audit
+                .record_in(
+                    &mut tx,
+                    "token.refresh_retried",
+                    &app.id,
+                    "ok",
+                    serde_json::json!({
+                        "family": row.family,
+                        "superseded_jtis": superseded.iter().map(|(j, _)| j).collect::<Vec<_>>(),
+                    }),
+                )
+                .await?;
+        }
         if let (Some(rt), Some(exp)) = (&issued.refresh_token, issued.refresh_exp) {
             store
                 .insert_refresh(
@@ -238,6 +404,8 @@ impl TokenService {
                         exp,
                         used_at: None,
                         revoked_at: None,
+                        parent_sha256: Some(hash.to_owned()),
+                        superseded_at: None,
                     },
                 )
                 .await?;
@@ -247,6 +415,13 @@ impl TokenService {
             store.deny_jti(&mut tx, &old.jti, &app.id, old.exp).await?;
         }
         tx.commit().await?;
+        if mode == Exchange::Retry {
+            self.inner.audit.committed();
+            info!(family = %row.family, superseded = superseded.len(), "refresh retried within the reuse grace");
+        }
+        for (jti, exp) in superseded {
+            self.inner.registry.denied(jti, exp).await;
+        }
         if let Some(old) = old {
             self.inner.registry.denied(old.jti, old.exp).await;
         }
