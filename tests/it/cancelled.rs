@@ -127,3 +127,105 @@ both_engines!(
     a_change_whose_client_hung_up_is_recorded_iff_it_happened,
     cancelled_changes
 );
+
+/// A client sends its refresh and hangs up without reading the answer, which the server
+/// still completes (and writes to a socket nobody reads, or withdraws); the client then
+/// retries with the same refresh token. The retry gets a new pair; the subject's other
+/// session and the new pair live; the pair the client never read is inactive; nothing
+/// was taken for reuse (issue 26 item 2).
+async fn refresh_hung_up(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Hung-up refresh", "signing_alg": "ES256", "refresh_ttl": 3600}))
+        .await;
+    let other = app.issue(&id, &pk, json!({"sub": "dora"})).await;
+    let other = other["token"].as_str().unwrap().to_owned();
+    let v = app.issue(&id, &pk, json!({"sub": "dora"})).await;
+    let (first, rt) = (
+        v["token"].as_str().unwrap().to_owned(),
+        v["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    let path = format!("/apps/{id}/tokens/refresh");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = json!({"refresh_token": rt}).to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {pk}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The exchange commits (the old access token retires with it); the answer is never read.
+    let mut waited = 0;
+    while app.active(&id, &pk, &first).await {
+        waited += 1;
+        assert!(waited < 1000, "the exchange never completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(s);
+    let (status, again) = app
+        .bearer(&pk, "POST", &path, Some(json!({"refresh_token": rt})))
+        .await;
+    assert_eq!(status, 200, "the retry gets a new pair: {again}");
+    let token = again["token"].as_str().unwrap().to_owned();
+    assert!(app.active(&id, &pk, &token).await, "the new pair works");
+    assert!(
+        app.active(&id, &pk, &other).await,
+        "the other session lives"
+    );
+    let (status, next) = app
+        .bearer(
+            &pk,
+            "POST",
+            &path,
+            Some(json!({"refresh_token": again["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "the new refresh token works: {next}");
+    let newest = next["token"].as_str().unwrap().to_owned();
+    // Live sessions: the other one and the newest; the undelivered pair is not among them.
+    let (status, sessions) = app
+        .bearer(&pk, "GET", &format!("/apps/{id}/sessions?sub=dora"), None)
+        .await;
+    assert_eq!(status, 200, "{sessions}");
+    let jti = |t: &str| -> Value {
+        use base64::Engine as _;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.split('.').nth(1).unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&payload).unwrap()["jti"].clone()
+    };
+    let mut live: Vec<Value> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["jti"].clone())
+        .collect();
+    live.sort_by_key(ToString::to_string);
+    let mut expected = vec![jti(&other), jti(&newest)];
+    expected.sort_by_key(ToString::to_string);
+    assert_eq!(live, expected, "only the delivered tokens live");
+    let recs = records(app).await;
+    assert!(
+        !recs
+            .iter()
+            .any(|r| r["action"] == "token.refresh_reuse" && r["target"] == id),
+        "the retry was not taken for reuse"
+    );
+    let retried = recs
+        .iter()
+        .any(|r| r["action"] == "token.refresh_retried" && r["target"] == id);
+    eprintln!(
+        "hung-up refresh: {}",
+        if retried {
+            "answered into a dead socket, retried within the grace"
+        } else {
+            "withdrawn before it was answered, exchanged again"
+        }
+    );
+    let (ok, out) = audit_verify(app).await;
+    assert!(ok, "audit verify: {out}");
+}
+both_engines!(
+    a_refresh_whose_client_hung_up_can_be_retried_without_revoking_the_family,
+    refresh_hung_up
+);

@@ -602,6 +602,10 @@ async fn moves_in(engine: Engine) {
     assert_eq!(s, 404, "a refresh token is single use");
     // Renewal ended the old access token, as in JWTPlus.
     assert!(!app.active(&a.id, &a.app_key, at).await);
+    assert!(
+        app.active(&a.id, &a.app_key, &renewed).await,
+        "renewing a renewed token revokes nothing, as in JWTPlus (no reuse detection there)"
+    );
 
     // A migrated refresh token before its JWTPlus not-before: 404 as there, twice, and
     // nothing changes (no reuse revokes its family, so its access token lives on).

@@ -386,3 +386,94 @@ async fn flush_and_logout_cut_off_by_the_databases_clock_whatever_the_replicas_c
     assert_eq!(s, 200, "{v}");
     cut_off_exactly("logout", &replicas, app, &bob, "bob").await;
 }
+
+/// The refresh reuse grace is decided in the store, not in one replica's memory: an
+/// exchange on A, then a retry of the same token on B within the grace, gets a new pair
+/// and supersedes A's (inactive on both); the superseded token presented later on A is
+/// reuse. Two replicas racing on one token leave exactly one live pair, never a revoked
+/// family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_retried_on_another_replica_within_the_grace_supersedes_the_first_pair() {
+    let a = TestApp::spawn_with("replicas_retry", Engine::Postgres, LB).await;
+    let b = a.replica(LB).await;
+    let (id, pk, _) = a
+        .create_app(json!({"name": "Retry", "signing_alg": "ES256", "refresh_ttl": 600}))
+        .await;
+    let path = format!("/apps/{id}/tokens/refresh");
+    let rt = a.issue(&id, &pk, json!({"sub": "fay"})).await["refresh_token"].clone();
+    let (s, first) = a
+        .bearer(&pk, "POST", &path, Some(json!({"refresh_token": rt})))
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let (s, retried) = b
+        .bearer(&pk, "POST", &path, Some(json!({"refresh_token": rt})))
+        .await;
+    assert_eq!(s, 200, "the retry on B gets a new pair: {retried}");
+    let lost = first["token"].as_str().unwrap().to_owned();
+    let kept = retried["token"].as_str().unwrap().to_owned();
+    for (n, on) in [("A", &a), ("B", &b)] {
+        within(
+            Duration::from_secs(5),
+            &format!("the superseded pair inactive on {n}"),
+            || async { !on.active(&id, &pk, &lost).await },
+        )
+        .await;
+        assert!(on.active(&id, &pk, &kept).await, "the retry's pair on {n}");
+    }
+    let (s, e) = a
+        .bearer(
+            &pk,
+            "POST",
+            &path,
+            Some(json!({"refresh_token": first["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("refresh_token_reused"))
+    );
+    within(
+        Duration::from_secs(5),
+        "the family revoked on B",
+        || async { !b.active(&id, &pk, &kept).await },
+    )
+    .await;
+
+    // A race: both replicas exchange one token at once.
+    let rt = a.issue(&id, &pk, json!({"sub": "gus"})).await["refresh_token"].clone();
+    let body = json!({"refresh_token": rt});
+    let (ra, rb) = tokio::join!(
+        a.bearer(&pk, "POST", &path, Some(body.clone())),
+        b.bearer(&pk, "POST", &path, Some(body.clone())),
+    );
+    let pairs: Vec<_> = [ra, rb]
+        .into_iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!pairs.is_empty(), "at least one exchange succeeds");
+    // Denials only ever add up: wait until exactly one pair is live on A.
+    let live = || async {
+        let mut live = Vec::new();
+        for p in &pairs {
+            if a.active(&id, &pk, p["token"].as_str().unwrap()).await {
+                live.push(p.clone());
+            }
+        }
+        live
+    };
+    within(Duration::from_secs(5), "exactly one live pair", || async {
+        live().await.len() == 1
+    })
+    .await;
+    let winner = live().await.pop().unwrap();
+    let (s, v) = b
+        .bearer(
+            &pk,
+            "POST",
+            &path,
+            Some(json!({"refresh_token": winner["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "the family lives on: {v}");
+}
