@@ -12,7 +12,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::auth::{ROOT_PREFIX, Secret};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, DatabaseClock, SkewedClock, SystemClock};
 use crate::config::Config;
 use crate::hsm::Hsm;
 use crate::jwt::{Issuers, TokenService};
@@ -42,6 +42,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<crate::auth::proxies::Cidr>,
     /// Seconds an audit record may stay unsealed before `GET /audit/verify` fails on it.
     pub audit_seal_max_lag: i64,
+    /// Seconds during which a spent refresh token presented again is a retry, not reuse.
+    pub refresh_reuse_grace: i64,
 }
 
 /// Shared state handed to every handler.
@@ -160,6 +162,7 @@ impl AppState {
                 jwks_max_age: cfg.jwks_max_age,
                 trusted_proxies: cfg.trusted_proxies().context("Invalid trusted_proxies")?,
                 audit_seal_max_lag: cfg.audit_max_lag(),
+                refresh_reuse_grace: cfg.refresh_grace(),
             }),
         })
     }
@@ -241,6 +244,59 @@ pub async fn init_root_key(
     Ok(Some(key))
 }
 
+/// How often a server measures its clock's offset to the database's again.
+const CLOCK_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// This host's clock; in tests, `HSM_ROTATOR_TEST_CLOCK_SKEW_MS` milliseconds off, to
+/// stand for a replica whose host clock is wrong.
+///
+/// # Errors
+/// A skew that is not an integer.
+pub(crate) fn host_clock() -> anyhow::Result<Arc<dyn Clock>> {
+    Ok(match std::env::var("HSM_ROTATOR_TEST_CLOCK_SKEW_MS") {
+        Ok(v) => {
+            let skew: i64 = v
+                .trim()
+                .parse()
+                .context("HSM_ROTATOR_TEST_CLOCK_SKEW_MS must be an integer (milliseconds)")?;
+            Arc::new(SkewedClock::new(Arc::new(SystemClock), skew))
+        }
+        Err(_) => Arc::new(SystemClock),
+    })
+}
+
+/// Measure `clock`'s offset to the database's clock again; on failure keep the last one.
+/// Of a few readings the one with the shortest round trip wins (its error is at most half
+/// of it): a reading delayed in a busy pool would otherwise put the clock off by the delay.
+pub(crate) async fn sync_clock(store: &crate::store::Store, clock: &DatabaseClock) {
+    let mut best: Option<(i64, i64)> = None;
+    let mut failure = None;
+    for _ in 0..5 {
+        match store.clock_offset_ms(clock.base()).await {
+            Ok((offset, rtt)) if best.is_none_or(|(_, r)| rtt < r) => best = Some((offset, rtt)),
+            Ok(_) => {}
+            Err(e) => failure = Some(e),
+        }
+    }
+    match best
+        .map(|(o, _)| o)
+        .ok_or_else(|| failure.map_or_else(String::new, |e| e.to_string()))
+    {
+        Ok(offset) => {
+            if (offset - clock.offset_ms()).abs() >= 1_000 {
+                tracing::info!(
+                    offset_ms = offset,
+                    "host clock is off the database's; tokens are stamped on the database's"
+                );
+            }
+            clock.set_offset_ms(offset);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the database's clock; keeping the last offset")
+        }
+    }
+}
+
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
@@ -268,7 +324,20 @@ impl Application {
         })?;
         // `serve` never creates a store nor a root key (`init` does, and shows the key once):
         // `AppState::connect` refuses a store that `init` has not made.
-        let mut state = AppState::connect(cfg, Arc::new(SystemClock)).await?;
+        let clock = Arc::new(DatabaseClock::new(host_clock()?));
+        let mut state = AppState::connect(cfg, clock.clone()).await?;
+        // Stamp tokens on the database's clock before the first one is issued; then keep
+        // the offset fresh (a host clock may be stepped or drift).
+        sync_clock(&state.store, &clock).await;
+        tokio::spawn({
+            let (store, clock) = (state.store.clone(), clock.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(CLOCK_SYNC_EVERY).await;
+                    sync_clock(&store, &clock).await;
+                }
+            }
+        });
         let connected = started.elapsed();
         // Make the store and the HSM agree before serving (a crash may have left work half
         // done). With SQLite this is the only process, so no pending key is in flight.

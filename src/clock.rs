@@ -10,6 +10,11 @@ pub type UnixTime = i64;
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now, in whole seconds since the Unix epoch.
     fn now(&self) -> UnixTime;
+
+    /// Now, in milliseconds since the Unix epoch (token ids carry milliseconds).
+    fn now_ms(&self) -> i64 {
+        self.now().saturating_mul(1000)
+    }
 }
 
 /// The system clock.
@@ -17,12 +22,90 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[allow(clippy::disallowed_methods)]
     fn now(&self) -> UnixTime {
+        self.now_ms().div_euclid(1000)
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn now_ms(&self) -> i64 {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A clock `skew` milliseconds off `base`: what a host whose clock is wrong reads. Tests
+/// start a replica on one (`HSM_ROTATOR_TEST_CLOCK_SKEW_MS`) to show that replicas' clocks
+/// do not decide which tokens a flush or a logout ends.
+#[derive(Debug)]
+pub struct SkewedClock {
+    base: Arc<dyn Clock>,
+    skew_ms: i64,
+}
+
+impl SkewedClock {
+    /// `base` moved by `skew_ms` (negative: behind).
+    pub fn new(base: Arc<dyn Clock>, skew_ms: i64) -> Self {
+        Self { base, skew_ms }
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> UnixTime {
+        self.now_ms().div_euclid(1000)
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.base.now_ms().saturating_add(self.skew_ms)
+    }
+}
+
+/// The database's clock, read through this host's: `base` plus the offset last measured
+/// against the database ([`DatabaseClock::set_offset_ms`], kept fresh by the server).
+///
+/// Every replica of one store stamps token ids (`iat`, the `jti`'s time) on it, and flush
+/// and logout cut-offs are read from the database itself inside their transaction, so
+/// which tokens a cut-off ends does not depend on how far the replicas' clocks disagree:
+/// only on the offsets' measurement error (half a round trip to the database).
+#[derive(Debug)]
+pub struct DatabaseClock {
+    base: Arc<dyn Clock>,
+    offset_ms: AtomicI64,
+}
+
+impl DatabaseClock {
+    /// `base` until an offset is measured.
+    pub fn new(base: Arc<dyn Clock>) -> Self {
+        Self {
+            base,
+            offset_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// The host clock the offset is measured against.
+    pub fn base(&self) -> &dyn Clock {
+        self.base.as_ref()
+    }
+
+    /// The database's clock minus the host's, in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Record a new measurement of the database's clock minus the host's.
+    pub fn set_offset_ms(&self, offset: i64) {
+        self.offset_ms.store(offset, Ordering::Relaxed);
+    }
+}
+
+impl Clock for DatabaseClock {
+    fn now(&self) -> UnixTime {
+        self.now_ms().div_euclid(1000)
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.base.now_ms().saturating_add(self.offset_ms())
     }
 }
 
@@ -74,6 +157,20 @@ mod tests {
         assert_eq!(c.now(), 1_000);
         c.advance(30);
         assert_eq!(c.now(), 1_030);
+        assert_eq!(c.now_ms(), 1_030_000);
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_database_clock_corrects_a_skewed_host() {
+        let host = FixedClock::at(1_000);
+        let skewed = Arc::new(SkewedClock::new(host.clone(), -30_500));
+        assert_eq!(skewed.now(), 969, "whole seconds round down");
+        let db = DatabaseClock::new(skewed);
+        assert_eq!(db.now(), 969);
+        db.set_offset_ms(30_500);
+        assert_eq!((db.now(), db.now_ms()), (1_000, 1_000_000));
+        host.advance(2);
+        assert_eq!(db.now(), 1_002);
     }
 }

@@ -38,6 +38,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("max_connections", Kind::Int),
     ("trusted_proxies", Kind::List),
     ("audit_seal_max_lag", Kind::Int),
+    ("refresh_reuse_grace", Kind::Int),
 ];
 
 /// Keys holding file paths: relative ones in a config file are taken from the file's
@@ -149,6 +150,11 @@ pub struct Config {
     /// (or a record added outside the service) gets that old.
     #[serde(default = "default_audit_seal_max_lag")]
     pub audit_seal_max_lag: u64,
+    /// Seconds after a refresh token is spent during which presenting it again is taken
+    /// as a retry of an answer the client never got (a fresh pair, the unused successor
+    /// superseded) rather than as reuse that revokes the family; 0 turns retries off.
+    #[serde(default = "default_refresh_reuse_grace")]
+    pub refresh_reuse_grace: u64,
 }
 
 /// A PIN as a string. Any other TOML type is refused with a message that never shows the
@@ -238,6 +244,9 @@ fn default_imported_key_max_life() -> u64 {
 }
 fn default_audit_seal_max_lag() -> u64 {
     300
+}
+fn default_refresh_reuse_grace() -> u64 {
+    10
 }
 
 fn default_orphan_grace() -> u64 {
@@ -382,6 +391,9 @@ impl Config {
         if !(1..=3600).contains(&self.status_list_refresh) {
             return bad("status_list_refresh must be between 1 and 3600 seconds");
         }
+        if self.refresh_reuse_grace > 300 {
+            return bad("refresh_reuse_grace must be between 0 and 300 seconds");
+        }
         if !(1..=300).contains(&self.header_read_timeout) {
             return bad("header_read_timeout must be between 1 and 300 seconds");
         }
@@ -471,6 +483,11 @@ impl Config {
     /// [`Self::audit_seal_max_lag`] in seconds, as `audit::verify` takes it.
     pub fn audit_max_lag(&self) -> i64 {
         i64::try_from(self.audit_seal_max_lag).unwrap_or(i64::MAX)
+    }
+
+    /// [`Self::refresh_reuse_grace`] in seconds, as the token service takes it.
+    pub fn refresh_grace(&self) -> i64 {
+        i64::try_from(self.refresh_reuse_grace).unwrap_or(i64::MAX)
     }
 
     /// Reconciler options with this configuration's orphan grace.
@@ -643,6 +660,7 @@ mod tests {
                     "HSM_ROTATOR_MAX_CONNECTIONS" => "6",
                     "HSM_ROTATOR_TRUSTED_PROXIES" => "10.0.0.0/8, 2001:db8::/32",
                     "HSM_ROTATOR_AUDIT_SEAL_MAX_LAG" => "11",
+                    "HSM_ROTATOR_REFRESH_REUSE_GRACE" => "12",
                     other => other,
                 }
                 .to_owned(),
@@ -690,6 +708,7 @@ mod tests {
         assert_eq!(cfg.pin().expect("pin").expose_secret(), "HSM_ROTATOR_PIN");
         assert_eq!(cfg.trusted_proxies, ["10.0.0.0/8", "2001:db8::/32"]);
         assert_eq!(cfg.audit_seal_max_lag, 11);
+        assert_eq!(cfg.refresh_reuse_grace, 12);
     }
 
     #[test]

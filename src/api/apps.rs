@@ -343,7 +343,14 @@ async fn delete(
 ) -> Result<Json<Deleted>, ApiError> {
     require_root(&state, cred.as_deref()).await?;
     existing_app(&state, &id).await?;
-    let revoked = state.keys.delete_app(&id).await?;
+    // In a task of its own: a client that hangs up cannot stop it between its commit and
+    // the in-memory registry catching up (the app would live on in this replica's memory).
+    let (keys, app_id) = (state.keys.clone(), id.clone());
+    let revoked = tokio::spawn(crate::audit::carry(async move {
+        keys.delete_app(&app_id).await
+    }))
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))??;
     Ok(Json(Deleted {
         id,
         deleted: true,
@@ -562,7 +569,13 @@ async fn emergency_rotate(
 ) -> Result<Json<wire::EmergencyRotation>, ApiError> {
     let (actor, _) = require_root_or_app(&state, cred.as_deref(), &id).await?;
     key_change_allowed(&state, &actor)?;
-    let r = state.keys.emergency_rotate(&id).await?;
+    // In a task of its own, like `delete`: the post-commit registry work always runs.
+    let (keys, app_id) = (state.keys.clone(), id.clone());
+    let r = tokio::spawn(crate::audit::carry(async move {
+        keys.emergency_rotate(&app_id).await
+    }))
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))??;
     super::layers::record_kid(&r.current.kid);
     Ok(Json(wire::EmergencyRotation::new(&id, &r)))
 }

@@ -21,7 +21,7 @@ use super::{ApiError, Resource};
 use crate::app::AppState;
 use crate::clock::rfc3339;
 use crate::jwt::Issued;
-use crate::jwt::service::{IssueOptions, RefreshFormat};
+use crate::jwt::service::{IssueOptions, OnReuse, RefreshFormat};
 
 /// `POST /apps/{id}/tokens` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -104,7 +104,9 @@ async fn issue(
     ))
 }
 
-/// Exchange a refresh token (single use) for a new pair.
+/// Exchange a refresh token (single use) for a new pair. A spent one presented again
+/// revokes its family, unless it is a retry within `refresh_reuse_grace` whose successor
+/// was never used: then a fresh pair, and that successor is revoked.
 #[utoipa::path(post, path = "/apps/{id}/tokens/refresh", tag = TAG_TOKENS,
     params(AppId),
     request_body(content(
@@ -123,7 +125,14 @@ async fn refresh(
     let req: RefreshRequest = body.json_or_form().await?;
     let issued = state
         .tokens
-        .refresh(&app, &req.refresh_token, &native_opts(&state, &id, None))
+        .refresh(
+            &app,
+            &req.refresh_token,
+            &native_opts(&state, &id, None),
+            OnReuse::RevokeFamily {
+                grace: state.settings.refresh_reuse_grace,
+            },
+        )
         .await?;
     super::layers::record_kid(&issued.kid);
     Ok((

@@ -44,7 +44,11 @@ impl Direct {
         // Its issuers are those a server on this configuration advertises: `public_url`,
         // else the listen address (set public_url when tokens issued here must verify at a
         // server behind a proxy, or listening on port 0).
-        let state = AppState::connect(cfg, Arc::new(crate::clock::SystemClock)).await?;
+        // On the database's clock, as a server is: a flush or logout run here sets the
+        // same cut-off a server would.
+        let clock = Arc::new(crate::clock::DatabaseClock::new(crate::app::host_clock()?));
+        let state = AppState::connect(cfg, clock.clone()).await?;
+        crate::app::sync_clock(&state.store, &clock).await;
         Ok(Self { state, _lock: lock })
     }
 

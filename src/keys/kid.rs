@@ -109,14 +109,39 @@ impl<'de> Deserialize<'de> for Kid {
 
 static ULIDS: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
 
-/// A ULID strictly greater than every other one this process made: token ids and
-/// revocation cut-offs compare by it, so a token issued after a cut-off always sorts above.
+/// A ULID strictly greater than every other one this function made in this process (ids
+/// of records, families and requests, on the host's clock).
 pub fn monotonic_ulid() -> Ulid {
     let mut g = ULIDS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let generator = g.get_or_insert_with(ulid::Generator::new);
     generator.generate().unwrap_or_else(|_| Ulid::new())
+}
+
+/// Token ids' generator: its own, so that ids stamped on the host's clock (above) never
+/// drag token ids to the host's time.
+static TOKEN_ULIDS: std::sync::Mutex<Option<ulid::Generator>> = std::sync::Mutex::new(None);
+
+/// A token id at `ms` (milliseconds since the epoch, read from the database's clock),
+/// strictly greater than every token id this process made and than every cut-off passed
+/// to [`token_ulid_after`]: token ids and revocation cut-offs compare by it.
+pub fn token_ulid(ms: i64) -> Ulid {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0).unsigned_abs());
+    let mut g = TOKEN_ULIDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let generator = g.get_or_insert_with(ulid::Generator::new);
+    generator
+        .generate_from_datetime(at)
+        .unwrap_or_else(|_| Ulid::from_datetime(at))
+}
+
+/// Make every later [`token_ulid`] sort above `cutoff` (a cut-off this process just set):
+/// a token issued here after a flush or logout is never taken as issued before it.
+pub fn token_ulid_after(cutoff: Ulid) {
+    let ms = i64::try_from(cutoff.timestamp_ms()).unwrap_or(i64::MAX);
+    token_ulid(ms);
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@ pub mod service;
 pub mod spares;
 mod state;
 
-pub use kid::{BadId, Kid, LABEL_PREFIX, LabelOwner, label_owner, monotonic_ulid, parse_ulid};
+pub use kid::{
+    BadId, Kid, LABEL_PREFIX, LabelOwner, label_owner, monotonic_ulid, parse_ulid, token_ulid,
+    token_ulid_after,
+};
 pub use registry::{LiveKey, Registry, Revoked};
 pub use service::{
     CreatedApp, Early, EmergencyRotation, KeyError, KeyService, Revocation, Rotation, RotationKind,

@@ -336,6 +336,8 @@ fn session(p: &mut AppPlan, t: &SrcToken, now: i64) {
             exp: t.refresh_exp,
             used_at: None,
             revoked_at: None,
+            parent_sha256: None,
+            superseded_at: None,
         });
     }
     p.sessions.push(LedgerRow {

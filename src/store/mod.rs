@@ -53,7 +53,7 @@ pub use legacy::{LEGACY_ROOT_SETTING, MIGRATED_ROOT_SETTING};
 pub use lock::{LockError, StoreLock};
 pub use notify::{Change, ChangeListener, Heard};
 pub use statuslists::{StatusChunk, StatusFacts, StatusListFigures, StatusListRow};
-pub use tokens::{LedgerRow, RefreshRow, SessionRow, StatusEntry};
+pub use tokens::{LedgerRow, RefreshChild, RefreshRow, SessionRow, StatusEntry};
 
 /// Setting that holds the store's id (see [`Store::store_id`]).
 pub const STORE_ID_SETTING: &str = "store_id";
@@ -358,6 +358,46 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// The database's clock now, in milliseconds since the epoch (PostgreSQL:
+    /// `clock_timestamp()`, the time of the statement, not of its transaction).
+    fn clock_sql(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS ms"
+            }
+            Dialect::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS ms"
+            }
+        }
+    }
+
+    /// The database's clock, read inside `tx`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn clock_ms_in(&self, tx: &mut Tx) -> Result<i64, StoreError> {
+        use sqlx::Row as _;
+        let row = sqlx::query(self.clock_sql()).fetch_one(&mut **tx).await?;
+        Ok(row.try_get("ms")?)
+    }
+
+    /// The database's clock minus `host`'s, in milliseconds, measured over one round trip
+    /// (the database's reading is taken as made half way through it), and that round trip.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn clock_offset_ms(
+        &self,
+        host: &dyn crate::clock::Clock,
+    ) -> Result<(i64, i64), StoreError> {
+        use sqlx::Row as _;
+        let before = host.now_ms();
+        let row = sqlx::query(self.clock_sql()).fetch_one(&self.pool).await?;
+        let after = host.now_ms();
+        let db: i64 = row.try_get("ms")?;
+        Ok((db - before - (after - before) / 2, after - before))
     }
 
     /// SQLite: copy the write-ahead log into the database without waiting for readers or

@@ -8,6 +8,7 @@ mod common;
 mod access_control;
 mod apps;
 mod audit_log;
+mod cancelled;
 mod certs;
 mod cli;
 mod clients;

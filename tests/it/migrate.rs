@@ -286,13 +286,26 @@ impl Fixture {
 
     /// A session signed as JWTPlus signs it (A.4), with its `tokens` row.
     async fn token(&mut self, app: &mut JpApp, kid: &str, key: &Pair, sub: &str) {
+        self.token_with_refresh_nbf(app, kid, key, sub, 0).await;
+    }
+
+    /// [`Self::token`] whose refresh token becomes usable `refresh_nbf` seconds after
+    /// issuance (JWTPlus's `refresh_nbf`).
+    async fn token_with_refresh_nbf(
+        &mut self,
+        app: &mut JpApp,
+        kid: &str,
+        key: &Pair,
+        sub: &str,
+        refresh_nbf: i64,
+    ) {
         let jid = ulid::Ulid::new().to_string();
         let iat = now() - 10;
-        let (exp, rexp) = (iat + 3600, iat + 86_400);
+        let (exp, rexp, rnbf) = (iat + 3600, iat + 86_400, iat + refresh_nbf);
         // Reserved claims first, then every body member merged over them.
         let auth = json!({"jid": jid, "iat": iat, "nbf": iat, "exp": exp, "iss": app.name,
             "sub": sub, "aud": "shop", "ip": "10.0.0.7", "useragent": "curl/8", "plan": "gold"});
-        let refresh = json!({"jid": jid, "iat": iat, "nbf": iat, "exp": rexp, "iss": app.name, "type": "refresh"});
+        let refresh = json!({"jid": jid, "iat": iat, "nbf": rnbf, "exp": rexp, "iss": app.name, "type": "refresh"});
         let (at, rt) = (
             sign(&app.alg, kid, key, &auth),
             sign(&app.alg, kid, key, &refresh),
@@ -312,7 +325,7 @@ impl Fixture {
         .bind(&rt)
         .bind(sha512_hex(&rt))
         .bind(iat)
-        .bind(iat)
+        .bind(rnbf)
         .bind(rexp)
         .execute(&mut self.db)
         .await
@@ -378,6 +391,11 @@ async fn moves_in(engine: Engine) {
         let (kid, key) = f.key(&mut a, "active").await;
         f.token(&mut a, &kid, &key, &format!("user-{alg}@example.com"))
             .await;
+        if alg == "RS256" {
+            // A session renewed only after JWTPlus's refresh not-before (an hour here).
+            f.token_with_refresh_nbf(&mut a, &kid, &key, "carol@example.com", 3600)
+                .await;
+        }
         if alg == "ES256" {
             // Rotated before: an expired key whose token is still alive comes along as
             // `previous`; a revoked key and an expired one without live tokens stay behind.
@@ -584,6 +602,33 @@ async fn moves_in(engine: Engine) {
     assert_eq!(s, 404, "a refresh token is single use");
     // Renewal ended the old access token, as in JWTPlus.
     assert!(!app.active(&a.id, &a.app_key, at).await);
+    assert!(
+        app.active(&a.id, &a.app_key, &renewed).await,
+        "renewing a renewed token revokes nothing, as in JWTPlus (no reuse detection there)"
+    );
+
+    // A migrated refresh token before its JWTPlus not-before: 404 as there, twice, and
+    // nothing changes (no reuse revokes its family, so its access token lives on).
+    if let Some(rs) = apps.iter().find(|a| a.alg == "RS256") {
+        let (at, rt, _) = &rs.tokens[1];
+        let renew = json!({"refresh_token": rt, "ip": "10.0.0.8", "useragent": "curl/9"});
+        for _ in 0..2 {
+            let (s, v) = app
+                .call(
+                    "POST",
+                    &format!("/app/{}/renew", rs.id),
+                    Some(&rs.app_key),
+                    Some(renew.clone()),
+                )
+                .await;
+            assert_eq!(
+                (s, v),
+                (404, json!({"message": "invalid refresh token"})),
+                "renew before the refresh not-before"
+            );
+        }
+        assert!(app.active(&rs.id, &rs.app_key, at).await);
+    }
 
     // Logging a subject out by its plain name reaches its migrated tokens (the ledger and
     // the cut-off key subjects by the SHA-256 of the `sub` read back from each token).

@@ -306,3 +306,174 @@ async fn replicas_recover_and_converge_after_the_database_comes_back() {
     )
     .await;
 }
+
+/// A token for `sub` issued on `on`.
+async fn token_on(on: &TestApp, id: &str, pk: &str, sub: &str) -> String {
+    on.issue(id, pk, json!({"sub": sub})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// After cut-off `what` (already requested): each of `dead` (issued on the replica named
+/// with it before the cut-off) becomes inactive on every replica, and a token for `sub`
+/// issued on any replica after it is active on every replica.
+async fn cut_off_exactly(
+    what: &str,
+    replicas: &[(&str, &TestApp)],
+    (id, pk): (&str, &str),
+    dead: &[(&str, String)],
+    sub: &str,
+) {
+    for (r, t) in dead {
+        for (n, on) in replicas {
+            within(
+                Duration::from_secs(5),
+                &format!("{what}: the token issued on {r} before it, inactive on {n}"),
+                || async { !on.active(id, pk, t).await },
+            )
+            .await;
+        }
+    }
+    for (r, on) in replicas {
+        let t = token_on(on, id, pk, sub).await;
+        for (n, check_on) in replicas {
+            assert!(
+                check_on.active(id, pk, &t).await,
+                "{what}: a token issued on {r} after it is active on {n}"
+            );
+        }
+    }
+}
+
+/// Replicas whose host clocks disagree by a minute: a flush or a logout on one ends every
+/// token issued before it on any of them, and none issued after it. Token ids are stamped
+/// on the database's clock and cut-offs read from it; on the replicas' own clocks, the
+/// token issued 30 s "in the future" before the flush would outlive it, and the one issued
+/// 30 s "in the past" after it would die.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_and_logout_cut_off_by_the_databases_clock_whatever_the_replicas_clocks() {
+    let a = TestApp::spawn_with("replicas_clock", Engine::Postgres, LB).await;
+    let ahead = a
+        .replica(&[LB[0], ("HSM_ROTATOR_TEST_CLOCK_SKEW_MS", "30000")])
+        .await;
+    let behind = a
+        .replica(&[LB[0], ("HSM_ROTATOR_TEST_CLOCK_SKEW_MS", "-30000")])
+        .await;
+    let (id, pk, _) = a
+        .create_app(json!({"name": "Clocks", "signing_alg": "ES256"}))
+        .await;
+    let replicas = [("a", &a), ("ahead", &ahead), ("behind", &behind)];
+    let app = (id.as_str(), pk.as_str());
+
+    let mut before = Vec::new();
+    for (r, on) in replicas {
+        before.push((r, token_on(on, &id, &pk, "alice").await));
+    }
+    let (s, v) = a
+        .bearer(&pk, "POST", &format!("/apps/{id}/tokens/flush"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    cut_off_exactly("flush", &replicas, app, &before, "carol").await;
+
+    let mut bob = Vec::new();
+    for (r, on) in replicas {
+        bob.push((r, token_on(on, &id, &pk, "bob").await));
+    }
+    let (s, v) = a
+        .bearer(&pk, "DELETE", &format!("/apps/{id}/sessions?sub=bob"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    cut_off_exactly("logout", &replicas, app, &bob, "bob").await;
+}
+
+/// The refresh reuse grace is decided in the store, not in one replica's memory: an
+/// exchange on A, then a retry of the same token on B within the grace, gets a new pair
+/// and supersedes A's (inactive on both); the superseded token presented later on A is
+/// reuse. Two replicas racing on one token leave exactly one live pair, never a revoked
+/// family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_retried_on_another_replica_within_the_grace_supersedes_the_first_pair() {
+    let a = TestApp::spawn_with("replicas_retry", Engine::Postgres, LB).await;
+    let b = a.replica(LB).await;
+    let (id, pk, _) = a
+        .create_app(json!({"name": "Retry", "signing_alg": "ES256", "refresh_ttl": 600}))
+        .await;
+    let path = format!("/apps/{id}/tokens/refresh");
+    let rt = a.issue(&id, &pk, json!({"sub": "fay"})).await["refresh_token"].clone();
+    let (s, first) = a
+        .bearer(&pk, "POST", &path, Some(json!({"refresh_token": rt})))
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let (s, retried) = b
+        .bearer(&pk, "POST", &path, Some(json!({"refresh_token": rt})))
+        .await;
+    assert_eq!(s, 200, "the retry on B gets a new pair: {retried}");
+    let lost = first["token"].as_str().unwrap().to_owned();
+    let kept = retried["token"].as_str().unwrap().to_owned();
+    for (n, on) in [("A", &a), ("B", &b)] {
+        within(
+            Duration::from_secs(5),
+            &format!("the superseded pair inactive on {n}"),
+            || async { !on.active(&id, &pk, &lost).await },
+        )
+        .await;
+        assert!(on.active(&id, &pk, &kept).await, "the retry's pair on {n}");
+    }
+    let (s, e) = a
+        .bearer(
+            &pk,
+            "POST",
+            &path,
+            Some(json!({"refresh_token": first["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("refresh_token_reused"))
+    );
+    within(
+        Duration::from_secs(5),
+        "the family revoked on B",
+        || async { !b.active(&id, &pk, &kept).await },
+    )
+    .await;
+
+    // A race: both replicas exchange one token at once.
+    let rt = a.issue(&id, &pk, json!({"sub": "gus"})).await["refresh_token"].clone();
+    let body = json!({"refresh_token": rt});
+    let (ra, rb) = tokio::join!(
+        a.bearer(&pk, "POST", &path, Some(body.clone())),
+        b.bearer(&pk, "POST", &path, Some(body.clone())),
+    );
+    let pairs: Vec<_> = [ra, rb]
+        .into_iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(!pairs.is_empty(), "at least one exchange succeeds");
+    // Denials only ever add up: wait until exactly one pair is live on A.
+    let live = || async {
+        let mut live = Vec::new();
+        for p in &pairs {
+            if a.active(&id, &pk, p["token"].as_str().unwrap()).await {
+                live.push(p.clone());
+            }
+        }
+        live
+    };
+    within(Duration::from_secs(5), "exactly one live pair", || async {
+        live().await.len() == 1
+    })
+    .await;
+    let winner = live().await.pop().unwrap();
+    let (s, v) = b
+        .bearer(
+            &pk,
+            "POST",
+            &path,
+            Some(json!({"refresh_token": winner["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "the family lives on: {v}");
+}

@@ -340,8 +340,9 @@ async fn every_grain(app: &TestApp) {
     cases.push(case("flush/revoked", &a["token"], true));
     cases.push(case("flush/sibling", &b["token"], false));
 
-    // Refresh-family reuse: the exchange retires the first token, the reuse kills the
-    // second; another family is untouched.
+    // Refresh-family reuse: the exchanges retire the first and second tokens, the reuse
+    // (after the successor was used, so not a retry) kills the third; another family is
+    // untouched.
     let (id, pk) = native_app(app, "Family", json!({"refresh_ttl": 3600})).await;
     let first = issue(app, &id, &pk, "r").await;
     let other = issue(app, &id, &pk, "r").await;
@@ -355,6 +356,15 @@ async fn every_grain(app: &TestApp) {
         )
         .await;
     assert_eq!(s, 200, "{second}");
+    let (s, third) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": second["refresh_token"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{third}");
     let (s, v) = app
         .bearer(
             &pk,
@@ -365,7 +375,8 @@ async fn every_grain(app: &TestApp) {
         .await;
     assert_ne!(s, 200, "reuse: {v}");
     cases.push(case("family/exchanged", &first["token"], true));
-    cases.push(case("family/reused", &second["token"], true));
+    cases.push(case("family/exchanged-again", &second["token"], true));
+    cases.push(case("family/reused", &third["token"], true));
     cases.push(case("family/sibling", &other["token"], false));
 
     // JWTPlus logout: the pair's access and refresh JWTs both; the other pair neither.

@@ -220,6 +220,18 @@ async fn refresh(app: &TestApp) {
         "refreshing retires the old access token"
     );
     assert!(app.active(&id, &pk, &second).await);
+    // The successor is used: the spent token coming back now is reuse, not a retry.
+    let (s, r) = app
+        .bearer(
+            &pk,
+            "POST",
+            &format!("/apps/{id}/tokens/refresh"),
+            Some(json!({"refresh_token": rt2})),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let third = r["token"].as_str().unwrap().to_owned();
+    let rt3 = r["refresh_token"].as_str().unwrap().to_owned();
     // Reuse of the spent token: refused, and the whole family revoked.
     let (s, e) = app
         .bearer(
@@ -234,7 +246,7 @@ async fn refresh(app: &TestApp) {
         (400, Some("refresh_token_reused"))
     );
     assert!(
-        !app.active(&id, &pk, &second).await,
+        !app.active(&id, &pk, &third).await,
         "family revoked on reuse"
     );
     let (s, _) = app
@@ -242,7 +254,7 @@ async fn refresh(app: &TestApp) {
             &pk,
             "POST",
             &format!("/apps/{id}/tokens/refresh"),
-            Some(json!({"refresh_token": rt2})),
+            Some(json!({"refresh_token": rt3})),
         )
         .await;
     assert_eq!(s, 400, "the family's newest refresh token is dead too");
@@ -257,6 +269,135 @@ async fn refresh(app: &TestApp) {
     assert_eq!((s, e["error"].as_str()), (400, Some("invalid_grant")));
 }
 both_engines!(refresh_tokens_are_single_use, refresh);
+
+/// `POST /apps/{id}/tokens/refresh` with `refresh_token`: `(status, body)`.
+async fn exchange(app: &TestApp, id: &str, pk: &str, rt: &str) -> (u16, Value) {
+    app.bearer(
+        pk,
+        "POST",
+        &format!("/apps/{id}/tokens/refresh"),
+        Some(json!({"refresh_token": rt})),
+    )
+    .await
+}
+
+/// The audit actions recorded for `id`.
+async fn actions(app: &TestApp, id: &str) -> Vec<String> {
+    crate::audit_log::records(app)
+        .await
+        .iter()
+        .filter(|r| r["target"] == id)
+        .filter_map(|r| r["action"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A spent refresh token presented again within `refresh_reuse_grace` (default 10 s)
+/// while its successor was never used is a client retrying an answer it never got: it
+/// gets a fresh pair, only the unused successor dies, and the retry is audited. The
+/// superseded successor presented later is reuse (a thief holding it is still caught).
+async fn retry(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "Retry", "signing_alg": "ES256", "refresh_ttl": 3600}))
+        .await;
+    let other = app.issue(&id, &pk, json!({"sub": "bob"})).await;
+    let other = other["token"].as_str().unwrap().to_owned();
+    let v = app.issue(&id, &pk, json!({"sub": "bob"})).await;
+    let rt = v["refresh_token"].as_str().unwrap().to_owned();
+    let (s, lost) = exchange(app, &id, &pk, &rt).await;
+    assert_eq!(s, 200, "{lost}");
+    // The client never saw `lost`; it retries with the token it has.
+    let (s, again) = exchange(app, &id, &pk, &rt).await;
+    assert_eq!(
+        s, 200,
+        "a retry within the grace gets a fresh pair: {again}"
+    );
+    let token = again["token"].as_str().unwrap().to_owned();
+    let rt2 = again["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(Some(rt2.as_str()), lost["refresh_token"].as_str());
+    assert!(
+        app.active(&id, &pk, &token).await,
+        "the retry's token works"
+    );
+    assert!(
+        app.active(&id, &pk, &other).await,
+        "bob's other session lives"
+    );
+    assert!(
+        !app.active(&id, &pk, lost["token"].as_str().unwrap()).await,
+        "the undelivered successor's access token is withdrawn"
+    );
+    assert!(
+        actions(app, &id)
+            .await
+            .contains(&"token.refresh_retried".to_owned())
+    );
+    // The superseded successor turns up later: reuse, the family is revoked.
+    let (s, e) = exchange(app, &id, &pk, lost["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("refresh_token_reused"))
+    );
+    assert!(!app.active(&id, &pk, &token).await, "family revoked");
+    let (s, _) = exchange(app, &id, &pk, &rt2).await;
+    assert_eq!(s, 400, "the family's newest refresh token is dead too");
+    assert!(
+        app.active(&id, &pk, &other).await,
+        "another family of the subject is untouched"
+    );
+    assert!(
+        actions(app, &id)
+            .await
+            .contains(&"token.refresh_reuse".to_owned())
+    );
+}
+both_engines!(
+    a_refresh_retried_within_the_grace_gets_a_new_pair_and_supersedes_the_unused_one,
+    retry
+);
+
+/// `refresh_reuse_grace = 0`: any spent token presented again revokes its family.
+async fn no_grace(app: &TestApp) {
+    let (id, pk, _) = app
+        .create_app(json!({"name": "No grace", "signing_alg": "ES256", "refresh_ttl": 3600}))
+        .await;
+    let v = app.issue(&id, &pk, json!({"sub": "bob"})).await;
+    let rt = v["refresh_token"].as_str().unwrap().to_owned();
+    let (s, r) = exchange(app, &id, &pk, &rt).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, e) = exchange(app, &id, &pk, &rt).await;
+    assert_eq!(
+        (s, e["error"].as_str()),
+        (400, Some("refresh_token_reused"))
+    );
+    assert!(
+        !app.active(&id, &pk, r["token"].as_str().unwrap()).await,
+        "family revoked"
+    );
+    let (s, _) = exchange(app, &id, &pk, r["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(s, 400);
+    assert!(
+        !actions(app, &id)
+            .await
+            .contains(&"token.refresh_retried".to_owned())
+    );
+}
+mod without_a_reuse_grace_a_spent_refresh_token_revokes_its_family {
+    use crate::common::app::{Engine, TestApp};
+
+    const ENV: &[(&str, &str)] = &[("HSM_ROTATOR_REFRESH_REUSE_GRACE", "0")];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = TestApp::spawn_with("no_reuse_grace_sq", Engine::Sqlite, ENV).await;
+        super::no_grace(&app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let app = TestApp::spawn_with("no_reuse_grace_pg", Engine::Postgres, ENV).await;
+        super::no_grace(&app).await;
+    }
+}
 
 async fn sessions_and_discovery(app: &TestApp) {
     let (id, pk, _) = app

@@ -11,7 +11,7 @@ use super::{IssueOptions, Issued, RefreshFormat, TokenError, TokenService};
 use crate::auth::{REFRESH_PREFIX, Secret, digest};
 use crate::hsm::HsmError;
 use crate::jwt::{RESERVED_CLAIMS, b64};
-use crate::keys::{LiveKey, monotonic_ulid};
+use crate::keys::{LiveKey, monotonic_ulid, token_ulid};
 use crate::statuslist::list_uri;
 use crate::store::{AppRow, LedgerRow, RefreshRow, StatusEntry};
 
@@ -125,6 +125,8 @@ impl TokenService {
                         exp,
                         used_at: None,
                         revoked_at: None,
+                        parent_sha256: None,
+                        superseded_at: None,
                     },
                 )
                 .await?;
@@ -143,8 +145,11 @@ impl TokenService {
         opts: &IssueOptions,
     ) -> Result<Issued, TokenError> {
         let mut key = self.current_key(&app.id)?;
-        let now = self.now();
-        let jti = monotonic_ulid().to_string();
+        // The database's clock (through this replica's measured offset): flush and logout
+        // cut-offs are read from it, so a token's id sorts on the same time line.
+        let now_ms = self.inner.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
+        let jti = token_ulid(now_ms).to_string();
         let nbf = now + app.token_nbf;
         let exp = now + ttl;
         let sub_sha256 = claims.get("sub").and_then(Value::as_str).map(digest);

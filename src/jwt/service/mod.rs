@@ -14,6 +14,8 @@ mod refresh;
 mod revocation;
 mod verification;
 
+pub use refresh::OnReuse;
+
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -155,7 +157,13 @@ struct Inner {
     ledger: mpsc::Sender<(LedgerRow, LedgerAck)>,
     audit: crate::audit::Audit,
     status: Allocator,
+    /// Refresh exchanges in flight, by token digest: a retry of one waits for it to end
+    /// (stored or given back) instead of finding the token spent and taking it for reuse.
+    exchanges: ExchangeLocks,
 }
+
+type ExchangeLocks =
+    std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
 /// The token service. Cheap to clone.
 #[derive(Clone)]
@@ -208,6 +216,7 @@ impl TokenService {
                 clock,
                 ledger: tx,
                 audit,
+                exchanges: ExchangeLocks::default(),
             }),
         }
     }

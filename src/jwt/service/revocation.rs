@@ -6,7 +6,7 @@ use ulid::Ulid;
 use super::{TokenError, TokenService};
 use crate::auth::digest;
 use crate::jwt::Issuers;
-use crate::keys::monotonic_ulid;
+use crate::keys::token_ulid_after;
 use crate::store::{AppRow, SessionRow};
 
 impl TokenService {
@@ -79,7 +79,8 @@ impl TokenService {
     }
 
     /// Log a subject out everywhere: every token of `sub` issued so far is rejected and its
-    /// refresh tokens revoked.
+    /// refresh tokens revoked. "So far" is read from the database's clock (see
+    /// [`crate::store::Store::cutoff_in`]), the same for every replica.
     ///
     /// # Errors
     /// Store failures.
@@ -87,9 +88,9 @@ impl TokenService {
         let store = &self.inner.store;
         let now = self.now();
         let sub_hash = digest(sub);
-        let cutoff = monotonic_ulid();
         let until = now + app.token_ttl.max(app.refresh_ttl) + 1;
         let mut tx = store.begin().await?;
+        let cutoff = store.cutoff_in(&mut tx).await?;
         store
             .set_subject_cutoff(&mut tx, &app.id, &sub_hash, &cutoff.to_string(), until)
             .await?;
@@ -108,6 +109,7 @@ impl TokenService {
             .await?;
         tx.commit().await?;
         self.inner.audit.committed();
+        token_ulid_after(cutoff);
         self.inner
             .registry
             .subject_logged_out(&app.id, &sub_hash, cutoff)
@@ -122,9 +124,11 @@ impl TokenService {
     /// Store failures.
     pub async fn flush(&self, app: &AppRow) -> Result<(), TokenError> {
         let store = &self.inner.store;
-        let cutoff = monotonic_ulid().to_string();
         let mut tx = store.begin().await?;
-        store.set_cutoff(&mut tx, &app.id, &cutoff).await?;
+        let cutoff = store.cutoff_in(&mut tx).await?;
+        store
+            .set_cutoff(&mut tx, &app.id, &cutoff.to_string())
+            .await?;
         store
             .revoke_app_refresh(&mut tx, &app.id, self.now())
             .await?;
@@ -134,9 +138,10 @@ impl TokenService {
             .await?;
         tx.commit().await?;
         self.inner.audit.committed();
+        token_ulid_after(cutoff);
         self.inner
             .registry
-            .patch_app(&app.id, |a| a.cutoff = Some(cutoff));
+            .patch_app(&app.id, |a| a.cutoff = Some(cutoff.to_string()));
         crate::metrics::revocation("app");
         let registry = self.inner.registry.clone();
         let id = app.id.clone();

@@ -7,7 +7,7 @@ use super::{CreatedApp, KeyError, KeyService};
 use crate::alg::KeySpec;
 use crate::auth::{ACCESS_PREFIX, Secret};
 use crate::hsm::HsmError;
-use crate::keys::{KeyState, Kid, monotonic_ulid};
+use crate::keys::{KeyState, Kid, token_ulid_after};
 use crate::store::{AppPolicy, AppRow};
 
 impl KeyService {
@@ -165,11 +165,14 @@ impl KeyService {
         {
             return Err(KeyError::AppNotFound);
         }
-        let cutoff = flush.then(|| monotonic_ulid().to_string());
-        if let Some(c) = &cutoff {
-            store.set_cutoff(&mut tx, app_id, c).await?;
+        let cutoff = if flush {
+            let c = store.cutoff_in(&mut tx).await?;
+            store.set_cutoff(&mut tx, app_id, &c.to_string()).await?;
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
-        }
+            Some(c)
+        } else {
+            None
+        };
         self.inner
             .audit
             .record_in(
@@ -182,11 +185,14 @@ impl KeyService {
             .await?;
         tx.commit().await?;
         self.inner.audit.committed();
+        if let Some(c) = cutoff {
+            token_ulid_after(c);
+        }
         let digest = token.digest();
         self.inner.registry.patch_app(app_id, |a| {
             a.access_token_sha256 = digest;
-            if cutoff.is_some() {
-                a.cutoff = cutoff;
+            if let Some(c) = cutoff {
+                a.cutoff = Some(c.to_string());
             }
         });
         let registry = self.inner.registry.clone();

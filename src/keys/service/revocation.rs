@@ -5,7 +5,7 @@ use tracing::{instrument, warn};
 
 use super::{EmergencyRotation, KeyError, KeyService, Revocation, find};
 use crate::alg::KeySpec;
-use crate::keys::{KeyState, Kid, monotonic_ulid};
+use crate::keys::{KeyState, Kid, token_ulid_after};
 use crate::store::KeyRow;
 
 impl KeyService {
@@ -175,8 +175,10 @@ impl KeyService {
             else {
                 continue;
             };
-            let cutoff = monotonic_ulid().to_string();
-            store.set_cutoff(&mut tx, app_id, &cutoff).await?;
+            let cutoff = store.cutoff_in(&mut tx).await?;
+            store
+                .set_cutoff(&mut tx, app_id, &cutoff.to_string())
+                .await?;
             store.revoke_app_refresh(&mut tx, app_id, now).await?;
             store.set_rotated(&mut tx, app_id, now).await?;
             self.inner
@@ -201,10 +203,11 @@ impl KeyService {
                 now,
             ));
         };
+        token_ulid_after(cutoff);
         self.inner.registry.withdraw(&revoked);
         self.inner
             .registry
-            .patch_app(app_id, |a| a.cutoff = Some(cutoff.clone()));
+            .patch_app(app_id, |a| a.cutoff = Some(cutoff.to_string()));
         crate::metrics::rotation("emergency");
         self.finish(app_id, revoked.clone()).await;
         warn!(

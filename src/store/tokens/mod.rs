@@ -12,7 +12,7 @@ mod revocations;
 mod tests;
 
 pub use ledger::{LedgerRow, SessionRow, StatusEntry};
-pub use refresh::RefreshRow;
+pub use refresh::{RefreshChild, RefreshRow};
 
 /// One purge batch of `table`: up to `$2` rows matching `expired` at `$1`, by `key`.
 fn purge_sql(table: &str, key: &str, expired: &str) -> String {

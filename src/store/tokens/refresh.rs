@@ -25,6 +25,12 @@ pub(super) const KEY_REFRESH_REVOKE: &str = concat!(
 /// Unexpired access tokens of a refresh family.
 pub(super) const FAMILY_TOKENS: &str = "SELECT jti, exp FROM tokens WHERE family = $1 AND exp > $2";
 
+/// Give a spent refresh token back (its exchange failed or was never delivered), unless a
+/// successor of it lives: then it was answered after all (by a retry), and stays spent.
+const GIVE_BACK: &str = "UPDATE refresh_tokens SET used_at = NULL WHERE token_sha256 = $1 \
+    AND revoked_at IS NULL AND NOT EXISTS (SELECT 1 FROM refresh_tokens c \
+    WHERE c.parent_sha256 = $1 AND c.revoked_at IS NULL)";
+
 /// A refresh token as stored (the token itself only as a digest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshRow {
@@ -44,8 +50,26 @@ pub struct RefreshRow {
     pub exp: i64,
     /// When it was exchanged.
     pub used_at: Option<i64>,
-    /// When its family was revoked.
+    /// When it was revoked (with its family, a logout, a flush, or superseded).
     pub revoked_at: Option<i64>,
+    /// The refresh token it was exchanged from (none for a family's first).
+    pub parent_sha256: Option<String>,
+    /// When a retry of its parent within the reuse grace replaced it, unused.
+    pub superseded_at: Option<i64>,
+}
+
+/// A refresh token exchanged from another, not revoked: what a retry of the parent
+/// supersedes when it was never used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshChild {
+    /// SHA-256 (hex) of the token.
+    pub token_sha256: String,
+    /// The access token issued with it.
+    pub jti: String,
+    /// Its access token's expiry (the refresh token's when the ledger has no row).
+    pub exp: i64,
+    /// Whether it has been exchanged in turn.
+    pub used: bool,
 }
 
 impl Store {
@@ -144,8 +168,8 @@ impl Store {
     /// Database failures.
     pub async fn insert_refresh(&self, tx: &mut Tx, r: &RefreshRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO refresh_tokens (token_sha256, app_id, family, jti, sub_sha256, claims, exp, used_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL)",
+            "INSERT INTO refresh_tokens (token_sha256, app_id, family, jti, sub_sha256, claims, exp, used_at, revoked_at, parent_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8)",
         )
         .bind(&r.token_sha256)
         .bind(&r.app_id)
@@ -154,9 +178,61 @@ impl Store {
         .bind(&r.sub_sha256)
         .bind(&r.claims)
         .bind(r.exp)
+        .bind(&r.parent_sha256)
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// The unrevoked refresh tokens exchanged from `parent_sha256`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn refresh_children(
+        &self,
+        tx: &mut Tx,
+        parent_sha256: &str,
+    ) -> Result<Vec<RefreshChild>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.token_sha256, r.jti, r.used_at, COALESCE(t.exp, r.exp) AS exp \
+             FROM refresh_tokens r LEFT JOIN tokens t ON t.jti = r.jti \
+             WHERE r.parent_sha256 = $1 AND r.revoked_at IS NULL",
+        )
+        .bind(parent_sha256)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RefreshChild {
+                    token_sha256: r.try_get("token_sha256")?,
+                    jti: r.try_get("jti")?,
+                    exp: r.try_get("exp")?,
+                    used: opt_i64(r, "used_at")?.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Revoke an unused refresh token that a retry of its parent replaces, marking it
+    /// superseded (presented later, it is reuse). Returns whether it was still live.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn supersede_refresh(
+        &self,
+        tx: &mut Tx,
+        token_sha256: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $1, superseded_at = $1 \
+             WHERE token_sha256 = $2 AND revoked_at IS NULL AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_sha256)
+        .execute(&mut **tx)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// A refresh token by digest.
@@ -169,8 +245,8 @@ impl Store {
         token_sha256: &str,
     ) -> Result<Option<RefreshRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT token_sha256, app_id, family, jti, sub_sha256, claims, exp, used_at, revoked_at \
-             FROM refresh_tokens WHERE token_sha256 = $1",
+            "SELECT token_sha256, app_id, family, jti, sub_sha256, claims, exp, used_at, revoked_at, \
+             parent_sha256, superseded_at FROM refresh_tokens WHERE token_sha256 = $1",
         )
         .bind(token_sha256)
         .fetch_optional(&mut **tx)
@@ -186,6 +262,8 @@ impl Store {
                 exp: r.try_get("exp")?,
                 used_at: opt_i64(&r, "used_at")?,
                 revoked_at: opt_i64(&r, "revoked_at")?,
+                parent_sha256: r.try_get("parent_sha256")?,
+                superseded_at: opt_i64(&r, "superseded_at")?,
             })
         })
         .transpose()
@@ -242,7 +320,7 @@ impl Store {
                 .await?;
         }
         self.deny_jti(&mut tx, new_jti, app_id, new_exp).await?;
-        sqlx::query("UPDATE refresh_tokens SET used_at = NULL WHERE token_sha256 = $1 AND revoked_at IS NULL")
+        sqlx::query(GIVE_BACK)
             .bind(old_sha256)
             .execute(&mut *tx)
             .await?;
@@ -255,7 +333,7 @@ impl Store {
         pool: &sqlx::AnyPool,
         token_sha256: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE refresh_tokens SET used_at = NULL WHERE token_sha256 = $1 AND revoked_at IS NULL")
+        sqlx::query(GIVE_BACK)
             .bind(token_sha256)
             .execute(pool)
             .await?;

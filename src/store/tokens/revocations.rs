@@ -1,10 +1,24 @@
-//! The jti deny-list and subject cut-offs.
+//! The jti deny-list, cut-offs from the database's clock, and subject cut-offs.
 
 use sqlx::Row as _;
 
 use crate::store::{Store, StoreError, Tx};
 
 impl Store {
+    /// A revocation cut-off taken from the database's clock inside `tx` (flush, logout,
+    /// emergency rotation): every token id stamped up to this millisecond sorts below it.
+    /// Replicas stamp token ids on the database's clock too
+    /// ([`crate::clock::DatabaseClock`]), so which tokens it ends does not depend on the
+    /// clock of the replica that sets it or of the ones that issued them.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn cutoff_in(&self, tx: &mut Tx) -> Result<ulid::Ulid, StoreError> {
+        let ms = self.clock_ms_in(tx).await?;
+        let ms = u64::try_from(ms.saturating_add(1)).unwrap_or(0);
+        Ok(ulid::Ulid::from_parts(ms, 0))
+    }
+
     /// Put `jti` on the deny-list until `exp`.
     ///
     /// # Errors

@@ -545,3 +545,149 @@ both_engines!(
     every_jwtplus_route_answers_in_its_peers_shapes,
     jwtplus_surface
 );
+
+/// JWTPlus finds no row for a refresh token before its `refresh_token_nbf`
+/// (`refresh_token_nbf < now`): renew answers 404 `invalid refresh token` and changes
+/// nothing. Presented twice, it is still not taken for a spent token: no family revocation
+/// kills the access token issued with it, and the session stays listed.
+async fn refresh_before_its_not_before(app: &TestApp) {
+    let root = app.root_key.clone();
+    let mut body = create_body("ES256", "ECDSA");
+    body["refresh_notbefore"] = json!(300);
+    let (s, created) = app
+        .call("POST", "/root/create", Some(&root), Some(body))
+        .await;
+    assert_eq!(s, 200, "{created}");
+    let id = created["app_id"].as_str().unwrap().to_owned();
+    let key = created["app_key"].as_str().unwrap().to_owned();
+    let (s, pair) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/sign"),
+            Some(&key),
+            Some(json!({"sub": "carol", "aud": "shop", "ip": "10.0.0.1", "useragent": "curl"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{pair}");
+    let rt = pair["refresh_token"].as_str().unwrap().to_owned();
+    let payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(rt.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload["nbf"].as_i64().unwrap() - payload["iat"].as_i64().unwrap(),
+        300,
+        "{payload}"
+    );
+    let renew = json!({"refresh_token": rt, "ip": "10.0.0.1", "useragent": "curl"});
+    for attempt in ["first", "second"] {
+        let (s, v) = app
+            .call(
+                "POST",
+                &format!("/app/{id}/renew"),
+                Some(&key),
+                Some(renew.clone()),
+            )
+            .await;
+        assert_eq!(
+            (s, v),
+            (404, json!({"message": "invalid refresh token"})),
+            "{attempt} renew inside the refresh not-before window"
+        );
+    }
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/verify"),
+            Some(&key),
+            Some(json!({"token": pair["auth_token"]})),
+        )
+        .await;
+    assert_eq!(v, json!({"verified": true}), "the access token lives on");
+    let (_, v) = app
+        .call(
+            "POST",
+            &format!("/app/{id}/get-session"),
+            Some(&key),
+            Some(json!({"sub": "carol"})),
+        )
+        .await;
+    assert_eq!(v["sessions"].as_array().map(Vec::len), Some(1), "{v}");
+    let (s, audit) = app.root("GET", "/audit?limit=100", None).await;
+    assert_eq!(s, 200, "{audit}");
+    assert!(
+        !audit.to_string().contains("refresh_reuse"),
+        "no reuse was recorded: {audit}"
+    );
+}
+both_engines!(
+    a_refresh_token_inside_its_not_before_window_is_refused_and_changes_nothing,
+    refresh_before_its_not_before
+);
+
+/// JWTPlus has no refresh reuse detection: a refresh token renewed already is simply not
+/// found. Renewing it again answers JWTPlus's 404 and revokes nothing (our family
+/// revocation is a native guardrail): the renewed pair keeps working, and the reuse is an
+/// audit record.
+async fn renew_twice(app: &TestApp) {
+    let root = app.root_key.clone();
+    let (s, created) = app
+        .call(
+            "POST",
+            "/root/create",
+            Some(&root),
+            Some(create_body("ES256", "ECDSA")),
+        )
+        .await;
+    assert_eq!(s, 200, "{created}");
+    let id = created["app_id"].as_str().unwrap().to_owned();
+    let key = created["app_key"].as_str().unwrap().to_owned();
+    let call = |path: &'static str, body: Value| {
+        let (app, id, key) = (app, id.clone(), key.clone());
+        async move {
+            app.call("POST", &format!("/app/{id}/{path}"), Some(&key), Some(body))
+                .await
+        }
+    };
+    let sign = json!({"sub": "erin", "aud": "shop", "ip": "10.0.0.1", "useragent": "curl"});
+    let (s, other) = call("sign", sign.clone()).await;
+    assert_eq!(s, 200, "{other}");
+    let (s, pair) = call("sign", sign).await;
+    assert_eq!(s, 200, "{pair}");
+    let renew =
+        json!({"refresh_token": pair["refresh_token"], "ip": "10.0.0.1", "useragent": "curl"});
+    let (s, renewed) = call("renew", renew.clone()).await;
+    assert_eq!(s, 200, "{renewed}");
+    let (s, v) = call("renew", renew).await;
+    assert_eq!(
+        (s, v),
+        (404, json!({"message": "invalid refresh token"})),
+        "JWTPlus's answer to a renewed refresh token"
+    );
+    for (what, t) in [
+        ("the renewed pair", &renewed["auth_token"]),
+        ("the other session", &other["auth_token"]),
+    ] {
+        let (_, v) = call("verify", json!({"token": t})).await;
+        assert_eq!(v, json!({"verified": true}), "{what} lives on");
+    }
+    let (s, again) = call(
+        "renew",
+        json!({"refresh_token": renewed["refresh_token"], "ip": "10.0.0.1", "useragent": "curl"}),
+    )
+    .await;
+    assert_eq!(s, 200, "the family was not revoked: {again}");
+    let recs = crate::audit_log::records(app).await;
+    assert!(
+        recs.iter().any(|r| r["action"] == "token.refresh_reuse"
+            && r["target"] == id.as_str()
+            && r["outcome"] == "not_revoked_compat"),
+        "the reuse is audited: {recs:?}"
+    );
+}
+both_engines!(
+    a_jwtplus_renew_of_a_renewed_token_is_not_found_and_revokes_nothing,
+    renew_twice
+);

@@ -189,7 +189,12 @@ async fn app_renew(
     };
     match state
         .tokens
-        .refresh(&app, &rt, &opts(&state, &app.id, meta))
+        .refresh(
+            &app,
+            &rt,
+            &opts(&state, &app.id, meta),
+            crate::jwt::service::OnReuse::AuditOnly,
+        )
         .await
     {
         Ok(issued) => {
