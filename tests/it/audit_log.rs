@@ -285,3 +285,54 @@ async fn a_flood_of_failures_writes_a_bounded_number_of_audit_records() {
     let (ok, out) = audit_verify(&app).await;
     assert!(ok, "{out}");
 }
+
+/// `GET /audit/verify` while changes are appended and sealed meanwhile: every answer is
+/// intact. (It reads records and seals page by page; the sealer sealing an earlier page's
+/// tail between two reads, or a record appended and sealed after the last page, once read as
+/// deleted seals or a deleted record.)
+async fn verified_while_appending(app: &TestApp) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (id, _, _) = app
+        .create_app(json!({"name": "Busy", "signing_alg": "ES256"}))
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, root, id) = (app.base.clone(), app.root_key.clone(), id.clone());
+            let (stop, changes) = (stop.clone(), changes.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = changes.fetch_add(1, Ordering::Relaxed);
+                    let r = client
+                        .patch(format!("{base}/apps/{id}"))
+                        .bearer_auth(&root)
+                        .json(&json!({"name": format!("Busy {i}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..40 {
+        let (s, v) = app.root("GET", "/audit/verify", None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["ok"], true, "verified while appending: {v}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        changes.load(Ordering::Relaxed) > 40,
+        "too few changes landed while the log was verified"
+    );
+}
+crate::both_engines!(
+    the_log_verifies_while_changes_are_appended_and_sealed,
+    verified_while_appending
+);
