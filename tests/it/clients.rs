@@ -409,10 +409,21 @@ async fn pkcs11_tool_sees_every_private_key_sensitive_and_never_extractable() {
     );
 
     // A second process (OpenSC's pkcs11-tool), logged in, reads the token's attributes. The
-    // service refills its spare keys in the background meanwhile: an object caught half made
-    // lists without its class or attributes, so a listing showing one is taken again.
+    // service refills its spare keys in the background: an object caught half made lists
+    // without its class or attributes (SoftHSM2 2.6.1), so the listing waits for the spare
+    // pools to be full, and a listing showing such an object is still taken again.
+    for _ in 0..600 {
+        let (_, ready) = app.call("GET", "/readyz", None, None).await;
+        let full = ready["spares"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty() && m.values().all(|n| n.as_u64() >= Some(2)));
+        if full {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (mut text, mut privs) = (String::new(), Vec::new());
-    for _ in 0..10 {
+    for _ in 0..20 {
         let out = app
             .token
             .pkcs11_tool_login(&["--list-objects", "--type", "privkey"]);
