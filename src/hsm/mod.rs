@@ -295,6 +295,10 @@ impl Hsm {
         {
             let result = f(&self.core);
             drop(permit);
+            // In place, a signature is a computation that returns ready: count it against
+            // the task's cooperative budget, so that a caller signing in a loop (a status
+            // list pass, a benchmark) yields now and then instead of holding its worker.
+            tokio::task::consume_budget().await;
             return result;
         }
         let core = self.core.clone();
