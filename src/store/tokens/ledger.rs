@@ -5,6 +5,9 @@ use sqlx::Row as _;
 
 use crate::store::{Dialect, Store, StoreError, Tx, opt_i64};
 
+/// Rows per multi-row ledger `INSERT`.
+const LEDGER_CHUNK: usize = 100;
+
 /// Tokens of app `$1` that verify at time `$2` given the app cut-off `$3` ('' for none).
 pub(super) const LIVE: &str = concat!(
     "t.slot IN ",
@@ -188,9 +191,18 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             wanted.retain(|slot, until| known.get(slot).is_none_or(|k| k < until));
         }
-        let mut tx = self.begin_on(&self.ledger).await?;
-        self.write_ledger(&mut tx, rows, &slots, &wanted).await?;
-        tx.commit().await?;
+        if wanted.is_empty() && rows.len() <= LEDGER_CHUNK {
+            // The common batch under load: one statement, atomic on its own, so no BEGIN and
+            // COMMIT round trips (each a hand-off to SQLite's connection thread and back:
+            // about a third of an ES256 token's server CPU went to the ledger).
+            self.ledger_insert(rows, &slots)
+                .execute(&self.ledger)
+                .await?;
+        } else {
+            let mut tx = self.begin_on(&self.ledger).await?;
+            self.write_ledger(&mut tx, rows, &slots, &wanted).await?;
+            tx.commit().await?;
+        }
         if !wanted.is_empty() {
             let mut known = self
                 .slots
@@ -244,67 +256,78 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
+        // Multi-row VALUES in chunks keeps round trips low under load.
+        for (chunk, chunk_slots) in rows.chunks(LEDGER_CHUNK).zip(slots.chunks(LEDGER_CHUNK)) {
+            self.ledger_insert(chunk, chunk_slots)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One multi-row `INSERT` of `chunk` (at most [`LEDGER_CHUNK`] rows) with their slots.
+    fn ledger_insert<'q>(
+        &self,
+        chunk: &'q [LedgerRow],
+        chunk_slots: &'q [i64],
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
         // SQLite gets anonymous `?` placeholders: sqlx asks SQLite for each numbered one's
         // name, which SQLite finds by walking the statement's list of names, so a chunk's
         // 1,400 `$n` cost ~10^6 steps (half the CPU of a bulk fill); `?` binds in order.
         let anonymous = self.dialect == Dialect::Sqlite;
-        // Multi-row VALUES in chunks keeps round trips low under load.
-        for (chunk, chunk_slots) in rows.chunks(100).zip(slots.chunks(100)) {
-            let mut sql = String::from(
-                "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
-                 sub_key, slot, status_list, status_idx, refresh_idx, app_key) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 14;
-                if i > 0 {
-                    sql.push(',');
+        let mut sql = String::from(
+            "INSERT INTO tokens (jti, app_id, kid, sub_sha256, iat, exp, family, refresh_exp, meta, \
+             sub_key, slot, status_list, status_idx, refresh_idx, app_key) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 14;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 1..=14 {
+                if c > 1 {
+                    sql.push_str(", ");
                 }
-                sql.push('(');
-                for c in 1..=14 {
-                    if c > 1 {
-                        sql.push_str(", ");
-                    }
-                    if anonymous {
-                        sql.push('?');
-                    } else {
-                        sql.push_str(&format!("${}", b + c));
-                    }
-                }
-                // The app's key, looked up by its id (`app_key_of!` on a placeholder counted
-                // at run time): the row's second value, bound once more when anonymous.
                 if anonymous {
-                    sql.push_str(", (SELECT a.ledger_key FROM apps a WHERE a.id = ?))");
+                    sql.push('?');
                 } else {
-                    sql.push_str(&format!(
-                        ", (SELECT a.ledger_key FROM apps a WHERE a.id = ${}))",
-                        b + 2
-                    ));
+                    sql.push_str(&format!("${}", b + c));
                 }
             }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (r, slot) in chunk.iter().zip(chunk_slots) {
-                q = q
-                    .bind(&r.jti)
-                    .bind(&r.app_id)
-                    .bind(&r.kid)
-                    .bind(&r.sub_sha256)
-                    .bind(r.iat)
-                    .bind(r.exp)
-                    .bind(&r.family)
-                    .bind(r.refresh_exp)
-                    .bind(&r.meta)
-                    .bind(r.sub_sha256.as_deref().and_then(sub_key))
-                    .bind(slot)
-                    .bind(r.status.map(|s| s.list))
-                    .bind(r.status.map(|s| s.idx))
-                    .bind(r.status.and_then(|s| s.refresh_idx));
-                if anonymous {
-                    q = q.bind(&r.app_id);
-                }
+            // The app's key, looked up by its id (`app_key_of!` on a placeholder counted
+            // at run time): the row's second value, bound once more when anonymous.
+            if anonymous {
+                sql.push_str(", (SELECT a.ledger_key FROM apps a WHERE a.id = ?))");
+            } else {
+                sql.push_str(&format!(
+                    ", (SELECT a.ledger_key FROM apps a WHERE a.id = ${}))",
+                    b + 2
+                ));
             }
-            q.execute(&mut **tx).await?;
         }
-        Ok(())
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (r, slot) in chunk.iter().zip(chunk_slots) {
+            q = q
+                .bind(&r.jti)
+                .bind(&r.app_id)
+                .bind(&r.kid)
+                .bind(&r.sub_sha256)
+                .bind(r.iat)
+                .bind(r.exp)
+                .bind(&r.family)
+                .bind(r.refresh_exp)
+                .bind(&r.meta)
+                .bind(r.sub_sha256.as_deref().and_then(sub_key))
+                .bind(slot)
+                .bind(r.status.map(|s| s.list))
+                .bind(r.status.map(|s| s.idx))
+                .bind(r.status.and_then(|s| s.refresh_idx));
+            if anonymous {
+                q = q.bind(&r.app_id);
+            }
+        }
+        q
     }
 
     /// One ledger row.
