@@ -39,6 +39,10 @@ fn spki_digest(spki: Option<&[u8]>) -> [u8; 32] {
 /// Wait before keys the HSM did not show are looked for once more in the same reload.
 const UNKNOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(150);
 
+/// How long a check waits for the module's re-initialisation rate limit to allow one, for
+/// keys still not found (a little over the limit's shortest interval).
+const UNKNOWN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Registry {
     /// Split parsed key rows into those whose public half the HSM confirms and those it
     /// does not. Rows confirmed before with the same SPKI are not read again; the others
@@ -82,20 +86,37 @@ impl Registry {
                 )
             })
             .collect();
-        if let Some(&first) = unknown.first() {
+        if !unknown.is_empty() {
+            let found =
+                |h: &PublicHalf| matches!(h, PublicHalf::Found(_) | PublicHalf::Unreadable(_));
+            let deadline = std::time::Instant::now() + UNKNOWN_PATIENCE;
             tokio::time::sleep(UNKNOWN_RETRY).await;
             halves.resize_with(n, || PublicHalf::Absent);
             self.ask_again(&asked, &unknown, &mut halves).await;
             // Still not found: SoftHSM2 2.6.1 hides for good, from a process that searched
             // while another process was making it, an object until the module is initialised
             // again. Re-initialise (rate-limited, backing off while it does not help; the
-            // signing path does the same for a key that must exist) and look once more.
-            if !matches!(
-                halves[first],
-                PublicHalf::Found(_) | PublicHalf::Unreadable(_)
-            ) && self.hsm.recover(asked[first].0).await.unwrap_or(false)
-            {
-                self.ask_again(&asked, &unknown, &mut halves).await;
+            // signing path does the same for a key that must exist) and look once more; while
+            // the rate limit holds, keep looking until it allows one (another replica's new
+            // key would otherwise stay held back here until the next reload).
+            loop {
+                let missing: Vec<usize> = unknown
+                    .iter()
+                    .copied()
+                    .filter(|&i| !found(&halves[i]))
+                    .collect();
+                let Some(&first) = missing.first() else {
+                    break;
+                };
+                if self.hsm.recover(asked[first].0).await.unwrap_or(false) {
+                    self.ask_again(&asked, &missing, &mut halves).await;
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(UNKNOWN_RETRY).await;
+                self.ask_again(&asked, &missing, &mut halves).await;
             }
         }
         tracing::debug!(
