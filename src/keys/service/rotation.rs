@@ -7,6 +7,7 @@ use tracing::{info, instrument, warn};
 
 use super::{Early, KeyError, KeyService, Rotation, RotationKind, find};
 use crate::alg::KeySpec;
+use crate::hsm::HsmError;
 use crate::keys::{KeyState, Kid};
 use crate::store::{AppPolicy, KeyRow, Tx};
 
@@ -177,6 +178,9 @@ impl KeyService {
             Some(p) => KeySpec::new(p.signing_alg, p.rsa_bits),
             None => KeySpec::new(app.signing_alg, app.rsa_bits),
         };
+        // Refused whether or not a spare is left: a spare made before the token lost the
+        // algorithm could not sign either.
+        self.inner.hsm.check(spec).map_err(HsmError::from)?;
         let mut tries = self.spare_tries(spec, 1);
         let (outcome, metric) = loop {
             let now = tries.next().await?;
