@@ -203,6 +203,14 @@ impl TestApp {
         self
     }
 
+    /// Kill the server and start it again on the same token and store, signed in as before.
+    pub async fn restart(self) -> Self {
+        let root = self.root_key.clone();
+        let url = self.database_url.clone();
+        let token = self.kill().await;
+        Self::start(token, url, &[]).await.with_root(&root)
+    }
+
     /// Stop the process (SIGKILL) and hand back its token.
     pub async fn kill(mut self) -> std::sync::Arc<TestToken> {
         let _ = self.child.kill().await;
@@ -363,4 +371,11 @@ pub fn kids_in(keys: &[Value], state: &str) -> Vec<String> {
         .filter(|k| k["state"] == state)
         .map(|k| k["kid"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// A connection to a test store, SQLite or PostgreSQL (what a database writer holds).
+pub async fn any_conn(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url).await.unwrap()
 }

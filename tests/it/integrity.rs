@@ -10,12 +10,6 @@ use sqlx::Row as _;
 use super::audit_log::{audit_verify, sql, verify_store};
 use crate::common::app::{Engine, TestApp};
 
-async fn conn(url: &str) -> sqlx::AnyConnection {
-    use sqlx::Connection as _;
-    sqlx::any::install_default_drivers();
-    sqlx::AnyConnection::connect(url).await.unwrap()
-}
-
 /// Some audited activity: an app, a token, a rotation, a flush.
 async fn activity(app: &TestApp) -> String {
     let (id, pk, _) = app
@@ -50,7 +44,7 @@ async fn sealed(app: &TestApp) -> Value {
 }
 
 async fn audit_rows(url: &str) -> Vec<Vec<Value>> {
-    let mut c = conn(url).await;
+    let mut c = crate::common::app::any_conn(url).await;
     let rows = sqlx::query("SELECT seq, id, at, actor, action, target, outcome, request_id, details FROM audit_log ORDER BY seq")
         .fetch_all(&mut c)
         .await
@@ -78,7 +72,7 @@ async fn audit_rows(url: &str) -> Vec<Vec<Value>> {
 async fn rebuild_without(url: &str, gone: i64) {
     use sha2::Digest as _;
     let rows = audit_rows(url).await;
-    let mut c = conn(url).await;
+    let mut c = crate::common::app::any_conn(url).await;
     sqlx::query("DELETE FROM audit_log")
         .execute(&mut c)
         .await
@@ -113,13 +107,6 @@ async fn rebuild_without(url: &str, gone: i64) {
     }
 }
 
-async fn restart(app: TestApp) -> TestApp {
-    let root = app.root_key.clone();
-    let url = app.database_url.clone();
-    let token = app.kill().await;
-    TestApp::start(token, url, &[]).await.with_root(&root)
-}
-
 async fn every_seal_deleted(app: TestApp) {
     activity(&app).await;
     sealed(&app).await;
@@ -133,7 +120,7 @@ async fn every_seal_deleted(app: TestApp) {
     );
     // A restart does not paper over it: the sealer refuses to seal again what the HSM's
     // mark says was sealed.
-    let app = restart(app).await;
+    let app = app.restart().await;
     let (s, v) = app.root("GET", "/audit/verify", None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["ok"], false, "{v}");
@@ -175,7 +162,7 @@ async fn forged_tail_record(app: TestApp) {
     // A record appended by a database writer, correctly hash-chained but never sealed.
     let rows = audit_rows(&url).await;
     let last = rows.last().unwrap().clone();
-    let mut c = conn(&url).await;
+    let mut c = crate::common::app::any_conn(&url).await;
     let head: String = sqlx::query("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_one(&mut c)
         .await
@@ -221,7 +208,7 @@ async fn forged_tail_record(app: TestApp) {
 async fn anchored_once(app: TestApp) {
     activity(&app).await;
     sealed(&app).await;
-    let app = restart(app).await;
+    let app = app.restart().await;
     activity(&app).await;
     sealed(&app).await;
     let (s, v) = app
@@ -265,7 +252,7 @@ async fn one_mark_however_many_passes(app: TestApp) {
         1,
         "{objects:?}"
     );
-    let app = restart(app).await;
+    let app = app.restart().await;
     activity(&app).await;
     let v = sealed(&app).await;
     assert!(v["hsm_mark"].as_i64().unwrap() > marks[2], "{v}");
@@ -274,38 +261,20 @@ async fn one_mark_however_many_passes(app: TestApp) {
     assert!(ok && out.contains("intact"), "{out}");
 }
 
-macro_rules! engines {
-    ($name:ident, $body:path) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $body(TestApp::spawn(concat!(stringify!($name), "_sq"), Engine::Sqlite).await)
-                    .await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                $body(TestApp::spawn(concat!(stringify!($name), "_pg"), Engine::Postgres).await)
-                    .await;
-            }
-        }
-    };
-}
-
-engines!(
+crate::both_engines_owned!(
     deleting_every_audit_seal_fails_audit_verify,
     every_seal_deleted
 );
-engines!(
+crate::both_engines_owned!(
     audit_chain_rebuilt_with_sha256_fails_at_the_first_bad_record,
     chain_rebuilt_with_sha256
 );
-engines!(
+crate::both_engines_owned!(
     a_record_added_in_the_database_fails_audit_verify_once_older_than_the_lag,
     forged_tail_record
 );
-engines!(the_existing_log_is_anchored_in_the_hsm_once, anchored_once);
-engines!(
+crate::both_engines_owned!(the_existing_log_is_anchored_in_the_hsm_once, anchored_once);
+crate::both_engines_owned!(
     the_audit_mark_stays_one_object_in_the_token,
     one_mark_however_many_passes
 );

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
-use crate::common::app::{Engine, TestApp, command, kids_in};
+use crate::common::app::{TestApp, command, kids_in};
 
 /// An outsider's P-256 key pair, made outside the HSM.
 struct Outsider {
@@ -76,17 +76,11 @@ impl Outsider {
     }
 }
 
-async fn conn(url: &str) -> sqlx::AnyConnection {
-    use sqlx::Connection as _;
-    sqlx::any::install_default_drivers();
-    sqlx::AnyConnection::connect(url).await.unwrap()
-}
-
 /// What a database writer does: `kid`'s stored public key and fingerprint become the
 /// outsider's.
 async fn replace_public_key(url: &str, kid: &str, outsider: &Outsider) {
     let (spki, fp) = outsider.spki();
-    let mut c = conn(url).await;
+    let mut c = crate::common::app::any_conn(url).await;
     let done = sqlx::query("UPDATE keys SET spki = $1, fingerprint = $2 WHERE kid = $3")
         .bind(spki)
         .bind(fp)
@@ -95,13 +89,6 @@ async fn replace_public_key(url: &str, kid: &str, outsider: &Outsider) {
         .await
         .unwrap();
     assert_eq!(done.rows_affected(), 1, "no key row {kid}");
-}
-
-async fn restart(app: TestApp) -> TestApp {
-    let root = app.root_key.clone();
-    let url = app.database_url.clone();
-    let token = app.kill().await;
-    TestApp::start(token, url, &[]).await.with_root(&root)
 }
 
 async fn issuer(app: &TestApp, id: &str) -> String {
@@ -238,7 +225,7 @@ async fn tampered_current_key_is_refused(app: TestApp) {
     let next = kids_in(&keys, "next").remove(0);
     let outsider = Outsider::new();
     replace_public_key(&app.database_url, &current, &outsider).await;
-    let app = restart(app).await;
+    let app = app.restart().await;
 
     assert_refused(&app, &id, &pk, &current, &outsider).await;
     // The app's other keys still work: the start-up reconciler promoted the next key
@@ -270,7 +257,7 @@ async fn tampered_previous_key_is_refused(app: TestApp) {
     let current = r["current"]["kid"].as_str().unwrap().to_owned();
     let outsider = Outsider::new();
     replace_public_key(&app.database_url, &previous, &outsider).await;
-    let app = restart(app).await;
+    let app = app.restart().await;
 
     assert_refused(&app, &id, &pk, &previous, &outsider).await;
     let t = app.issue(&id, &pk, json!({"sub": "alice"})).await;
@@ -287,30 +274,11 @@ async fn tampered_previous_key_is_refused(app: TestApp) {
     assert_eq!(report["replaced"], json!([]), "{report}");
 }
 
-/// `both_engines!`, handing the test its app by value (it restarts it).
-macro_rules! engines {
-    ($name:ident, $body:path) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                $body(TestApp::spawn(concat!(stringify!($name), "_sq"), Engine::Sqlite).await)
-                    .await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                $body(TestApp::spawn(concat!(stringify!($name), "_pg"), Engine::Postgres).await)
-                    .await;
-            }
-        }
-    };
-}
-
-engines!(
+crate::both_engines_owned!(
     a_tampered_current_key_is_refused_and_the_next_key_takes_over,
     tampered_current_key_is_refused
 );
-engines!(
+crate::both_engines_owned!(
     a_tampered_previous_key_is_refused_and_the_current_key_keeps_working,
     tampered_previous_key_is_refused
 );

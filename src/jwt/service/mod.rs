@@ -224,6 +224,21 @@ impl TokenService {
     fn now(&self) -> i64 {
         self.inner.clock.now()
     }
+
+    /// Commit `tx`, which denied `denied` (`(jti, exp)`) and holds their audit record; then
+    /// wake the sealer and put the denials in this process's registry.
+    async fn commit_denials(
+        &self,
+        tx: crate::store::Tx,
+        denied: Vec<(String, i64)>,
+    ) -> Result<(), TokenError> {
+        tx.commit().await?;
+        self.inner.audit.committed();
+        for (jti, exp) in denied {
+            self.inner.registry.denied(jti, exp).await;
+        }
+        Ok(())
+    }
 }
 
 impl From<sqlx::Error> for TokenError {

@@ -295,11 +295,7 @@ impl TokenService {
                 serde_json::json!({"family": family}),
             )
             .await?;
-        tx.commit().await?;
-        self.inner.audit.committed();
-        for (jti, exp) in denied {
-            self.inner.registry.denied(jti, exp).await;
-        }
+        self.commit_denials(tx, denied).await?;
         warn!(%family, "refresh token reuse: family revoked");
         Ok(TokenError::RefreshReused)
     }

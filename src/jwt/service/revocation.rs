@@ -43,11 +43,7 @@ impl TokenService {
                     serde_json::json!({"refresh_family": r.family}),
                 )
                 .await?;
-            tx.commit().await?;
-            self.inner.audit.committed();
-            for (jti, exp) in denied {
-                self.inner.registry.denied(jti, exp).await;
-            }
+            self.commit_denials(tx, denied).await?;
             crate::metrics::revocation("token");
             return Ok(());
         }
@@ -71,9 +67,7 @@ impl TokenService {
                 serde_json::json!({"jti": jti}),
             )
             .await?;
-        tx.commit().await?;
-        self.inner.audit.committed();
-        self.inner.registry.denied(jti.to_owned(), exp).await;
+        self.commit_denials(tx, vec![(jti.to_owned(), exp)]).await?;
         crate::metrics::revocation("token");
         Ok(())
     }
@@ -201,11 +195,7 @@ impl TokenService {
                 serde_json::json!({"jti": jti}),
             )
             .await?;
-        tx.commit().await?;
-        self.inner.audit.committed();
-        for (j, e) in denied {
-            self.inner.registry.denied(j, e).await;
-        }
+        self.commit_denials(tx, denied).await?;
         crate::metrics::revocation("token");
         Ok(true)
     }
