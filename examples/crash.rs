@@ -86,6 +86,14 @@ fn init(env: &Env) -> String {
 }
 
 fn start(env: &Env) -> (Child, String) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(server_log(env))
+    {
+        let _ = writeln!(f, "=== server started");
+    }
     let mut child = Command::new(&env.bin)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("SOFTHSM2_CONF", &env.conf)
@@ -102,13 +110,15 @@ fn start(env: &Env) -> (Child, String) {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(format!("{}/server.log", env.data.trim_end_matches("/data")))
+                .open(server_log(env))
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null()),
         )
         .env(
             "RUST_LOG",
-            std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            // Key and HSM events at info: what `evidence` shows when a check fails.
+            std::env::var("CRASH_RUST_LOG")
+                .unwrap_or_else(|_| "warn,hsm_rotator::hsm=info,hsm_rotator::keys=info".into()),
         )
         .spawn()
         .expect("spawn server");
@@ -122,6 +132,45 @@ fn start(env: &Env) -> (Child, String) {
             std::thread::spawn(move || for _ in lines {});
             return (child, u.to_owned());
         }
+    }
+}
+
+/// The server log of the run (every incarnation appends to it).
+fn server_log(env: &Env) -> String {
+    format!("{}/server.log", env.data.trim_end_matches("/data"))
+}
+
+/// What a failing run needs to be understood without its work directory (CI keeps only
+/// the output): which halves of `kid` the token still has, and what every server
+/// incarnation logged about it.
+fn evidence(env: &Env, kid: &str) {
+    let out = Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            &env.label,
+        ])
+        .args(["--login", "--pin", &env.pin, "--list-objects"])
+        .env("SOFTHSM2_CONF", &env.conf)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut kind = "";
+    for l in listing.lines() {
+        if !l.starts_with(' ') {
+            kind = l;
+        } else if l.contains(kid) {
+            eprintln!("EVIDENCE {kid}: token has {kind}");
+        }
+    }
+    let log = std::fs::read_to_string(server_log(env)).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(kid) || l.starts_with("=== "))
+        .collect();
+    for l in &lines[lines.len().saturating_sub(60)..] {
+        eprintln!("EVIDENCE {kid}: {l}");
     }
 }
 
@@ -313,6 +362,7 @@ async fn check(
         {
             let kid = k["kid"].as_str().unwrap();
             if objects.get(kid) != Some(&2) {
+                evidence(env, kid);
                 v.push(format!(
                     "{} key {kid} has {} HSM objects",
                     k["state"],

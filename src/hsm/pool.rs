@@ -362,6 +362,7 @@ impl Core {
             lock(&self.idle).clear();
             ctx.generation += 1;
             self.generation.store(ctx.generation, Ordering::SeqCst);
+            self.cache_write().clear();
         }
         drop(guard);
         drop(gate);
@@ -530,7 +531,11 @@ impl Core {
     /// legacy ones; other stores' objects are counted, never cached).
     pub(crate) fn reload_cache(&self) -> Result<(), HsmError> {
         let started = Instant::now();
-        let objects = self.run(None, |core, s| Ok(super::object::list_in(core, s)?))?;
+        // The generation the listing ran in (inside the gate it cannot change): handles are
+        // only good in it.
+        let (listed_in, objects) = self.run(None, |core, s| {
+            Ok((core.current_generation(), super::object::list_in(core, s)?))
+        })?;
         let mut map: HashMap<Kid, Handles> = HashMap::with_capacity(objects.len() / 2 + 1);
         let mut legacy = std::collections::HashSet::new();
         let mut foreign = 0;
@@ -563,7 +568,22 @@ impl Core {
             warn!(error = %e, "could not find the audit objects in the token; the sealer will");
         }
         let n = map.len();
-        *self.cache_write() = map;
+        {
+            // A re-initialisation since the listing renumbered the objects (SoftHSM2 counts
+            // handles afresh at every C_Initialize): these handles would name other keys'
+            // objects, so a sign or a destroy would hit the wrong key. The new generation
+            // bumps the counter before it clears the cache and reloads it itself, so the
+            // check under the cache lock is enough.
+            let mut cache = self.cache_write();
+            if self.current_generation() != listed_in {
+                info!(
+                    listed_in,
+                    "a re-initialisation overtook this handle-cache reload; its listing is dropped"
+                );
+                return Ok(());
+            }
+            *cache = map;
+        }
         *lock(&self.legacy) = legacy;
         self.foreign.store(foreign, Ordering::Relaxed);
         info!(

@@ -213,3 +213,55 @@ fn signatures_in_flight_survive_re_initialisations() {
         assert!(verify_independently(&pk, Algorithm::ES256, MSG, &sig));
     });
 }
+
+#[test]
+fn a_cache_listed_before_a_re_initialisation_never_replaces_the_new_one() {
+    // Handles die with the module generation (SoftHSM2 numbers its objects afresh at every
+    // C_Initialize). A listing taken in one generation and stored after a re-initialisation
+    // would point kids at other keys' objects: signatures by the wrong key, and a destroy
+    // that removes another key's half. Reloads race re-initialisations here; after every
+    // round (keys made and destroyed in between) each key must still sign as itself.
+    let f = fixture("stale_cache_listing", 2);
+    f.rt.block_on(async {
+        let mut keys = Vec::new();
+        for _ in 0..24 {
+            keys.push(f.key(KeySpec::new(Algorithm::ES256, 0)).await);
+        }
+        let mut reinits = 0;
+        let mut round = 0_u64;
+        while reinits < 5 {
+            round += 1;
+            // Churn, so that this generation's numbering differs from the next one's.
+            let gone = keys.remove(usize::try_from(round).unwrap() % keys.len());
+            assert!(f.hsm.destroy(gone.0).await.unwrap());
+            for _ in 0..2 {
+                keys.push(f.key(KeySpec::new(Algorithm::ES256, 0)).await);
+            }
+            let reloads: Vec<_> = (0..3)
+                .map(|_| {
+                    let hsm = f.hsm.clone();
+                    tokio::spawn(async move { hsm.reload_cache().await })
+                })
+                .collect();
+            tokio::time::sleep(std::time::Duration::from_micros(round % 4 * 300)).await;
+            // Forced re-initialisations are at least 2 s apart; the reloads run between.
+            if f.hsm.recover(keys[0].0).await.unwrap() {
+                reinits += 1;
+            }
+            for r in reloads {
+                r.await.unwrap().unwrap();
+            }
+            for (kid, pk) in &keys {
+                let sig = f
+                    .hsm
+                    .sign(*kid, Algorithm::ES256, MSG.to_vec())
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: {kid} does not sign: {e}"));
+                assert!(
+                    verify_independently(pk, Algorithm::ES256, MSG, &sig),
+                    "round {round}: {kid} signed with another key's object"
+                );
+            }
+        }
+    });
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::registry::Registry;
 use super::spares::SparePool;
@@ -400,6 +400,7 @@ impl KeyService {
         for &kid in kids {
             match self.inner.hsm.destroy(kid).await {
                 Ok(existed) => {
+                    info!(%kid, objects_found = existed, "key objects destroyed");
                     if let Err(e) = self.inner.store.mark_destroyed(kid, self.now()).await {
                         warn!(%kid, error = %e, "destroyed key objects but could not record it");
                     }
