@@ -7,7 +7,7 @@ use cryptoki::session::Session;
 
 use super::PublicHalf;
 use super::error::{HsmError, Recovery, map, recovery};
-use super::pool::{Core, OpError};
+use super::pool::{Core, Handles, OpError};
 use crate::alg::{Algorithm, KeyFamily};
 use crate::keys::{Kid, LABEL_PREFIX, LabelOwner};
 use crate::pubkey::PublicKey;
@@ -339,17 +339,51 @@ pub(crate) fn adopt_in(core: &Core, session: &Session, kid: &Kid) -> Result<(), 
 }
 
 /// Destroy both halves of `kid`; `Ok(false)` when neither exists.
+///
+/// Each cached handle is checked to still name an object under `kid`'s `CKA_ID` before it
+/// is destroyed (one attribute read per half; destroys are rare): a handle that outlived
+/// its module generation may name another key's object, and destroying that would take a
+/// live key's half away. Such handles are dropped and `kid` is searched for afresh.
 pub(crate) fn destroy_in(core: &Core, session: &Session, kid: &Kid) -> Result<bool, OpError> {
-    let handles = match core.handles(session, kid) {
+    let mut handles = match core.handles(session, kid) {
         Ok(h) => h,
         Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(false),
         Err(e) => return Err(e),
     };
+    if !names(session, &handles, kid) {
+        tracing::warn!(%kid, "cached handles do not name this key's objects; searching afresh before destroying");
+        core.forget(kid);
+        handles = match core.handles(session, kid) {
+            Ok(h) => h,
+            Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if !names(session, &handles, kid) {
+            core.forget(kid);
+            return Err(OpError::Final(HsmError::Malformed(format!(
+                "objects found under key {kid} do not carry its id"
+            ))));
+        }
+    }
     for h in [handles.private, handles.public].into_iter().flatten() {
         session.destroy_object(h)?;
     }
     core.forget(kid);
     Ok(true)
+}
+
+/// Whether every handle in `handles` names an object whose `CKA_ID` is `kid`'s.
+fn names(session: &Session, handles: &Handles, kid: &Kid) -> bool {
+    let id = kid.cka_id();
+    [handles.private, handles.public]
+        .into_iter()
+        .flatten()
+        .all(|h| match session.get_attributes(h, &[AttributeType::Id]) {
+            Ok(attrs) => attrs
+                .iter()
+                .any(|a| matches!(a, Attribute::Id(v) if v.as_slice() == id.as_slice())),
+            Err(_) => false,
+        })
 }
 
 #[cfg(test)]
