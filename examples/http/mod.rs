@@ -228,8 +228,12 @@ pub(crate) fn profile() {
     let url = format!("{}/apps/{id}/tokens", http.base);
     // Warm up (the first signature of an algorithm sets its running mean).
     let _ = wrk_for(&url, Some((&body, &pk)), 2);
+    // BENCH_PERF_ARGS adds options, e.g. `--call-graph dwarf,8192 -F 499` to see callers.
+    let extra = std::env::var("BENCH_PERF_ARGS").unwrap_or_default();
     let mut perf = Command::new("perf")
-        .args(["record", "-q", "-F", "1999", "-p", &env("BENCH_PID"), "-o"])
+        .args(["record", "-q", "-F", "1999"])
+        .args(extra.split_whitespace())
+        .args(["-p", &env("BENCH_PID"), "-o"])
         .arg(env("BENCH_PERF_DATA"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
