@@ -144,18 +144,7 @@ fn server_log(env: &Env) -> String {
 /// the output): which halves of `kid` the token still has, and what every server
 /// incarnation logged about it.
 fn evidence(env: &Env, kid: &str) {
-    let out = Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            &env.label,
-        ])
-        .args(["--login", "--pin", &env.pin, "--list-objects"])
-        .env("SOFTHSM2_CONF", &env.conf)
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let listing = list_objects(env);
     let mut kind = "";
     for l in listing.lines() {
         if !l.starts_with(' ') {
@@ -174,23 +163,21 @@ fn evidence(env: &Env, kid: &str) {
     }
 }
 
-fn labels(env: &Env) -> HashMap<String, usize> {
+/// `pkcs11-tool --list-objects` on the run's token, logged in.
+fn list_objects(env: &Env) -> String {
     let out = Command::new("pkcs11-tool")
-        .args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            &env.label,
-            "--login",
-            "--pin",
-            &env.pin,
-            "--list-objects",
-        ])
+        .args(["--module", "/usr/lib/softhsm/libsofthsm2.so"])
+        .args(["--token-label", &env.label, "--login", "--pin", &env.pin])
+        .arg("--list-objects")
         .env("SOFTHSM2_CONF", &env.conf)
         .output()
         .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn labels(env: &Env) -> HashMap<String, usize> {
     let mut m = HashMap::new();
-    for l in String::from_utf8_lossy(&out.stdout).lines() {
+    for l in list_objects(env).lines() {
         if let Some(kid) = l
             .trim()
             .strip_prefix("label:")

@@ -218,71 +218,64 @@ fn keys_generated_while_another_process_lists_the_token_have_both_halves_and_not
     // other process reads every object file while this one writes new ones (SoftHSM2 2.6.1
     // issue 573). Every generation must succeed with exactly its two objects.
     let f = fixture("generate_while_listed_elsewhere", 4);
-    f.rt.block_on(async {
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let lister = {
-            let done = done.clone();
-            let module = f.token.module.path();
-            let (var, conf) = (f.token.module.conf_var(), f.token.conf.clone());
-            let (label, pin) = (f.token.label.clone(), f.token.pin.clone());
-            std::thread::spawn(move || {
-                let mut listings = 0u32;
-                while !done.load(Ordering::Relaxed) {
-                    let out = std::process::Command::new("pkcs11-tool")
-                        .arg("--module")
-                        .arg(&module)
-                        .args(["--token-label", &label, "--login", "--pin", &pin])
-                        .arg("--list-objects")
-                        .env(var, &conf)
-                        .output()
-                        .expect("run pkcs11-tool");
-                    assert!(
-                        out.status.success(),
-                        "{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    listings += 1;
-                }
-                listings
-            })
-        };
-        let mut makers = Vec::new();
-        for _ in 0..3 {
-            let hsm = f.hsm.clone();
-            makers.push(tokio::spawn(async move {
-                let mut kids = Vec::new();
-                for _ in 0..100 {
-                    let kid = Kid::generate();
-                    hsm.generate(kid, KeySpec::new(Algorithm::ES256, 0))
-                        .await
-                        .map_err(|e| format!("generation failed while listed elsewhere: {e}"))?;
-                    kids.push(kid.to_string());
-                }
-                Ok::<_, String>(kids)
-            }));
-        }
-        let mut made = Vec::new();
-        for m in makers {
-            made.extend(m.await.unwrap().unwrap());
-        }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let made = std::thread::scope(|scope| {
+        let lister = scope.spawn(|| {
+            let mut listings = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                let out = f.token.pkcs11_tool_login(&["--list-objects"]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                listings += 1;
+            }
+            listings
+        });
+        let made = f.rt.block_on(async {
+            let mut makers = Vec::new();
+            for _ in 0..3 {
+                let hsm = f.hsm.clone();
+                makers.push(tokio::spawn(async move {
+                    let mut kids = Vec::new();
+                    for _ in 0..100 {
+                        let kid = Kid::generate();
+                        hsm.generate(kid, KeySpec::new(Algorithm::ES256, 0))
+                            .await
+                            .map_err(|e| {
+                                format!("generation failed while listed elsewhere: {e}")
+                            })?;
+                        kids.push(kid.to_string());
+                    }
+                    Ok::<_, String>(kids)
+                }));
+            }
+            let mut made = Vec::new();
+            for m in makers {
+                made.extend(m.await.unwrap().unwrap());
+            }
+            made
+        });
         done.store(true, Ordering::Relaxed);
         assert!(lister.join().unwrap() > 0, "the other process never listed");
-        let mut per_kid = std::collections::HashMap::<String, usize>::new();
-        for l in f.token.labels() {
-            if let Some(kid) = l
-                .strip_prefix("hsm-rotator/")
-                .and_then(|l| l.rsplit('/').next())
-            {
-                *per_kid.entry(kid.to_owned()).or_default() += 1;
-            }
-        }
-        for kid in &made {
-            assert_eq!(per_kid.remove(kid), Some(2), "{kid}");
-        }
-        per_kid.retain(|k, _| !k.starts_with("audit"));
-        assert!(
-            per_kid.is_empty(),
-            "objects no generation returned: {per_kid:?}"
-        );
+        made
     });
+    let mut per_kid = std::collections::HashMap::<String, usize>::new();
+    for l in f.token.labels() {
+        if let Some(kid) = l
+            .strip_prefix("hsm-rotator/")
+            .and_then(|l| l.rsplit('/').next())
+        {
+            *per_kid.entry(kid.to_owned()).or_default() += 1;
+        }
+    }
+    for kid in &made {
+        assert_eq!(per_kid.remove(kid), Some(2), "{kid}");
+    }
+    per_kid.retain(|k, _| !k.starts_with("audit"));
+    assert!(
+        per_kid.is_empty(),
+        "objects no generation returned: {per_kid:?}"
+    );
 }
