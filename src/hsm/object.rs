@@ -345,25 +345,27 @@ pub(crate) fn adopt_in(core: &Core, session: &Session, kid: &Kid) -> Result<(), 
 /// its module generation may name another key's object, and destroying that would take a
 /// live key's half away. Such handles are dropped and `kid` is searched for afresh.
 pub(crate) fn destroy_in(core: &Core, session: &Session, kid: &Kid) -> Result<bool, OpError> {
-    let mut handles = match core.handles(session, kid) {
-        Ok(h) => h,
-        Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(false),
-        Err(e) => return Err(e),
+    let lookup = || match core.handles(session, kid) {
+        Ok(h) => Ok(Some(h)),
+        Err(OpError::Final(HsmError::KeyNotFound(_))) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let Some(mut handles) = lookup()? else {
+        return Ok(false);
     };
     if !names(session, &handles, kid) {
         tracing::warn!(%kid, "cached handles do not name this key's objects; searching afresh before destroying");
         core.forget(kid);
-        handles = match core.handles(session, kid) {
-            Ok(h) => h,
-            Err(OpError::Final(HsmError::KeyNotFound(_))) => return Ok(false),
-            Err(e) => return Err(e),
+        let Some(found) = lookup()? else {
+            return Ok(false);
         };
-        if !names(session, &handles, kid) {
+        if !names(session, &found, kid) {
             core.forget(kid);
             return Err(OpError::Final(HsmError::Malformed(format!(
                 "objects found under key {kid} do not carry its id"
             ))));
         }
+        handles = found;
     }
     for h in [handles.private, handles.public].into_iter().flatten() {
         session.destroy_object(h)?;
