@@ -36,6 +36,10 @@ pub enum HsmError {
     /// The token returned data we could not interpret.
     #[error("HSM returned malformed data: {0}")]
     Malformed(String),
+    /// The token did not keep a pair just made intact (another process changed the token
+    /// while it was written; see `keygen::intact`). Nothing of it is left.
+    #[error("the token did not keep key {0}'s new pair intact; nothing of it is left")]
+    NotKept(Kid),
     /// Any other PKCS#11 failure.
     #[error("HSM error: {0}")]
     Internal(#[source] CkError),
@@ -144,6 +148,7 @@ impl HsmError {
             Self::Algorithm(_) => return "unsupported_algorithm".into(),
             Self::Config(_) => return "config".into(),
             Self::Malformed(_) => return "malformed".into(),
+            Self::NotKept(_) => return "not_kept".into(),
             Self::Worker => return "worker".into(),
         };
         match rv(ck) {

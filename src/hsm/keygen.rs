@@ -9,6 +9,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::Session;
 
+use super::HsmError;
 use super::error::rv;
 use super::object::read_public;
 use super::pool::{Core, Handles, OpError};
@@ -43,17 +44,44 @@ pub(crate) fn generate_in(
         let _making = core.making();
         session.generate_key_pair(&mechanism, &public, &private)
     };
-    let (pub_h, priv_h) = match generate() {
-        // Another process searched the token while this pair was being written (SoftHSM2
-        // before 2.7.0, see `Core::searching`): remove what was left of it and try once more.
-        Err(e) if rv(&e) == Some(RvError::GeneralError) => {
-            tracing::warn!(error = %e, "key generation failed; removing what it left and retrying once");
-            remove_halves(core, session, kid)?;
-            generate()?
+    let mut retried = false;
+    loop {
+        let made = generate()
+            .map_err(OpError::from)
+            .and_then(|(pub_h, priv_h)| keep_pair(core, session, kid, pub_h, priv_h, spec.alg));
+        match made {
+            // Another process changed the token while this pair was being written (see
+            // `intact`): nothing of it is left; try once more.
+            Err(e) if !retried && lost_while_written(&e) => {
+                let error = match &e {
+                    OpError::Ck(e) => e.to_string(),
+                    OpError::Final(e) => e.to_string(),
+                };
+                tracing::warn!(%error, "key generation lost its pair; removing what it left and retrying once");
+                remove_halves(core, session, kid)?;
+                retried = true;
+            }
+            other => return other,
         }
-        other => other?,
-    };
-    keep_pair(core, session, kid, pub_h, priv_h, spec.alg)
+    }
+}
+
+/// Whether a generation failed the way SoftHSM2 fails one that another process disturbed:
+/// `CKR_GENERAL_ERROR` or `CKR_FUNCTION_FAILED` from the call, or a pair that comes back
+/// unreadable, malformed or not intact.
+fn lost_while_written(e: &OpError) -> bool {
+    match e {
+        OpError::Ck(e) => matches!(
+            rv(e),
+            Some(
+                RvError::GeneralError
+                    | RvError::FunctionFailed
+                    | RvError::ObjectHandleInvalid
+                    | RvError::KeyHandleInvalid
+            )
+        ),
+        OpError::Final(e) => matches!(e, HsmError::NotKept(_) | HsmError::Malformed(_)),
+    }
 }
 
 /// Destroy every object under `kid`'s `CKA_ID` (what a failed generation may leave).
@@ -100,8 +128,9 @@ pub(super) fn templates(
     Ok((public, private))
 }
 
-/// Keep a pair just made in the token: read its public half and cache its handles, or, if
-/// that fails, destroy both halves (never leave a pair behind the caller does not know about).
+/// Keep a pair just made in the token: read its public half, check the token kept the pair
+/// intact and cache its handles, or, if that fails, destroy both halves and anything else
+/// under `kid` (never leave a pair behind the caller does not know about).
 pub(super) fn keep_pair(
     core: &Core,
     session: &Session,
@@ -110,7 +139,11 @@ pub(super) fn keep_pair(
     priv_h: ObjectHandle,
     alg: Algorithm,
 ) -> Result<PublicKey, OpError> {
-    match read_public(session, pub_h, alg) {
+    let checked = read_public(session, pub_h, alg).and_then(|pk| {
+        intact(core, session, kid, pub_h, priv_h)?;
+        Ok(pk)
+    });
+    match checked {
         Ok(pk) => {
             core.remember(
                 *kid,
@@ -124,7 +157,39 @@ pub(super) fn keep_pair(
         Err(e) => {
             let _ = session.destroy_object(priv_h);
             let _ = session.destroy_object(pub_h);
+            let _ = remove_halves(core, session, kid);
             Err(e)
         }
     }
+}
+
+/// Check that the token holds exactly the pair just made under `kid`: a fresh search by
+/// `CKA_ID` finds its two handles and nothing else.
+///
+/// SoftHSM2 2.6.1 (Debian 12's) can lose a new object's last write when another process
+/// changes the token while it is made (a `pkcs11-tool` listing or a second replica logging
+/// in rewrites the token file): `C_GenerateKeyPair` succeeds and the handles work in this
+/// process, but the private half's file was left with its first attributes only (609 of
+/// 833 bytes for ES256), so no search finds it and every other process, or this one after a
+/// restart, sees one half. Found by `tests/hsm`'s cross-process generation test (most runs
+/// before this check); a fresh search is what tells such a pair from a good one. Costs one
+/// search per pair made, which waits for objects being made in this process.
+fn intact(
+    core: &Core,
+    session: &Session,
+    kid: &Kid,
+    pub_h: ObjectHandle,
+    priv_h: ObjectHandle,
+) -> Result<(), OpError> {
+    let found = super::object::find(core, session, &[Attribute::Id(kid.cka_id().to_vec())])?;
+    if found.len() == 2 && found.contains(&pub_h) && found.contains(&priv_h) {
+        return Ok(());
+    }
+    tracing::warn!(
+        objects = found.len(),
+        public = found.contains(&pub_h),
+        private = found.contains(&priv_h),
+        "the token did not keep a new key pair intact"
+    );
+    Err(OpError::Final(HsmError::NotKept(*kid)))
 }

@@ -621,7 +621,8 @@ impl Core {
     /// `C_CreateObject` fails with `CKR_GENERAL_ERROR`. Searches are rare (a handle-cache
     /// miss, a listing, the audit objects' first use), so they wait for objects being made
     /// and the other way round; object making never waits for another object being made.
-    /// Another process's search is not covered: [`super::keygen`] retries once for it.
+    /// Another process is not covered: [`super::keygen`] checks every new pair and retries
+    /// once.
     pub(crate) fn searching(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.objects
             .write()

@@ -223,13 +223,15 @@ impl Drop for SetOnDrop<'_> {
 
 #[test]
 fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail_cleanly() {
-    // `pkcs11-tool --list-objects` (or a CLI `reconcile`) next to a serving replica: the
-    // other process reads every object file while this one writes new ones. SoftHSM2 before
-    // 2.7.0 (issue 573) then sometimes fails a generation, or hands back a pair whose handle
-    // is already invalid here ("object handle is not valid" when its public half is read):
-    // such a generation must fail with an error, never return a key. Every generation that
-    // returned a key has exactly its two objects, and no object belongs to a kid nobody
-    // asked for.
+    // `pkcs11-tool --list-objects` (or a CLI `reconcile`, or a second replica) next to a
+    // serving one: each listing logs in, which rewrites the token file, while this process
+    // writes new objects. SoftHSM2 then sometimes fails a generation, hands back a pair
+    // whose public half is unreadable here, or (the dangerous one) returns a pair whose
+    // private half's file keeps only its first attributes: it signs in this process, but no
+    // search finds it and another process (or this one after a restart) sees one half. Before
+    // the check in `keygen::intact` this test found such keys in most runs. Every generation
+    // that returned a key has exactly its two objects as another process sees them; one that
+    // failed left nothing; no object belongs to a kid nobody asked for.
     let f = fixture("generate_while_listed_elsewhere", 4);
     let done = std::sync::atomic::AtomicBool::new(false);
     let (made, failed) = std::thread::scope(|scope| {
@@ -275,12 +277,6 @@ fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail
         assert!(lister.join().unwrap() > 0, "the other process never listed");
         outcome
     });
-    for (kid, e) in &failed {
-        assert!(
-            e.contains("object handle is not valid") || e.to_lowercase().contains("general error"),
-            "{kid}: a failure other than SoftHSM2's cross-process one: {e}"
-        );
-    }
     assert!(
         failed.len() * 10 < made.len(),
         "most generations failed: {failed:?}"
@@ -295,9 +291,20 @@ fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail
         }
     }
     for kid in &made {
-        assert_eq!(per_kid.remove(kid), Some(2), "{kid}");
+        assert_eq!(
+            per_kid.remove(kid),
+            Some(2),
+            "{kid}: a key returned without both halves"
+        );
     }
-    per_kid.retain(|k, _| !k.starts_with("audit") && !failed.iter().any(|(f, _)| f == k));
+    for (kid, e) in &failed {
+        assert_eq!(
+            per_kid.remove(kid),
+            None,
+            "{kid} failed ({e}) but left objects"
+        );
+    }
+    per_kid.retain(|k, _| !k.starts_with("audit"));
     assert!(
         per_kid.is_empty(),
         "objects of kids never generated: {per_kid:?}"
