@@ -221,20 +221,12 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
-#[test]
-fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail_cleanly() {
-    // `pkcs11-tool --list-objects` (or a CLI `reconcile`, or a second replica) next to a
-    // serving one: each listing logs in, which rewrites the token file, while this process
-    // writes new objects. SoftHSM2 then sometimes fails a generation, hands back a pair
-    // whose public half is unreadable here, or (the dangerous one) returns a pair whose
-    // private half's file keeps only its first attributes: it signs in this process, but no
-    // search finds it and another process (or this one after a restart) sees one half. Before
-    // the check in `keygen::intact` this test found such keys in most runs. Every generation
-    // that returned a key has exactly its two objects as another process sees them; one that
-    // failed left nothing; no object belongs to a kid nobody asked for.
-    let f = fixture("generate_while_listed_elsewhere", 4);
+/// Run `work` while `pkcs11-tool --list-objects` lists `f`'s token in a loop, as another
+/// process: a CLI `reconcile`, an operator, or a second replica (each listing logs in,
+/// which rewrites the token file). The lister stops when `work` returns or panics.
+fn while_another_process_lists<R>(f: &super::Fixture, work: impl FnOnce() -> R) -> R {
     let done = std::sync::atomic::AtomicBool::new(false);
-    let (made, failed) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let _stop = SetOnDrop(&done);
         let lister = scope.spawn(|| {
             let mut listings = 0u32;
@@ -249,7 +241,27 @@ fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail
             }
             listings
         });
-        let outcome = f.rt.block_on(async {
+        let outcome = work();
+        done.store(true, Ordering::Relaxed);
+        assert!(lister.join().unwrap() > 0, "the other process never listed");
+        outcome
+    })
+}
+
+#[test]
+fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail_cleanly() {
+    // `pkcs11-tool --list-objects` (or a CLI `reconcile`, or a second replica) next to a
+    // serving one: each listing logs in, which rewrites the token file, while this process
+    // writes new objects. SoftHSM2 then sometimes fails a generation, hands back a pair
+    // whose public half is unreadable here, or (the dangerous one) returns a pair whose
+    // private half's file keeps only its first attributes: it signs in this process, but no
+    // search finds it and another process (or this one after a restart) sees one half. Before
+    // the check in `keygen::intact` this test found such keys in most runs. Every generation
+    // that returned a key has exactly its two objects as another process sees them; one that
+    // failed left nothing; no object belongs to a kid nobody asked for.
+    let f = fixture("generate_while_listed_elsewhere", 4);
+    let (made, failed) = while_another_process_lists(&f, || {
+        f.rt.block_on(async {
             let mut makers = Vec::new();
             for _ in 0..3 {
                 let hsm = f.hsm.clone();
@@ -272,10 +284,7 @@ fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail
                 failed.extend(b);
             }
             (made, failed)
-        });
-        done.store(true, Ordering::Relaxed);
-        assert!(lister.join().unwrap() > 0, "the other process never listed");
-        outcome
+        })
     });
     assert!(
         failed.len() * 10 < made.len(),
@@ -308,5 +317,51 @@ fn keys_generated_while_another_process_lists_the_token_have_both_halves_or_fail
     assert!(
         per_kid.is_empty(),
         "objects of kids never generated: {per_kid:?}"
+    );
+}
+
+#[test]
+fn the_audit_mark_moved_while_another_process_lists_the_token_is_what_another_process_reads() {
+    // The sealer moves the audit mark after every append; on SoftHSM2 a move is a new data
+    // object and the old one destroyed. Another process (a second replica, `pkcs11-tool`)
+    // must then read the last mark this process set: a mark lost to the token would read as
+    // a truncated audit log after a restart.
+    let f = fixture("audit_mark_while_listed_elsewhere", 2);
+    let last = while_another_process_lists(&f, || {
+        f.rt.block_on(async {
+            let mut last = None;
+            for seq in 1..=200u32 {
+                let value = format!("{seq}:{seq:064x}");
+                if f.hsm
+                    .set_audit_mark(value.clone().into_bytes())
+                    .await
+                    .is_ok()
+                {
+                    last = Some(value);
+                }
+            }
+            last
+        })
+    });
+    let last = last.expect("no mark was ever set");
+    let label = format!("hsm-rotator/{}/audit-mark", super::STORE_ID);
+    let listed = f
+        .token
+        .pkcs11_tool_login(&["--list-objects", "--type", "data"]);
+    let marks = String::from_utf8_lossy(&listed.stdout)
+        .matches(label.as_str())
+        .count();
+    let read = f
+        .token
+        .pkcs11_tool_login(&["--read-object", "--type", "data", "--label", &label]);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert_eq!(
+        (marks, String::from_utf8_lossy(&read.stdout).into_owned()),
+        (1, last),
+        "another process sees a different audit mark"
     );
 }
