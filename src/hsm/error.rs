@@ -36,10 +36,10 @@ pub enum HsmError {
     /// The token returned data we could not interpret.
     #[error("HSM returned malformed data: {0}")]
     Malformed(String),
-    /// The token did not keep a pair just made intact (another process changed the token
-    /// while it was written; see `keygen::intact`). Nothing of it is left.
-    #[error("the token did not keep key {0}'s new pair intact; nothing of it is left")]
-    NotKept(Kid),
+    /// The token did not keep an object just made (another process changed the token while
+    /// it was written; see `keygen::intact`). Nothing of it is left. Names what was made.
+    #[error("the token did not keep {0} intact; nothing of it is left")]
+    NotKept(String),
     /// Any other PKCS#11 failure.
     #[error("HSM error: {0}")]
     Internal(#[source] CkError),

@@ -191,5 +191,7 @@ fn intact(
         private = found.contains(&priv_h),
         "the token did not keep a new key pair intact"
     );
-    Err(OpError::Final(HsmError::NotKept(*kid)))
+    Err(OpError::Final(HsmError::NotKept(format!(
+        "key {kid}'s new pair"
+    ))))
 }

@@ -134,14 +134,35 @@ fn generate_key(core: &Core, session: &Session, label: Vec<u8>) -> Result<Object
         Attribute::Wrap(false),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
+        Attribute::Label(label.clone()),
+    ];
+    let search = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::Label(label),
     ];
-    let k = {
-        let _making = core.making();
-        session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?
-    };
-    tracing::info!("audit MAC key created in the HSM");
-    Ok(k)
+    let mut retried = false;
+    loop {
+        let k = {
+            let _making = core.making();
+            session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?
+        };
+        // The same check as a key pair's (`keygen::intact`): SoftHSM2 2.6.1 writes a
+        // generated secret key in two steps too, and can lose the second (its value) when
+        // another process changes the token meanwhile; a key no search finds would be made
+        // again after a restart, and every seal made with this one could not be checked.
+        if super::object::find(core, session, &search)?.contains(&k) {
+            tracing::info!("audit MAC key created in the HSM");
+            return Ok(k);
+        }
+        let _ = session.destroy_object(k);
+        tracing::warn!("the token did not keep the new audit MAC key");
+        if retried {
+            return Err(OpError::Final(super::HsmError::NotKept(
+                "the new audit MAC key".into(),
+            )));
+        }
+        retried = true;
+    }
 }
 
 /// MAC `messages` with the store's audit key, making the key first when there is none and
