@@ -322,6 +322,11 @@ pub enum TokenCommand {
         /// $XDG_CACHE_HOME/hsm-rotator, else ~/.cache/hsm-rotator).
         #[arg(long, value_name = "DIR", requires = "offline")]
         cache_dir: Option<PathBuf>,
+        /// With --offline: an earlier base URL (or an app's earlier issuer) whose tokens
+        /// still verify, as the server's `issuer_aliases`; repeatable. Without --url the
+        /// configured `issuer_aliases` count too.
+        #[arg(long = "issuer-alias", value_name = "URL", requires = "offline")]
+        issuer_alias: Vec<String>,
     },
 }
 
@@ -458,12 +463,16 @@ async fn operate(cfg: &Config, command: Command, out: &output::Output) -> anyhow
             r
         }
         Command::Token {
-            command: command @ TokenCommand::Verify { offline: true, .. },
+            command: mut command @ TokenCommand::Verify { offline: true, .. },
         } => {
             // Offline verification opens neither the store nor the HSM: it reads the
-            // server's public documents, at the base its tokens' issuers name.
+            // server's public documents, at the base its tokens' issuers name, and accepts
+            // the issuers the server would.
             let issuers = crate::app::configured_issuers(cfg, &cfg.listen);
             let remote = Remote::new(issuers.base(), None)?;
+            if let TokenCommand::Verify { issuer_alias, .. } = &mut command {
+                issuer_alias.extend(cfg.issuer_aliases.iter().cloned());
+            }
             tokens::run(apps::Target::Remote(remote), command, out).await
         }
         Command::Token { command } => {

@@ -197,7 +197,10 @@ fn words(r: Rejection) -> String {
 }
 
 /// Verify `token` of app `app_id` offline against the server at `remote` (see the module
-/// documentation).
+/// documentation). Its `iss` is the discovery document's issuer, or one under `aliases`
+/// (earlier base URLs, as the server's `issuer_aliases`); a token under an alias names its
+/// status list under that alias, and the list (whose `sub` names it under the current
+/// issuer) is read as the same list.
 ///
 /// # Errors
 /// A document cannot be fetched or read, or the token's status list cannot be trusted
@@ -207,6 +210,7 @@ pub(crate) async fn verify(
     app_id: &str,
     token: &str,
     cache_dir: Option<PathBuf>,
+    aliases: &[String],
 ) -> anyhow::Result<Verdict> {
     let app_base = format!("{}{}", remote.base(), super::apps::app_path(app_id)?);
     let v = Offline {
@@ -244,9 +248,25 @@ pub(crate) async fn verify(
     if num("nbf").is_some_and(|nbf| nbf > v.now) {
         return Ok(Verdict::Inactive(words(Rejection::NotYetValid)));
     }
-    if c.claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+    let iss = c
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let accepted = iss == issuer
+        || issuer
+            .strip_suffix(&format!("/apps/{app_id}"))
+            .is_some_and(|base| {
+                crate::jwt::Issuers::new(Some(base), "", false, aliases).accepts(app_id, iss)
+            });
+    if !accepted {
         return Ok(Verdict::Inactive(format!(
-            "its issuer is not {issuer}, the app's"
+            "its issuer is not {issuer}, the app's{}",
+            if aliases.is_empty() {
+                " (an earlier base URL is accepted with --issuer-alias)"
+            } else {
+                ", nor one under --issuer-alias"
+            }
         )));
     }
     if let Some(sl) = c.claims.get("status").and_then(|s| s.get("status_list")) {
@@ -256,7 +276,13 @@ pub(crate) async fn verify(
         ) else {
             anyhow::bail!("the token's status claim has no idx and uri");
         };
-        if status_bit(&v, &issuer, &app_base, &jwks_url, uri, idx).await? != 0 {
+        // A token issued under an alias names its list under that alias: the same list,
+        // which the server now signs under the current issuer.
+        let uri = match uri.strip_prefix(iss) {
+            Some(rest) if iss != issuer && rest.starts_with('/') => format!("{issuer}{rest}"),
+            _ => uri.to_owned(),
+        };
+        if status_bit(&v, &issuer, &app_base, &jwks_url, &uri, idx).await? != 0 {
             return Ok(Verdict::Inactive(
                 "its status list marks it revoked".to_owned(),
             ));

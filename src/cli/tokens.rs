@@ -115,12 +115,13 @@ pub(crate) async fn run(t: Target<'_>, cmd: TokenCommand, out: &Output) -> anyho
             token_file,
             offline: true,
             cache_dir,
+            issuer_alias,
         } => {
             let token = zeroize::Zeroizing::new(read_token(&token_file)?);
             let Target::Remote(r) = &t else {
                 anyhow::bail!("--offline verifies against a server's public documents only");
             };
-            match super::offline::verify(r, &app, &token, cache_dir).await? {
+            match super::offline::verify(r, &app, &token, cache_dir, &issuer_alias).await? {
                 super::offline::Verdict::Active(mut claims) => {
                     claims.insert("active".into(), true.into());
                     let v = Value::Object(claims);

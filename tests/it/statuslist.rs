@@ -699,6 +699,18 @@ async fn verify_offline(
     cache: &std::path::Path,
     url: bool,
 ) -> OfflineRun {
+    verify_offline_accepting(app, id, token, cache, url, &[]).await
+}
+
+/// [`verify_offline`] with an `--issuer-alias` for each of `aliases`.
+async fn verify_offline_accepting(
+    app: &TestApp,
+    id: &str,
+    token: &str,
+    cache: &std::path::Path,
+    url: bool,
+    aliases: &[&str],
+) -> OfflineRun {
     let cache = cache.display().to_string();
     let mut args = vec![];
     if url {
@@ -713,6 +725,9 @@ async fn verify_offline(
         &cache,
         "--json",
     ]);
+    for a in aliases {
+        args.extend(["--issuer-alias", a]);
+    }
     let mut cmd = if url {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsm-rotator"));
         c.env_clear()
@@ -901,4 +916,90 @@ async fn the_app_view_shows_each_status_list_with_its_size_and_signing_time() {
         .find(|a| a["id"] == id.as_str())
         .unwrap();
     assert_eq!(listed["status_lists"].as_array().unwrap().len(), 1, "{v}");
+}
+
+/// A token issued before `public_url` changed (its old base now in `issuer_aliases`) stays
+/// active offline when the verifier is given the same alias, and its revocation shows:
+/// the token names its list under the old base, the server signs that list under the new
+/// one, and the verifier reads them as the same list. Without the alias it is refused for
+/// its issuer, as the server's own introspection would without `issuer_aliases`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_verifier_given_the_issuer_alias_reads_a_token_issued_under_the_old_base() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let fixed = [
+        ("HSM_ROTATOR_LISTEN", listen.as_str()),
+        ("HSM_ROTATOR_STATUS_LIST_REFRESH", "1"),
+    ];
+    let mut first = TestApp::spawn_with("sl_offline_alias", Engine::Sqlite, &fixed).await;
+    let old_base = first.base.clone();
+    let (id, pk) = native_app(&first, "Moved", json!({})).await;
+    let old = issue(&first, &id, &pk, "u1").await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, old_uri) = status_of(&old);
+    assert!(old_uri.starts_with(&old_base), "{old_uri}");
+    let root = first.root_key.clone();
+    first.terminate().await;
+    let (token, db) = (first.token.clone(), first.database_url.clone());
+    drop(first);
+
+    let moved = TestApp::start(
+        token,
+        db,
+        &[
+            ("HSM_ROTATOR_LISTEN", listen.as_str()),
+            ("HSM_ROTATOR_STATUS_LIST_REFRESH", "1"),
+            ("HSM_ROTATOR_PUBLIC_URL", "https://keys.example.com/"),
+            ("HSM_ROTATOR_ISSUER_ALIASES", old_base.as_str()),
+        ],
+    )
+    .await
+    .with_root(&root);
+    let dir = tempfile::tempdir().unwrap();
+
+    let refused = verify_offline(&moved, &id, &old, dir.path(), true).await;
+    assert!(
+        !refused.ok && refused.stderr.contains("--issuer-alias"),
+        "{}{}",
+        refused.stdout,
+        refused.stderr
+    );
+    let run = verify_offline_accepting(&moved, &id, &old, dir.path(), true, &[&old_base]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["iss"], format!("{old_base}/apps/{id}"), "{v}");
+
+    let res = moved
+        .client
+        .post(moved.url(&format!("/apps/{id}/tokens/revoke")))
+        .header("Authorization", format!("Bearer {pk}"))
+        .form(&[("token", old.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let revoked = loop {
+        let run = verify_offline_accepting(&moved, &id, &old, dir.path(), true, &[&old_base]).await;
+        if !run.ok {
+            break run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still active offline after 30 s\n{}",
+            moved.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        revoked.stderr.contains("status list marks it revoked"),
+        "{}",
+        revoked.stderr
+    );
 }
