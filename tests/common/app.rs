@@ -379,3 +379,14 @@ pub async fn any_conn(url: &str) -> sqlx::AnyConnection {
     sqlx::any::install_default_drivers();
     sqlx::AnyConnection::connect(url).await.unwrap()
 }
+
+/// A loopback address with a port free now, for a server that must restart on the same
+/// address (its issuer names it).
+pub fn free_listen() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}

@@ -440,12 +440,7 @@ async fn a_token_issued_through_one_host_name_verifies_through_another() {
 /// issuer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_survive_a_restart_and_a_new_public_url_listed_in_issuer_aliases() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = crate::common::app::free_listen();
     let fixed = [("HSM_ROTATOR_LISTEN", listen.as_str())];
     let mut first = TestApp::spawn_with("d1_restart", Engine::Sqlite, &fixed).await;
     let old_base = first.base.clone();

@@ -764,6 +764,40 @@ async fn verify_offline_accepting(
     }
 }
 
+/// Revoke `token` (RFC 7009) and run the offline verifier (from `--url`, with `aliases`)
+/// until it reads the token inactive: at most a refresh plus the list's ttl later.
+async fn revoke_until_offline_inactive(
+    app: &TestApp,
+    id: &str,
+    pk: &str,
+    token: &str,
+    cache: &std::path::Path,
+    aliases: &[&str],
+) -> OfflineRun {
+    let res = app
+        .client
+        .post(app.url(&format!("/apps/{id}/tokens/revoke")))
+        .header("Authorization", format!("Bearer {pk}"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = verify_offline_accepting(app, id, token, cache, true, aliases).await;
+        if !run.ok {
+            return run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still active offline after 30 s\n{}",
+            app.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Requests the server answered on `route`, from its metrics.
 async fn requests_on(app: &TestApp, route: &str) -> u64 {
     let text = app
@@ -814,28 +848,7 @@ async fn an_offline_verifier_reads_a_revocation_from_the_list_and_never_calls_in
 
     // Revoke one; the offline verifier reads it inactive once the lists show it (at most
     // a refresh plus the list's ttl later), and the sibling stays active.
-    let res = app
-        .client
-        .post(app.url(&format!("/apps/{id}/tokens/revoke")))
-        .header("Authorization", format!("Bearer {pk}"))
-        .form(&[("token", a.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let revoked = loop {
-        let run = verify_offline(&app, &id, &a, dir.path(), true).await;
-        if !run.ok {
-            break run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still active offline after 30 s\n{}",
-            app.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let revoked = revoke_until_offline_inactive(&app, &id, &pk, &a, dir.path(), &[]).await;
     assert_eq!(
         serde_json::from_str::<Value>(&revoked.stdout).unwrap(),
         json!({"active": false}),
@@ -925,12 +938,7 @@ async fn the_app_view_shows_each_status_list_with_its_size_and_signing_time() {
 /// its issuer, as the server's own introspection would without `issuer_aliases`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_verifier_given_the_issuer_alias_reads_a_token_issued_under_the_old_base() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = crate::common::app::free_listen();
     let fixed = [
         ("HSM_ROTATOR_LISTEN", listen.as_str()),
         ("HSM_ROTATOR_STATUS_LIST_REFRESH", "1"),
@@ -975,28 +983,8 @@ async fn an_offline_verifier_given_the_issuer_alias_reads_a_token_issued_under_t
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["iss"], format!("{old_base}/apps/{id}"), "{v}");
 
-    let res = moved
-        .client
-        .post(moved.url(&format!("/apps/{id}/tokens/revoke")))
-        .header("Authorization", format!("Bearer {pk}"))
-        .form(&[("token", old.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let revoked = loop {
-        let run = verify_offline_accepting(&moved, &id, &old, dir.path(), true, &[&old_base]).await;
-        if !run.ok {
-            break run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still active offline after 30 s\n{}",
-            moved.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let revoked =
+        revoke_until_offline_inactive(&moved, &id, &pk, &old, dir.path(), &[&old_base]).await;
     assert!(
         revoked.stderr.contains("status list marks it revoked"),
         "{}",
