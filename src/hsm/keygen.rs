@@ -46,19 +46,23 @@ pub(crate) fn generate_in(
     };
     let mut retried = false;
     loop {
-        let made = generate()
-            .map_err(OpError::from)
-            .and_then(|(pub_h, priv_h)| keep_pair(core, session, kid, pub_h, priv_h, spec.alg));
+        let made = match generate() {
+            // `keep_pair` removes what it refuses itself.
+            Ok((pub_h, priv_h)) => keep_pair(core, session, kid, pub_h, priv_h, spec.alg),
+            Err(e) => {
+                let e = OpError::from(e);
+                if lost_while_written(&e) {
+                    // A failed call may still leave one half behind.
+                    remove_halves(core, session, kid)?;
+                }
+                Err(e)
+            }
+        };
         match made {
             // Another process changed the token while this pair was being written (see
             // `intact`): nothing of it is left; try once more.
             Err(e) if !retried && lost_while_written(&e) => {
-                let error = match &e {
-                    OpError::Ck(e) => e.to_string(),
-                    OpError::Final(e) => e.to_string(),
-                };
-                tracing::warn!(%error, "key generation lost its pair; removing what it left and retrying once");
-                remove_halves(core, session, kid)?;
+                tracing::warn!(error = %e, "key generation lost its pair; retrying once");
                 retried = true;
             }
             other => return other,

@@ -41,9 +41,11 @@ pub(crate) struct Handles {
 }
 
 /// Error of one attempt: a PKCS#11 failure (candidate for recovery) or a final error.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum OpError {
+    #[error(transparent)]
     Ck(CkError),
+    #[error(transparent)]
     Final(HsmError),
 }
 
