@@ -140,29 +140,41 @@ fn generate_key(core: &Core, session: &Session, label: Vec<u8>) -> Result<Object
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::Label(label),
     ];
-    let mut retried = false;
-    loop {
-        let k = {
+    let k = made_and_kept(core, session, &search, "the new audit MAC key", || {
+        session.generate_key(&Mechanism::GenericSecretKeyGen, &template)
+    })?;
+    tracing::info!("audit MAC key created in the HSM");
+    Ok(k)
+}
+
+/// Make one token object with `make` and check that a fresh search by `search` finds it;
+/// if not, destroy it and make it once more, else fail with [`super::HsmError::NotKept`]
+/// (`what` names it).
+///
+/// The same check as a new key pair's (`keygen::intact`): SoftHSM2 2.6.1 can lose an
+/// object's last write when another process changes the token while it is made. A lost MAC
+/// key would be made again after a restart, and every seal made with it could not be
+/// checked; a lost mark (seen in `tests/hsm`: another process then found no mark at all)
+/// would read as an audit log cut short.
+fn made_and_kept(
+    core: &Core,
+    session: &Session,
+    search: &[Attribute],
+    what: &str,
+    make: impl Fn() -> Result<ObjectHandle, CkError>,
+) -> Result<ObjectHandle, OpError> {
+    for _ in 0..2 {
+        let h = {
             let _making = core.making();
-            session.generate_key(&Mechanism::GenericSecretKeyGen, &template)?
+            make()?
         };
-        // The same check as a key pair's (`keygen::intact`): SoftHSM2 2.6.1 writes a
-        // generated secret key in two steps too, and can lose the second (its value) when
-        // another process changes the token meanwhile; a key no search finds would be made
-        // again after a restart, and every seal made with this one could not be checked.
-        if super::object::find(core, session, &search)?.contains(&k) {
-            tracing::info!("audit MAC key created in the HSM");
-            return Ok(k);
+        if super::object::find(core, session, search)?.contains(&h) {
+            return Ok(h);
         }
-        let _ = session.destroy_object(k);
-        tracing::warn!("the token did not keep the new audit MAC key");
-        if retried {
-            return Err(OpError::Final(super::HsmError::NotKept(
-                "the new audit MAC key".into(),
-            )));
-        }
-        retried = true;
+        let _ = session.destroy_object(h);
+        tracing::warn!("the token did not keep {what}");
     }
+    Err(OpError::Final(super::HsmError::NotKept(what.into())))
 }
 
 /// MAC `messages` with the store's audit key, making the key first when there is none and
@@ -344,14 +356,19 @@ pub(crate) fn set_mark_in(core: &Core, session: &Session, value: &[u8]) -> Resul
         Some(h) => vec![h],
         None => search(&mut found)?,
     };
-    let _making = core.making();
-    let h = session.create_object(&[
+    let search = [
         Attribute::Class(ObjectClass::DATA),
-        Attribute::Token(true),
-        Attribute::Private(true),
         Attribute::Label(label.to_vec()),
-        Attribute::Value(value.to_vec()),
-    ])?;
+    ];
+    let h = made_and_kept(core, session, &search, "the new audit mark", || {
+        session.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Label(label.to_vec()),
+            Attribute::Value(value.to_vec()),
+        ])
+    })?;
     let mut gone = false;
     for o in old {
         gone |= !destroy(session, o)?;
