@@ -361,9 +361,13 @@ fn bench_issue() {
     }
 }
 
-/// In-process verification rate: `jsonwebtoken` checking `token` (signed with `alg`)
-/// against its key from `jwks` (its app's JWKS), 2 threads for `secs`.
-fn verify_rate(jwks: &Value, token: &str, alg: &str, secs: f64) -> f64 {
+/// The key and validation that verify `token` (signed with `alg`) against `jwks`, as the
+/// introspection anchor does.
+fn verifier(
+    jwks: &Value,
+    token: &str,
+    alg: &str,
+) -> (jsonwebtoken::DecodingKey, jsonwebtoken::Validation) {
     let kid = token
         .split('.')
         .next()
@@ -391,6 +395,13 @@ fn verify_rate(jwks: &Value, token: &str, alg: &str, secs: f64) -> f64 {
     let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
     let mut validation = jsonwebtoken::Validation::new(alg.parse().unwrap());
     validation.validate_aud = false;
+    (key, validation)
+}
+
+/// In-process verification rate: `jsonwebtoken` checking `token` (signed with `alg`)
+/// against its key from `jwks` (its app's JWKS), 2 threads for `secs`.
+fn verify_rate(jwks: &Value, token: &str, alg: &str, secs: f64) -> f64 {
+    let (key, validation) = verifier(jwks, token, alg);
     let count = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {

@@ -1,8 +1,11 @@
 //! `scripts/bench http`: the service's HTTP rates measured by a load generator we did not
 //! write (`wrk`), each beside its anchor measured in the same run, right before it:
 //!
-//! - issuance (ES256, RS256, EdDSA) against raw 2-thread `C_Sign` on the same key;
-//! - introspection (ES256, RS256) against in-process `jsonwebtoken` verification;
+//! - issuance (ES256, RS256, EdDSA) against raw 2-thread `C_Sign` on the same key, and
+//!   against the HTTP + signature floor: a server in this process that only signs (see
+//!   [`Floor`]), the most any HTTP issuance could reach on this machine with wrk beside it;
+//! - introspection (ES256, RS256) against in-process `jsonwebtoken` verification, and
+//!   against the HTTP + verification floor of the same [`Floor`] server;
 //! - JWKS against a static 200 route of the same server (`GET /healthz`, the HTTP floor).
 //!
 //! Each figure also gives the server's CPU time per request (utime + stime of the process
@@ -14,12 +17,127 @@
 //! `BENCH_WRK_CONNECTIONS` (32).
 
 use std::process::Command;
+use std::sync::Arc;
 
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use hsm_rotator::alg::Algorithm;
+use hsm_rotator::hsm::{Hsm, HsmConfig};
+use hsm_rotator::keys::Kid;
 use serde_json::{Value, json};
 
-use super::{Http, env, raw_rate, verify_rate};
+use super::{Http, MODULE, env, raw_rate, verify_rate};
+
+/// The HTTP floors of issuance and introspection: the cheapest server that could answer
+/// either request on this machine. In this process, on a runtime shaped as the server's (one
+/// worker a core), requests are taken as the server takes them (hyper through axum):
+/// `POST /sign/{i}` signs a real token's JWS signing input with key `i` through the session
+/// pool the server uses ([`Hsm::sign`], in place as the server's hot path) and answers
+/// `{"token": ...}`; `POST /verify/{i}` reads `{"token": ...}` and verifies it as the
+/// in-process anchor does, answering `{"active": true}`. No credential, claims, ledger,
+/// revocation checks, metrics or logging: what is left between the service and its floor
+/// is the service's own work; what is left between the floor and the in-process anchor is
+/// HTTP, the kernel and wrk on the same cores.
+struct Floor {
+    base: String,
+    /// Keeps the floor's runtime (and so its server) alive.
+    _rt: tokio::runtime::Runtime,
+}
+
+/// What the floor's routes use: key, algorithm and signing input per index for `/sign`,
+/// key and validation per index for `/verify`.
+struct FloorKeys {
+    sign: Vec<(Kid, Algorithm, String)>,
+    verify: Vec<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
+}
+
+async fn floor_sign(
+    State(keys): State<Arc<FloorKeys>>,
+    Path(i): Path<usize>,
+    _body: axum::body::Bytes,
+) -> Result<axum::response::Response, StatusCode> {
+    let (kid, alg, input) = keys.sign.get(i).ok_or(StatusCode::NOT_FOUND)?;
+    let hsm = FLOOR_HSM.get().ok_or(StatusCode::SERVICE_UNAVAILABLE)?;
+    let sig = hsm
+        .sign(*kid, *alg, input.as_bytes().to_vec())
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let body = format!("{{\"token\":\"{input}.{}\"}}", URL_SAFE_NO_PAD.encode(sig));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct FloorIntrospect {
+    token: String,
+}
+
+async fn floor_verify(
+    State(keys): State<Arc<FloorKeys>>,
+    Path(i): Path<usize>,
+    axum::Json(req): axum::Json<FloorIntrospect>,
+) -> Result<axum::response::Response, StatusCode> {
+    let (key, validation) = keys.verify.get(i).ok_or(StatusCode::NOT_FOUND)?;
+    jsonwebtoken::decode::<Value>(&req.token, key, validation)
+        .map_err(|_| StatusCode::UNAUTHORIZED)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"active\":true}",
+    )
+        .into_response())
+}
+
+static FLOOR_HSM: std::sync::OnceLock<Hsm> = std::sync::OnceLock::new();
+
+impl Floor {
+    /// Start the floor server on the bench token (`BENCH_LABEL`, `BENCH_PIN`), its pool as
+    /// large as the server's default (two sessions a core), with `keys`.
+    fn start(keys: FloorKeys) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hsm = rt
+            .block_on(Hsm::connect(HsmConfig {
+                module: MODULE.into(),
+                token_label: env("BENCH_LABEL"),
+                pin: env("BENCH_PIN").into(),
+                sessions: 2 * cores,
+                store_id: None,
+            }))
+            .unwrap();
+        assert!(FLOOR_HSM.set(hsm).is_ok(), "one floor a process");
+        let app = axum::Router::new()
+            .route("/sign/{i}", axum::routing::post(floor_sign))
+            .route("/verify/{i}", axum::routing::post(floor_verify))
+            .with_state(Arc::new(keys));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base, _rt: rt }
+    }
+
+    /// wrk on `route` (`sign` or `verify`) of key `i`, counting this process's CPU.
+    fn wrk(&self, route: &str, i: usize, body: &str) -> Wrk {
+        let url = format!("{}/{route}/{i}", self.base);
+        let pid = std::process::id().to_string();
+        // Warm up: the pool's first signatures set its running mean (the in-place path).
+        let _ = wrk_on(&url, Some((body, "-")), 1, &pid);
+        wrk_on(
+            &url,
+            Some((body, "-")),
+            env_or("BENCH_WRK_SECONDS", 8),
+            &pid,
+        )
+    }
+}
 
 fn env_or<T: std::str::FromStr>(k: &str, default: T) -> T {
     std::env::var(k)
@@ -68,8 +186,13 @@ fn wrk(url: &str, post: Option<(&str, &str)>) -> Wrk {
     wrk_for(url, post, env_or("BENCH_WRK_SECONDS", 8))
 }
 
-/// [`wrk`] for `secs` seconds.
+/// [`wrk`] for `secs` seconds, counting the CPU of the server at `BENCH_PID`.
 fn wrk_for(url: &str, post: Option<(&str, &str)>, secs: u64) -> Wrk {
+    wrk_on(url, post, secs, &env("BENCH_PID"))
+}
+
+/// [`wrk_for`], counting the CPU of process `pid`.
+fn wrk_on(url: &str, post: Option<(&str, &str)>, secs: u64, pid: &str) -> Wrk {
     let conns: u64 = env_or("BENCH_WRK_CONNECTIONS", 32);
     let mut cmd = Command::new("wrk");
     cmd.args([
@@ -84,10 +207,9 @@ fn wrk_for(url: &str, post: Option<(&str, &str)>, secs: u64) -> Wrk {
             .env("WRK_TOKEN", token);
     }
     cmd.arg(url);
-    let pid = env("BENCH_PID");
-    let cpu0 = cpu_seconds(&pid);
+    let cpu0 = cpu_seconds(pid);
     let out = cmd.output().expect("wrk (scripts/bench installs it)");
-    let cpu = cpu_seconds(&pid) - cpu0;
+    let cpu = cpu_seconds(pid) - cpu0;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk failed: {text}");
     assert!(
@@ -154,6 +276,21 @@ pub(crate) fn run() {
         let jwks = rt.block_on(http.get_json(&format!("/apps/{id}/.well-known/jwks.json"), false));
         apps.push((name, alg, id, pk, kid, token, jwks));
     }
+    // The floor signs what the server signed (each app's token's signing input) and
+    // verifies as the in-process anchor does.
+    let floor = Floor::start(FloorKeys {
+        sign: apps
+            .iter()
+            .map(|(_, alg, _, _, kid, token, _)| {
+                let input = token.rsplit_once('.').unwrap().0.to_owned();
+                (*kid, *alg, input)
+            })
+            .collect(),
+        verify: apps
+            .iter()
+            .map(|(name, _, _, _, _, token, jwks)| super::verifier(jwks, token, name))
+            .collect(),
+    });
     let rounds: usize = env_or("BENCH_ROUNDS", 2);
     for round in 1..=rounds {
         println!();
@@ -173,43 +310,70 @@ pub(crate) fn run() {
                 w.rate / a
             );
         };
-        for (name, alg, id, pk, kid, _, _) in &apps {
+        let mut against_floor = Vec::new();
+        for (i, (name, alg, id, pk, kid, _, _)) in apps.iter().enumerate() {
             let a = raw_rate(&raw, *kid, *alg, 2, anchor_secs);
             let w = wrk(
                 &format!("{}/apps/{id}/tokens", http.base),
                 Some((&issue_body, pk)),
             );
+            let f = floor.wrk("sign", i, &issue_body);
             row(
                 &format!("{name} issuance"),
                 &w,
                 "raw `C_Sign`, 2 threads",
                 a,
             );
+            row(
+                &format!("{name} HTTP + signature floor"),
+                &f,
+                "raw `C_Sign`, 2 threads",
+                a,
+            );
+            against_floor.push(format!("{name} issuance {:.2}", w.rate / f.rate));
         }
-        for (name, _, id, pk, _, token, jwks) in apps.iter().take(2) {
+        for (i, (name, _, id, pk, _, token, jwks)) in apps.iter().enumerate().take(2) {
             let a = verify_rate(jwks, token, name, anchor_secs);
             let body = json!({ "token": token }).to_string();
             let w = wrk(
                 &format!("{}/apps/{id}/tokens/introspect", http.base),
                 Some((&body, pk)),
             );
+            let f = floor.wrk("verify", i, &body);
             row(
                 &format!("{name} introspection"),
                 &w,
                 "in-process `jsonwebtoken` verify, 2 threads",
                 a,
             );
+            row(
+                &format!("{name} HTTP + verification floor"),
+                &f,
+                "in-process `jsonwebtoken` verify, 2 threads",
+                a,
+            );
+            against_floor.push(format!("{name} introspection {:.2}", w.rate / f.rate));
         }
-        let floor = wrk(&format!("{}/healthz", http.base), None);
+        let healthz = wrk(&format!("{}/healthz", http.base), None);
         let (_, _, id, ..) = &apps[0];
         let w = wrk(
             &format!("{}/apps/{id}/.well-known/jwks.json", http.base),
             None,
         );
-        row("JWKS", &w, "`GET /healthz` (wrk, same server)", floor.rate);
+        row(
+            "JWKS",
+            &w,
+            "`GET /healthz` (wrk, same server)",
+            healthz.rate,
+        );
         println!(
             "| `GET /healthz` (the HTTP floor) | {:.0} | {:.2} | {:.2} | {:.0} | | | |",
-            floor.rate, floor.p50_ms, floor.p99_ms, floor.cpu_us
+            healthz.rate, healthz.p50_ms, healthz.p99_ms, healthz.cpu_us
+        );
+        println!();
+        println!(
+            "The service against its floor (same run): {}.",
+            against_floor.join(", ")
         );
     }
 }
