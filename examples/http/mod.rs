@@ -154,6 +154,24 @@ struct Wrk {
     p99_ms: f64,
     /// Server CPU (user + system) per request, µs.
     cpu_us: f64,
+    /// Share of the machine's CPU time left idle during the run, %: above a few per cent the
+    /// figure was not bound by CPU but by waiting (a lock, a batch, a hand-off).
+    idle_pct: f64,
+}
+
+/// The machine's CPU time so far from `/proc/stat`: (idle + iowait, total), in ticks.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are inside user).
+    (f[3] + f[4], f[..8].iter().sum())
 }
 
 /// A latency as wrk prints it (`850.00us`, `1.23ms`, `2.00s`, `1.00m`), in ms.
@@ -208,8 +226,10 @@ fn wrk_on(url: &str, post: Option<(&str, &str)>, secs: u64, pid: &str) -> Wrk {
     }
     cmd.arg(url);
     let cpu0 = cpu_seconds(pid);
+    let (idle0, total0) = machine_ticks();
     let out = cmd.output().expect("wrk (scripts/bench installs it)");
     let cpu = cpu_seconds(pid) - cpu0;
+    let (idle1, total1) = machine_ticks();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk failed: {text}");
     assert!(
@@ -222,6 +242,7 @@ fn wrk_on(url: &str, post: Option<(&str, &str)>, secs: u64, pid: &str) -> Wrk {
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
         cpu_us: f64::NAN,
+        idle_pct: 100.0 * (idle1 - idle0) as f64 / (total1 - total0).max(1) as f64,
     };
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -297,16 +318,17 @@ pub(crate) fn run() {
         println!("Run {round} of {rounds}:");
         println!();
         println!(
-            "| figure | req/s | p50 ms | p99 ms | server CPU µs/req | anchor (same run) | anchor/s | ratio |"
+            "| figure | req/s | p50 ms | p99 ms | server CPU µs/req | machine idle | anchor (same run) | anchor/s | ratio |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         let row = |figure: &str, w: &Wrk, anchor: &str, a: f64| {
             println!(
-                "| {figure} | {:.0} | {:.2} | {:.2} | {:.0} | {anchor} | {a:.0} | {:.2} |",
+                "| {figure} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} % | {anchor} | {a:.0} | {:.2} |",
                 w.rate,
                 w.p50_ms,
                 w.p99_ms,
                 w.cpu_us,
+                w.idle_pct,
                 w.rate / a
             );
         };
@@ -367,8 +389,8 @@ pub(crate) fn run() {
             healthz.rate,
         );
         println!(
-            "| `GET /healthz` (the HTTP floor) | {:.0} | {:.2} | {:.2} | {:.0} | | | |",
-            healthz.rate, healthz.p50_ms, healthz.p99_ms, healthz.cpu_us
+            "| `GET /healthz` (the HTTP floor) | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} % | | | |",
+            healthz.rate, healthz.p50_ms, healthz.p99_ms, healthz.cpu_us, healthz.idle_pct
         );
         println!();
         println!(
@@ -409,7 +431,7 @@ pub(crate) fn profile() {
         .status();
     let _ = perf.wait();
     println!(
-        "ES256 issuance: {:.0} tokens/s, p99 {:.2} ms, server CPU {:.0} µs per token",
-        w.rate, w.p99_ms, w.cpu_us
+        "ES256 issuance: {:.0} tokens/s, p99 {:.2} ms, server CPU {:.0} µs per token, machine idle {:.1} %",
+        w.rate, w.p99_ms, w.cpu_us, w.idle_pct
     );
 }
