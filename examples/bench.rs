@@ -138,21 +138,27 @@ async fn pool_rate(hsm: &Hsm, kid: Kid, alg: Algorithm, threads: usize, secs: f6
     count.load(Ordering::Relaxed) as f64 / secs
 }
 
+/// The service's session pool on the bench token (`BENCH_LABEL`, `BENCH_PIN`), opened on
+/// `rt`: `sessions` sessions; `store_id` as the objects it makes are labelled (`None`: a
+/// tool's handle, which uses every object of the token).
+fn bench_pool(rt: &tokio::runtime::Runtime, sessions: usize, store_id: Option<&str>) -> Hsm {
+    rt.block_on(Hsm::connect(HsmConfig {
+        module: MODULE.into(),
+        token_label: env("BENCH_LABEL"),
+        pin: env("BENCH_PIN").into(),
+        sessions,
+        store_id: store_id.map(Into::into),
+    }))
+    .unwrap()
+}
+
 fn bench_hsm() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let hsm = rt
-        .block_on(Hsm::connect(HsmConfig {
-            module: MODULE.into(),
-            token_label: env("BENCH_LABEL"),
-            pin: env("BENCH_PIN").into(),
-            sessions: 4,
-            store_id: Some("BENCH".into()),
-        }))
-        .unwrap();
+    let hsm = bench_pool(&rt, 4, Some("BENCH"));
     let raw = Pkcs11::new(MODULE).unwrap();
     let _ = raw.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     // Raw and pool alternate, `BENCH_ROUNDS` times each (default 3), and the row gives the

@@ -27,11 +27,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use hsm_rotator::alg::Algorithm;
-use hsm_rotator::hsm::{Hsm, HsmConfig};
+use hsm_rotator::hsm::Hsm;
 use hsm_rotator::keys::Kid;
 use serde_json::{Value, json};
 
-use super::{Http, MODULE, env, raw_rate, verify_rate};
+use super::{Http, env, raw_rate, verify_rate};
 
 /// The HTTP floors of issuance and introspection: the cheapest server that could answer
 /// either request on this machine. In this process, on a runtime shaped as the server's (one
@@ -49,9 +49,11 @@ struct Floor {
     _rt: tokio::runtime::Runtime,
 }
 
-/// What the floor's routes use: key, algorithm and signing input per index for `/sign`,
-/// key and validation per index for `/verify`.
+/// What the floor's routes use: its session pool; key, algorithm and signing input per index
+/// for `/sign`; key and validation per index for `/verify`.
 struct FloorKeys {
+    /// The floor's own session pool.
+    hsm: Hsm,
     sign: Vec<(Kid, Algorithm, String)>,
     verify: Vec<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
 }
@@ -62,8 +64,8 @@ async fn floor_sign(
     _body: axum::body::Bytes,
 ) -> Result<axum::response::Response, StatusCode> {
     let (kid, alg, input) = keys.sign.get(i).ok_or(StatusCode::NOT_FOUND)?;
-    let hsm = FLOOR_HSM.get().ok_or(StatusCode::SERVICE_UNAVAILABLE)?;
-    let sig = hsm
+    let sig = keys
+        .hsm
         .sign(*kid, *alg, input.as_bytes().to_vec())
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
@@ -91,28 +93,25 @@ async fn floor_verify(
         .into_response())
 }
 
-static FLOOR_HSM: std::sync::OnceLock<Hsm> = std::sync::OnceLock::new();
-
 impl Floor {
     /// Start the floor server on the bench token (`BENCH_LABEL`, `BENCH_PIN`), its pool as
-    /// large as the server's default (two sessions a core), with `keys`.
-    fn start(keys: FloorKeys) -> Self {
+    /// large as the server's default (two sessions a core): `sign` holds key, algorithm
+    /// and signing input per index, `verify` key and validation per index.
+    fn start(
+        sign: Vec<(Kid, Algorithm, String)>,
+        verify: Vec<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores)
             .enable_all()
             .build()
             .unwrap();
-        let hsm = rt
-            .block_on(Hsm::connect(HsmConfig {
-                module: MODULE.into(),
-                token_label: env("BENCH_LABEL"),
-                pin: env("BENCH_PIN").into(),
-                sessions: 2 * cores,
-                store_id: None,
-            }))
-            .unwrap();
-        assert!(FLOOR_HSM.set(hsm).is_ok(), "one floor a process");
+        let keys = FloorKeys {
+            hsm: super::bench_pool(&rt, 2 * cores, None),
+            sign,
+            verify,
+        };
         let app = axum::Router::new()
             .route("/sign/{i}", axum::routing::post(floor_sign))
             .route("/verify/{i}", axum::routing::post(floor_verify))
@@ -300,19 +299,17 @@ pub(crate) fn run() {
     }
     // The floor signs what the server signed (each app's token's signing input) and
     // verifies as the in-process anchor does.
-    let floor = Floor::start(FloorKeys {
-        sign: apps
-            .iter()
+    let floor = Floor::start(
+        apps.iter()
             .map(|(_, alg, _, _, kid, token, _)| {
                 let input = token.rsplit_once('.').unwrap().0.to_owned();
                 (*kid, *alg, input)
             })
             .collect(),
-        verify: apps
-            .iter()
+        apps.iter()
             .map(|(name, _, _, _, _, token, jwks)| super::verifier(jwks, token, name))
             .collect(),
-    });
+    );
     let rounds: usize = env_or("BENCH_ROUNDS", 2);
     for round in 1..=rounds {
         println!();
